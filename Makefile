@@ -1,0 +1,34 @@
+# Everything goes through the virtualenv at .venv/, created on first use from pyproject.toml.
+# torch is pinned by constraints.txt to the CPU build that lies on the dev/CI machines.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test lint typecheck unit bench clean crds
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: train the risk-classification example on this machine with real MiniLM weights,
+# tracked in a local MLflow store and registered in a local registry under .legistra/demo.
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/legistra --state-dir .legistra/demo train examples/risk-classification.yaml --fresh
+
+lint: install
+	$(BIN)/ruff check legistra tests benchmarks examples
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf .legistra .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,275 @@
+"""The TrainingRun schema: the single source of truth.
+
+Everything else (the CRD YAML, the Helm chart's CRDs, `legistra validate`, the operator's checks and the
+trainer's config) is derived from these models. Field names are camelCase on the wire, as Kubernetes users
+expect; Python code uses snake_case attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "legistra.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+Task = Literal["summarization", "clause-extraction", "risk-classification"]
+Precision = Literal["fp16", "bf16", "fp32"]
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "cuad"]
+
+
+class Spec(BaseModel):
+    """Base for every spec object: camelCase on the wire, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in YAML / the Kubernetes API (camelCase, defaults filled in)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ModelSpec(Spec):
+    name: str = Field(
+        min_length=1,
+        description="Base model: a Hugging Face id, an s3:// prefix, or a path on a mounted volume.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the model.")
+
+
+class FieldNames(Spec):
+    text: str = Field("text", description="Input text column (the clause, the contract, the document).")
+    label: str = Field("label", description="Label column (risk-classification); a list for multi-label.")
+    summary: str = Field("summary", description="Target summary column (summarization).")
+    spans: str = Field(
+        "spans",
+        description="Clause-span column (clause-extraction): a list of {start, end, label} character spans.",
+    )
+
+
+class DataSpec(Spec):
+    train: str = Field(min_length=1, description="Training data: s3:// URI, a path, or a hub dataset id.")
+    validation: str | None = Field(None, description="Validation data; when absent a split of train is held out.")
+    validation_split: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of train held out for validation when no validation is given."
+    )
+    format: DataFormat = Field("auto", description="File format; auto picks it from the file extension.")
+    fields: FieldNames = Field(default_factory=FieldNames, description="Column names per task.")
+    max_length: int = Field(512, ge=8, le=32768, description="Maximum input tokens.")
+    max_target_length: int = Field(128, ge=4, le=4096, description="Maximum target tokens (summarization).")
+    stride: int = Field(
+        128, ge=0, description="Token overlap between windows of long documents (clause-extraction)."
+    )
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many training rows (smoke runs).")
+
+
+class EarlyStoppingSpec(Spec):
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+    threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
+
+
+class TrainingSpec(Spec):
+    epochs: float = Field(3, gt=0, description="Number of passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Per-device batch size.")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    precision: Precision = Field("fp16", description="fp16 (default), bf16 or fp32. CPU runs fall back to fp32.")
+    evaluation: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluation interval when evaluation is 'steps'.")
+    save_steps: int = Field(200, ge=1, description="Checkpoint interval in optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    logging_steps: int = Field(10, ge=1, description="Training-loss logging interval.")
+    seed: int = Field(42, ge=0, description="Random seed for data order, initialisation and dropout.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps used for learning-rate warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
+    metric_for_best_model: str | None = Field(
+        None, description="Metric that picks the best checkpoint and drives early stopping (task default if unset)."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(None, description="Stop when the metric stops improving.")
+    dataloader_workers: int = Field(2, ge=0, le=64, description="Data-loader worker processes per rank.")
+
+
+class ClassificationSpec(Spec):
+    labels: list[str] | None = Field(None, description="Label set, in order; inferred from the data when absent.")
+    multi_label: bool = Field(False, description="Each example may carry several labels (LexGLUE unfair_tos).")
+
+
+class ExtractionSpec(Spec):
+    clause_types: list[str] | None = Field(
+        None, description="Clause types to extract; inferred from the data when absent."
+    )
+
+
+class GenerationSpec(Spec):
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens generated per summary at evaluation.")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam width at evaluation.")
+    length_penalty: float = Field(1.0, description="Beam-search length penalty.")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeated n-grams of this size (0 = off).")
+
+
+class LoraSpec(Spec):
+    enabled: bool = Field(True, description="Train low-rank adapters instead of all weights.")
+    r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | None = Field(
+        None, description="Modules to adapt; per-architecture defaults when absent."
+    )
+
+
+class DeepSpeedSpec(Spec):
+    zero_stage: int | None = Field(None, ge=0, le=3, description="ZeRO stage 0-3; unset disables DeepSpeed.")
+    offload: Literal["none", "cpu"] = Field("none", description="Offload optimizer (and ZeRO-3 params) to CPU.")
+    config: dict[str, Any] | None = Field(
+        None, description="A raw DeepSpeed config passed through; 'auto' values are resolved by the trainer."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.zero_stage is not None or self.config is not None
+
+
+class Toleration(Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(Spec):
+    nodes: int = Field(1, ge=1, le=512, description="Pods (nodes) in the job: one Master and nodes-1 Workers.")
+    gpus_per_node: int = Field(1, ge=0, le=16, description="GPUs per pod; also the processes per pod.")
+    cpu: str | None = Field(None, description="CPU request and limit per pod, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request and limit per pod, e.g. '64Gi'.")
+    image: str | None = Field(None, description="Trainer image; the operator's default when absent.")
+    node_selector: dict[str, str] | None = Field(None, description="Node labels the pods must match.")
+    tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the pods.")
+    shm_size: str | None = Field("8Gi", description="Size of /dev/shm for data loaders and NCCL.")
+
+
+class SecretKeyRef(Spec):
+    name: str = Field(min_length=1, description="Secret name, in the TrainingRun's namespace.")
+    key: str = Field(min_length=1, description="Key inside the Secret.")
+
+
+class MlflowSpec(Spec):
+    experiment: str | None = Field(None, description="Experiment name; defaults to the model name.")
+    tracking_uri: str | None = Field(
+        None, description="Tracking server; defaults to the operator's (or a local sqlite store)."
+    )
+
+
+class WandbSpec(Spec):
+    project: str = Field(min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team).")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret holding the API key; without it W&B runs offline."
+    )
+
+
+class TrackingSpec(Spec):
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow settings.")
+    wandb: WandbSpec | None = Field(None, description="Weights & Biases, when configured.")
+
+
+class PromotionSpec(Spec):
+    metric: str = Field(min_length=1, description="Evaluation metric compared, e.g. eval_f1_macro.")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Which way is better.")
+    alias: str = Field(
+        "champion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Alias the new version takes if it wins."
+    )
+
+
+class RegistrySpec(Spec):
+    model_name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$", description="Registered model name (lower case, no slashes)."
+    )
+    uri: str | None = Field(
+        None, description="Registry root (s3://bucket/prefix or a path); defaults to the operator's."
+    )
+    merge_adapter: bool = Field(False, description="Also store the base model with the adapter merged in.")
+    promotion: PromotionSpec | None = Field(None, description="Gate that moves an alias to better versions.")
+
+
+class RunPolicySpec(Spec):
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the job.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this.")
+    suspend: bool = Field(False, description="Hold the job (or pause it, keeping its checkpoints).")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        "None", description="Pods deleted when the job ends; None keeps logs."
+    )
+
+
+class TrainingRunSpec(Spec):
+    task: Task = Field(description="summarization, clause-extraction or risk-classification.")
+    model: ModelSpec = Field(description="Base model.")
+    data: DataSpec = Field(description="Training and validation data.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    classification: ClassificationSpec = Field(
+        default_factory=ClassificationSpec, description="risk-classification settings."
+    )
+    extraction: ExtractionSpec = Field(default_factory=ExtractionSpec, description="clause-extraction settings.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="summarization settings.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapters (PEFT).")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pods, GPUs and scheduling.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
+    registry: RegistrySpec = Field(description="Where the trained model is registered.")
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job-level policy.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainingRunSpec:
+        # These rules span fields; they are mirrored as CEL rules in the CRD (see crd.py).
+        if self.training.precision == "fp16" and is_t5_family(self.model.name):
+            raise ValueError(
+                "spec.training.precision: fp16 is not allowed for T5-family models (they overflow to NaN); "
+                "use bf16 or fp32"
+            )
+        if self.training.evaluation == "steps" and self.training.eval_steps is None:
+            raise ValueError("spec.training.evalSteps: required when evaluation is 'steps'")
+        if self.training.early_stopping is not None and self.training.evaluation == "no":
+            raise ValueError("spec.training.earlyStopping: needs evaluation ('epoch' or 'steps')")
+        if self.deepspeed.zero_stage is not None and self.deepspeed.config is not None:
+            raise ValueError("spec.deepspeed: give zeroStage or config, not both")
+        return self
+
+
+def is_t5_family(model_name: str) -> bool:
+    name = model_name.lower().rsplit("/", 1)[-1]
+    return name.startswith(("t5", "mt5", "flan-t5", "byt5", "long-t5", "umt5")) or "-t5" in name
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metadata a TrainingRun file may carry (the API server fills in the rest)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class TrainingRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["legistra.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingRun"]
+    metadata: ObjectMeta
+    spec: TrainingRunSpec
+    status: dict[str, Any] | None = None

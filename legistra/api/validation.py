@@ -1,0 +1,99 @@
+"""Loading TrainingRun documents with errors that name the field and what is wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from legistra.api.spec import TrainingRun
+
+
+class SpecError(ValueError):
+    """A TrainingRun that cannot be used; `problems` holds one `field.path: message` line each."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "invalid TrainingRun:\n  " + "\n  ".join(problems))
+
+
+def _field_path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound} (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {err.get('input')!r})"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')} (got {err.get('input')!r})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        msg = _message(err)
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        path = _field_path(loc)
+        # Cross-field rules already name their own path(s) in the message.
+        if msg.startswith("spec.") or not path:
+            problems.append(msg)
+        else:
+            problems.append(f"{path}: {msg}")
+    return problems
+
+
+def parse_training_run(doc: Any, source: str = "") -> TrainingRun:
+    if not isinstance(doc, Mapping):
+        raise SpecError(["document: must be a mapping with apiVersion, kind, metadata and spec"], source)
+    try:
+        return TrainingRun.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(problems_of(exc), source) from None
+
+
+def load_documents(path: str | Path) -> list[Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".json"):
+        return [json.loads(text)]
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError([f"YAML: {exc}"], str(path)) from None
+
+
+def load_training_run(path: str | Path) -> TrainingRun:
+    """The single TrainingRun in `path` (YAML or JSON)."""
+    docs = [d for d in load_documents(path) if isinstance(d, Mapping) and d.get("kind") == "TrainingRun"]
+    if len(docs) != 1:
+        others = load_documents(path)
+        if len(others) == 1:
+            return parse_training_run(others[0], str(path))
+        raise SpecError([f"document: expected exactly one TrainingRun, found {len(docs)}"], str(path))
+    return parse_training_run(docs[0], str(path))

@@ -1,0 +1,140 @@
+"""`legistra train FILE`: the same trainer command a PyTorchJob pod runs, launched here with torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from legistra.api.spec import TrainingRun
+from legistra.api.validation import SpecError, load_training_run
+
+
+def absolutize_data(run: TrainingRun, base: Path) -> TrainingRun:
+    """Relative data/model paths are relative to the TrainingRun file, as in kustomize."""
+    def fix(loc: str | None) -> str | None:
+        if loc is None or "://" in loc or Path(loc).is_absolute():
+            return loc
+        candidate = (base / loc).resolve()
+        return str(candidate) if candidate.exists() else loc
+
+    spec = run.spec.model_copy(deep=True)
+    spec.data.train = fix(spec.data.train) or spec.data.train
+    spec.data.validation = fix(spec.data.validation)
+    spec.model.name = fix(spec.model.name) or spec.model.name
+    return run.model_copy(update={"spec": spec})
+
+
+def run_document(run: TrainingRun) -> dict[str, Any]:
+    """The resolved config the trainer reads: the TrainingRun with every default filled in."""
+    meta = {k: v for k, v in run.metadata.model_dump(exclude_none=True).items() if k in ("name", "namespace", "uid")}
+    return {"apiVersion": run.api_version, "kind": run.kind, "metadata": meta, "spec": run.spec.wire()}
+
+
+def default_nproc(run: TrainingRun) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 1
+    return max(1, min(torch.cuda.device_count(), run.spec.resources.nodes * run.spec.resources.gpus_per_node))
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = ["", "Training run finished."]
+    metrics = result.get("metrics", {})
+    shown = {k: v for k, v in metrics.items() if k.startswith("eval_") and "/" not in k}
+    if shown:
+        lines.append("  metrics (validation):")
+        for k, v in sorted(shown.items()):
+            lines.append(f"    {k.removeprefix('eval_'):<26} {v:.4f}")
+    base = result.get("baseline") or {}
+    if base:
+        lines.append("  baseline (majority class):")
+        for k, v in sorted(base.items()):
+            lines.append(f"    {k:<26} {v:.4f}")
+        acc, base_acc = metrics.get("eval_accuracy"), base.get("majority_accuracy")
+        if acc is not None and base_acc is not None:
+            verdict = "beats" if acc > base_acc else "does NOT beat"
+            lines.append(f"  model accuracy {acc:.4f} {verdict} the majority baseline {base_acc:.4f}")
+    ml = result.get("mlflow", {})
+    lines.append(f"  MLflow run:   {ml.get('runId')}  ({ml.get('trackingUri')})")
+    if ml.get("error"):
+        lines.append(f"  MLflow error: {ml['error']}")
+    model = result.get("model", {})
+    alias = f" @{model['alias']}" if model.get("alias") else ""
+    lines.append(f"  model:        {model.get('name')} v{model.get('version')}{alias} -> {model.get('uri')}")
+    if result.get("promotion"):
+        lines.append(f"  promotion:    {result['promotion']['reason']}")
+    if result.get("resumedFrom"):
+        lines.append(f"  resumed from: {result['resumedFrom']}")
+    return "\n".join(lines)
+
+
+def train_locally(args: argparse.Namespace) -> int:
+    try:
+        run = load_training_run(args.file)
+    except SpecError as exc:
+        print(f"{args.file}: invalid", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    run = absolutize_data(run, Path(args.file).resolve().parent)
+    state = Path(args.state_dir).resolve()
+    run_dir = state / "runs" / run.metadata.name
+    config_path = run_dir / "run.json"
+    doc = run_document(run)
+
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if config_path.exists():
+        previous = json.loads(config_path.read_text(encoding="utf-8"))
+        if previous.get("spec") != doc["spec"]:
+            print(
+                f"error: {run_dir} holds an earlier attempt of '{run.metadata.name}' with a different spec; "
+                "rename the run or pass --fresh to discard its checkpoints",
+                file=sys.stderr,
+            )
+            return 2
+        result_file = run_dir / "result.json"
+        if result_file.exists():
+            print(f"'{run.metadata.name}' already finished; pass --fresh to train again.")
+            result = json.loads(result_file.read_text(encoding="utf-8"))
+            print(json.dumps(result, indent=2) if args.json else format_result(result))
+            return 0
+        print(f"resuming '{run.metadata.name}' from {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+    nproc = args.nproc or default_nproc(run)
+    env = dict(os.environ)
+    if args.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if args.registry:
+        env["LEGISTRA_REGISTRY_URI"] = args.registry
+    env.setdefault("LEGISTRA_PROGRESS", "bar" if sys.stderr.isatty() else "log")
+    env.setdefault("LEGISTRA_MLFLOW_ARTIFACT_ROOT", str(state / "mlartifacts"))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "legistra.trainer", "--config", str(config_path), "--output-dir", str(run_dir),
+        "--state-dir", str(state),
+    ]
+    print(f"training '{run.metadata.name}' ({run.spec.task}) with {nproc} process(es); state in {state}",
+          file=sys.stderr)
+    try:
+        rc = subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    if rc != 0:
+        print(f"error: training failed (exit {rc}); run the same command again to resume", file=sys.stderr)
+        return rc
+    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    return 0

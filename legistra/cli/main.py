@@ -1,0 +1,190 @@
+"""The `legistra` command. Heavy imports (torch, MLflow, kopf) happen inside the subcommands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from legistra.api.validation import SpecError, load_training_run
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            run = load_training_run(path)
+        except SpecError as exc:
+            bad += 1
+            print(f"{path}: invalid", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            continue
+        except OSError as exc:
+            bad += 1
+            print(f"{path}: {exc.strerror}", file=sys.stderr)
+            continue
+        print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
+    return 1 if bad else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from legistra.cli.local import train_locally
+
+    return train_locally(args)
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from legistra.trainer.data import DataError
+    from legistra.trainer.prepare import prepare
+
+    try:
+        n = prepare(args.format, Path(args.src), Path(args.dest))
+    except (DataError, ValueError) as exc:
+        return _err(str(exc))
+    print(f"wrote {n} rows to {args.dest}")
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from legistra.registry.registry import Registry, default_registry_uri
+
+    return Registry.open(args.registry or default_registry_uri(Path(args.state_dir)))
+
+
+def _print(obj: Any, as_json: bool, table: list[list[str]] | None = None) -> None:
+    if as_json or table is None:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from legistra.registry.registry import RegistryError
+
+    try:
+        reg = _registry(args)
+        action = args.registry_cmd
+        if action == "push":
+            meta = json.loads(Path(args.metadata).read_text()) if args.metadata else {}
+            mv = reg.push(args.model, Path(args.dir), meta)
+            _print({"model": mv.model, "version": mv.version, "uri": mv.uri}, args.json,
+                   [["MODEL", "VERSION", "URI"], [mv.model, f"v{mv.version}", mv.uri]])
+        elif action == "list":
+            versions = reg.versions(args.model)
+            if not versions:
+                reg.version(args.model, 1)  # raises the right "not found" message
+            aliases = reg.aliases(args.model)
+            by_version: dict[int, list[str]] = {}
+            for alias, v in aliases.items():
+                by_version.setdefault(v, []).append(alias)
+            rows = [["VERSION", "CREATED", "TASK", "ALIASES", "METRICS"]]
+            for mv in versions:
+                m = mv.manifest.get("metrics", {})
+                keys = [k for k in m if k.startswith("eval_") and not k.endswith("loss")][:2]
+                rows.append([f"v{mv.version}", str(mv.manifest.get("createdAt", "")), str(mv.manifest.get("task", "")),
+                             ",".join(sorted(by_version.get(mv.version, []))) or "-",
+                             " ".join(f"{k.removeprefix('eval_')}={m[k]:.4g}" for k in keys) or "-"])
+            _print({"model": args.model, "aliases": aliases,
+                    "versions": [{"version": mv.version, "uri": mv.uri, "createdAt": mv.manifest.get("createdAt"),
+                                  "metrics": mv.manifest.get("metrics", {})} for mv in versions]},
+                   args.json, rows)
+        elif action == "show":
+            mv = reg.version(args.model, reg.resolve(args.model, args.version))
+            _print({"uri": mv.uri, **mv.manifest}, True)
+        elif action == "download":
+            mv = reg.download(args.model, args.ref, Path(args.dest))
+            _print({"model": mv.model, "version": mv.version, "path": str(Path(args.dest).resolve()),
+                    "files": len(mv.manifest["files"])}, args.json,
+                   [["MODEL", "VERSION", "FILES", "PATH"],
+                    [mv.model, f"v{mv.version}", str(len(mv.manifest["files"])), str(Path(args.dest).resolve())]])
+        elif action == "promote":
+            rec = reg.set_alias(args.model, args.alias, reg.resolve(args.model, args.version), reason="manual promote")
+            _alias_out(args, rec)
+        elif action == "rollback":
+            rec = reg.rollback(args.model, args.alias)
+            _alias_out(args, rec)
+    except RegistryError as exc:
+        return _err(str(exc))
+    return 0
+
+
+def _alias_out(args: argparse.Namespace, rec: dict[str, Any]) -> None:
+    _print(rec, args.json, [["MODEL", "ALIAS", "VERSION", "REASON"],
+                            [args.model, rec["alias"], f"v{rec['version']}", rec.get("reason", "")]])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="legistra", description="Train legal-NLP models from TrainingRun files.")
+    p.add_argument("--state-dir", default=".legistra", help="local state: MLflow store, registry, runs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check TrainingRun files; prints every problem with its field path")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+
+    t = sub.add_parser("train", help="run a TrainingRun on this machine (torchrun, local MLflow and registry)")
+    t.add_argument("file")
+    t.add_argument("--nproc", type=int, default=None, help="processes (default: nodes x gpusPerNode, 1 on CPU)")
+    t.add_argument("--fresh", action="store_true", help="discard checkpoints of an earlier attempt")
+    t.add_argument("--registry", default=None, help="registry root (s3://bucket/prefix or a folder)")
+    t.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local sqlite store)")
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.set_defaults(fn=cmd_train)
+
+    d = sub.add_parser("data", help="data utilities")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    prep = dsub.add_parser("prepare", help="convert CUAD / LEDGAR / BillSum release files to our jsonl")
+    prep.add_argument("--format", required=True, choices=["cuad", "ledgar", "billsum"])
+    prep.add_argument("src")
+    prep.add_argument("dest")
+    prep.set_defaults(fn=cmd_data_prepare)
+
+    r = sub.add_parser("registry", help="model registry: versions and aliases")
+    r.add_argument("--registry", default=None, help="root (default: $LEGISTRA_REGISTRY_URI, then the local folder)")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    rsub = r.add_subparsers(dest="registry_cmd", required=True)
+    push = rsub.add_parser("push", help="register a model folder as the next version")
+    push.add_argument("dir")
+    push.add_argument("--model", required=True)
+    push.add_argument("--metadata", help="JSON file merged into the manifest")
+    rsub.add_parser("list", help="versions of a model").add_argument("model")
+    show = rsub.add_parser("show", help="one version's manifest")
+    show.add_argument("model")
+    show.add_argument("version", help="number, vN or alias")
+    dl = rsub.add_parser("download", help="fetch a version (checksums verified)")
+    dl.add_argument("model")
+    dl.add_argument("ref", help="number, vN or alias")
+    dl.add_argument("dest")
+    pr = rsub.add_parser("promote", help="point an alias at a version")
+    pr.add_argument("model")
+    pr.add_argument("version")
+    pr.add_argument("--alias", required=True)
+    rb = rsub.add_parser("rollback", help="point an alias back at its previous version")
+    rb.add_argument("model")
+    rb.add_argument("--alias", required=True)
+    for sp in rsub.choices.values():
+        # Accept the options after the subcommand too; SUPPRESS keeps the group-level value when absent.
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sp.add_argument("--registry", default=argparse.SUPPRESS)
+        sp.set_defaults(fn=cmd_registry)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.fn(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The model registry: immutable versions, atomic numbering, aliases with history.
+
+Layout under the root (a folder or s3://bucket/prefix):
+
+    <model>/.staging/<upload-id>/...   files of a push in progress (never read as a version)
+    <model>/v<N>/.claim                 version number N taken (create-if-absent)
+    <model>/v<N>/<files>                adapter, tokenizer, optional merged/
+    <model>/v<N>/manifest.json          written last, create-if-absent: the version exists iff this does
+    <model>/aliases/<alias>.json        {"version": N, "history": [...]}, moved by compare-and-swap
+
+A push uploads everything to staging first (the slow, crash-prone part), then claims the next free number,
+copies server-side and writes the manifest. A crash before the claim leaves only staging garbage; a crash
+after it leaves a claimed number without a manifest, which readers skip and the next push steps over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from legistra.registry.store import NotFound, PreconditionFailed, Store, open_store
+
+MANIFEST = "manifest.json"
+CLAIM = ".claim"
+VERSION_DIR = re.compile(r"^v(\d+)$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class RegistryError(Exception):
+    """A registry request that cannot be served; the message is one line for the CLI."""
+
+
+class ChecksumMismatch(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: int
+    uri: str
+    manifest: dict[str, Any]
+
+
+def default_registry_uri(state_dir: Path) -> str:
+    return os.environ.get("LEGISTRA_REGISTRY_URI") or str((state_dir / "registry").resolve())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @classmethod
+    def open(cls, uri: str) -> Registry:
+        return cls(open_store(uri))
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri
+
+    # -- versions -----------------------------------------------------------------------------------
+    def _claimed_numbers(self, model: str) -> list[int]:
+        return sorted(int(m.group(1)) for d in self.store.list_dirs(model) if (m := VERSION_DIR.match(d)))
+
+    def push(
+        self,
+        model: str,
+        src: Path,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        on_uploaded: Callable[[], None] | None = None,
+    ) -> ModelVersion:
+        """Register the files under `src` as the next version of `model`."""
+        if not NAME.match(model):
+            raise RegistryError(f"model name {model!r} must match {NAME.pattern}")
+        if not src.is_dir():
+            raise RegistryError(f"{src}: not a directory")
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
+        if not files:
+            raise RegistryError(f"{src}: no files to register")
+        staging = f"{model}/.staging/{uuid.uuid4().hex}"
+        checksums: dict[str, dict[str, Any]] = {}
+        for path in files:
+            rel = path.relative_to(src).as_posix()
+            checksums[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            self.store.put_file(f"{staging}/{rel}", path)
+        if on_uploaded is not None:
+            on_uploaded()
+        version = self._claim(model)
+        prefix = f"{model}/v{version}"
+        for rel in checksums:
+            self.store.copy(f"{staging}/{rel}", f"{prefix}/{rel}")
+        manifest = {
+            "schemaVersion": 1,
+            "model": model,
+            "version": version,
+            "createdAt": _now(),
+            **dict(metadata or {}),
+            "files": checksums,
+        }
+        try:
+            self.store.put(f"{prefix}/{MANIFEST}", _dumps(manifest), if_none_match=True)
+        except PreconditionFailed:  # only possible if someone wrote into our claimed slot by hand
+            raise RegistryError(f"{model} v{version}: manifest already exists; refusing to overwrite") from None
+        self.store.delete_prefix(staging)
+        return ModelVersion(model, version, self.store.url(prefix), manifest)
+
+    def _claim(self, model: str) -> int:
+        existing = self._claimed_numbers(model)
+        candidate = (existing[-1] if existing else 0) + 1
+        token = json.dumps({"claimedAt": _now(), "by": uuid.uuid4().hex}).encode()
+        for _ in range(10_000):
+            try:
+                self.store.put(f"{model}/v{candidate}/{CLAIM}", token, if_none_match=True)
+                return candidate
+            except PreconditionFailed:
+                candidate += 1
+        raise RegistryError(f"{model}: could not claim a version number")
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        out = []
+        for n in self._claimed_numbers(model):
+            try:
+                out.append(self.version(model, n))
+            except RegistryError:
+                continue  # claimed but incomplete: not a version
+        return out
+
+    def models(self) -> list[str]:
+        return [d for d in self.store.list_dirs("") if NAME.match(d)]
+
+    def version(self, model: str, version: int) -> ModelVersion:
+        prefix = f"{model}/v{version}"
+        try:
+            data, _ = self.store.get(f"{prefix}/{MANIFEST}")
+        except NotFound:
+            if not self._claimed_numbers(model):
+                raise RegistryError(f"model {model!r} not found in {self.uri}") from None
+            raise RegistryError(f"model {model!r} has no version {version}") from None
+        return ModelVersion(model, version, self.store.url(prefix), json.loads(data))
+
+    def resolve(self, model: str, ref: str | int) -> int:
+        """A version number from 7, "7", "v7" or an alias name."""
+        text = str(ref)
+        m = re.fullmatch(r"v?(\d+)", text)
+        if m:
+            return int(m.group(1))
+        return int(self.alias(model, text)["version"])
+
+    def download(self, model: str, ref: str | int, dest: Path) -> ModelVersion:
+        mv = self.version(model, self.resolve(model, ref))
+        dest.mkdir(parents=True, exist_ok=True)
+        prefix = f"{model}/v{mv.version}"
+        for rel, meta in mv.manifest["files"].items():
+            target = dest / rel
+            self.store.get_file(f"{prefix}/{rel}", target)
+            actual = sha256_file(target)
+            if actual != meta["sha256"]:
+                raise ChecksumMismatch(
+                    f"{model} v{mv.version}: checksum mismatch for {rel} (expected {meta['sha256'][:12]}…, "
+                    f"got {actual[:12]}…)"
+                )
+        (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2), encoding="utf-8")
+        return mv
+
+    # -- aliases ------------------------------------------------------------------------------------
+    def _alias_key(self, model: str, alias: str) -> str:
+        if not ALIAS.match(alias):
+            raise RegistryError(f"alias {alias!r} must match {ALIAS.pattern}")
+        return f"{model}/aliases/{alias}.json"
+
+    def alias(self, model: str, alias: str) -> dict[str, Any]:
+        try:
+            data, _ = self.store.get(self._alias_key(model, alias))
+        except NotFound:
+            raise RegistryError(f"model {model!r} has no alias {alias!r}") from None
+        record: dict[str, Any] = json.loads(data)
+        return record
+
+    def aliases(self, model: str) -> dict[str, int]:
+        out = {}
+        for key in self.store.list(f"{model}/aliases"):
+            name = key.rsplit("/", 1)[-1].removesuffix(".json")
+            if ALIAS.match(name):
+                out[name] = int(self.alias(model, name)["version"])
+        return out
+
+    def _update_alias(self, model: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+        key = self._alias_key(model, alias)
+        for _ in range(100):
+            try:
+                data, etag = self.store.get(key)
+                current: dict[str, Any] | None = json.loads(data)
+            except NotFound:
+                current, etag = None, ""
+            new = change(current)
+            try:
+                if current is None:
+                    self.store.put(key, _dumps(new), if_none_match=True)
+                else:
+                    self.store.put(key, _dumps(new), if_match=etag)
+                return new
+            except PreconditionFailed:
+                continue  # someone moved it meanwhile: re-read and re-apply
+        raise RegistryError(f"alias {alias!r} of {model!r} is changing too fast; try again")
+
+    def set_alias(self, model: str, alias: str, version: int, reason: str = "") -> dict[str, Any]:
+        self.version(model, version)  # must exist
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            history = list(current["history"]) if current else []
+            if current is not None:
+                history.append({"version": current["version"], "until": _now()})
+            return {"alias": alias, "version": version, "since": _now(), "reason": reason, "history": history}
+
+        return self._update_alias(model, alias, change)
+
+    def rollback(self, model: str, alias: str) -> dict[str, Any]:
+        """Point `alias` back at the version it held before the last move."""
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any]:
+            if current is None:
+                raise RegistryError(f"model {model!r} has no alias {alias!r}")
+            if not current["history"]:
+                raise RegistryError(f"alias {alias!r} of {model!r} has no earlier version to roll back to")
+            history = list(current["history"])
+            previous = history.pop()
+            return {
+                "alias": alias,
+                "version": previous["version"],
+                "since": _now(),
+                "reason": f"rollback from v{current['version']}",
+                "history": history,
+            }
+
+        return self._update_alias(model, alias, change)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode("utf-8")

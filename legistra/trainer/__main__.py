@@ -1,0 +1,55 @@
+"""In-pod entry point: `torchrun ... -m legistra.trainer --config /etc/legistra/run.json`.
+
+Reads only the config file and the environment that torchrun / PyTorchJob provide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from legistra.api.validation import SpecError, parse_training_run
+from legistra.registry.registry import default_registry_uri
+from legistra.tracking.mlflow_tracker import default_tracking_uri
+from legistra.trainer.data import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m legistra.trainer", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="resolved TrainingRun as JSON")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(os.environ.get("LEGISTRA_OUTPUT_DIR", "/var/run/legistra")),
+        help="checkpoints, model and result (a volume that survives pod restarts)",
+    )
+    parser.add_argument("--state-dir", type=Path, default=None, help="local MLflow store / registry / caches")
+    args = parser.parse_args(argv)
+
+    from legistra.trainer.train import RunPaths, RunSettings, run_training
+
+    try:
+        run = parse_training_run(json.loads(args.config.read_text(encoding="utf-8")), str(args.config))
+    except (OSError, json.JSONDecodeError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    state = args.state_dir or args.output_dir
+    paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get("LEGISTRA_CACHE_DIR", state / "cache")))
+    settings = RunSettings(
+        tracking_uri=default_tracking_uri(state),
+        registry_uri=default_registry_uri(state),
+        mlflow_artifact_root=os.environ.get("LEGISTRA_MLFLOW_ARTIFACT_ROOT"),
+    )
+    try:
+        run_training(run, paths, settings)
+    except (DataError, SpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

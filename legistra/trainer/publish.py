@@ -1,0 +1,117 @@
+"""After training (rank 0): register the model version, apply the promotion gate, mirror to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from legistra import __version__
+from legistra.api.spec import TrainingRun
+from legistra.registry.promotion import decide
+from legistra.registry.registry import Registry, RegistryError
+from legistra.tracking.mlflow_tracker import MlflowTracker
+from legistra.tracking.model_registry import register_mlflow_version, set_mlflow_alias
+
+log = logging.getLogger("legistra.trainer")
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout (images set LEGISTRA_GIT_SHA)."""
+    import os
+
+    sha = os.environ.get("LEGISTRA_GIT_SHA")
+    if not sha:
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def publish(
+    run: TrainingRun,
+    paths: Any,
+    settings: Any,
+    mlflow: MlflowTracker,
+    *,
+    metrics: dict[str, float],
+    baseline: dict[str, float],
+    data_sources: dict[str, str],
+    global_step: int,
+    resumed_from: str | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    spec = run.spec
+    registry = Registry.open(spec.registry.uri or settings.registry_uri)
+    name = spec.registry.model_name
+    metadata = {
+        "baseModel": {"name": spec.model.name, "revision": spec.model.revision},
+        "task": spec.task,
+        "data": data_sources,
+        "hyperparameters": {k: v for k, v in spec.wire().items() if k in ("training", "lora", "deepspeed", "data")},
+        "metrics": metrics,
+        "baseline": baseline,
+        "trainingRun": {
+            "name": run.metadata.name,
+            "namespace": run.metadata.namespace,
+            "uid": run.metadata.uid,
+        },
+        "mlflow": {"runId": mlflow.run_id, "experimentId": mlflow.experiment_id, "trackingUri": mlflow.tracking_uri},
+        "codeVersion": code_version(),
+        "globalStep": global_step,
+        **extra,
+    }
+    gate = spec.registry.promotion
+    decision = None
+    if gate is not None:
+        # Decided before the push so the (immutable) manifest records it with both numbers.
+        try:
+            holder = registry.alias(name, gate.alias)
+            inc_version: int | None = int(holder["version"])
+            inc_metrics = registry.version(name, int(holder["version"])).manifest.get("metrics")
+        except RegistryError:  # no holder yet: the candidate competes with nobody
+            inc_version, inc_metrics = None, None
+        decision = decide(gate.metric, gate.direction, gate.alias, metrics, inc_metrics, inc_version)
+        metadata["promotion"] = decision.as_dict()
+        log.info("promotion gate: %s", decision.reason)
+
+    version = registry.push(name, paths.model, metadata)
+    log.info("registered %s v%d at %s", name, version.version, version.uri)
+
+    result: dict[str, Any] = {
+        "phase": "Succeeded",
+        "metrics": metrics,
+        "baseline": baseline,
+        "globalStep": global_step,
+        "resumedFrom": resumed_from,
+        "mlflow": {"runId": mlflow.run_id, "experimentId": mlflow.experiment_id, "url": mlflow.url,
+                   "trackingUri": mlflow.tracking_uri, "error": mlflow.error},
+        "model": {"name": name, "version": version.version, "uri": version.uri},
+    }
+    mlflow_version = None
+    if mlflow.enabled and mlflow.run_id:
+        mlflow_version = register_mlflow_version(
+            mlflow.tracking_uri, name, version.uri, mlflow.run_id,
+            tags={"legistra.version": str(version.version), "legistra.base_model": spec.model.name,
+                  "legistra.task": spec.task},
+        )
+        result["model"]["mlflowVersion"] = mlflow_version
+        mlflow.set_tags({"legistra.model": name, "legistra.model_version": str(version.version),
+                         "legistra.model_uri": version.uri})
+
+    if decision is not None and gate is not None:
+        if decision.promote:
+            registry.set_alias(name, gate.alias, version.version, reason=decision.reason)
+            result["model"]["alias"] = gate.alias
+            if mlflow.enabled:
+                set_mlflow_alias(mlflow.tracking_uri, name, gate.alias, version.version)
+        result["promotion"] = decision.as_dict()
+        mlflow.log_dict(decision.as_dict(), "promotion.json")
+        mlflow.set_tags({"legistra.promotion": "promoted" if decision.promote else "rejected"})
+    return result
+

@@ -1,0 +1,57 @@
+"""What the process learns from its environment (torchrun / PyTorchJob) and how it logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+
+def setup_logging(dist: DistInfo) -> None:
+    """Rank 0 logs at INFO; the other ranks only report warnings and errors, tagged with their rank."""
+    level = logging.INFO if dist.is_main else logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if dist.world_size > 1:
+        fmt = f"%(asctime)s [rank {dist.rank}] %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "filelock", "httpx", "alembic", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity(logging.WARNING)
+        import datasets
+
+        datasets.utils.logging.set_verbosity(logging.WARNING)
+        if not dist.is_main:
+            datasets.utils.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def show_progress_bar() -> bool:
+    """tqdm on a terminal; one log line per logging interval in pods, where bars garble the log."""
+    forced = os.environ.get("LEGISTRA_PROGRESS")
+    if forced is not None:
+        return forced == "bar"
+    return sys.stderr.isatty()

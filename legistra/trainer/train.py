@@ -1,0 +1,399 @@
+"""The training run: one TrainingRun in, a registered model version and its metrics out.
+
+Every rank runs this module under torchrun. All ranks train and evaluate (data-parallel, and ZeRO-3 needs
+every rank in each forward); rank 0 alone logs, tracks, saves, registers and writes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from legistra import __version__
+from legistra.api.spec import TrainingRun, TrainingRunSpec
+from legistra.trainer.data import LoadedData, load_data
+from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
+from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
+from legistra.trainer.tasks import TaskHandler, handler_for
+
+log = logging.getLogger("legistra.trainer")
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class RunPaths:
+    """Where one run keeps its state. `root` survives pod restarts (a volume), so resume works."""
+
+    root: Path
+    cache: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def result(self) -> Path:
+        return self.root / RESULT_FILE
+
+
+@dataclass
+class RunSettings:
+    """Runtime settings that do not belong in the spec: locations given by the environment or the CLI."""
+
+    tracking_uri: str
+    registry_uri: str
+    mlflow_artifact_root: str | None = None
+    status_sink: Any = None  # callable(progress dict) on rank 0; the operator path patches .status with it
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def run_key(run: TrainingRun) -> str:
+    """Stable identity of a TrainingRun across restarts (for MLflow and W&B resume)."""
+    if run.metadata.uid:
+        return run.metadata.uid
+    digest = hashlib.sha256(json.dumps(run.spec.wire(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{run.metadata.namespace or 'local'}-{run.metadata.name}-{digest}"
+
+
+def effective_precision(spec: TrainingRunSpec, cuda: bool, bf16_ok: bool) -> str:
+    """fp16 needs a GPU; bf16 needs Ampere or newer (or the CPU, which emulates it)."""
+    wanted = spec.training.precision
+    if wanted == "fp16" and not cuda:
+        return "fp32"
+    if wanted == "bf16" and cuda and not bf16_ok:
+        return "fp16"
+    return wanted
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_cached(
+    handler: TaskHandler, data: LoadedData, tokenizer: Any, cache_root: Path, args: Any
+) -> tuple[Any, Any, bool]:
+    """Tokenized train/validation sets, reused across runs with the same data, tokenizer and settings."""
+    import datasets
+
+    key = hashlib.sha256(
+        json.dumps(
+            {"data": data.fingerprint, "tok": _tokenizer_fingerprint(tokenizer), **handler.cache_key()},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:20]
+    target = cache_root / "tokenized" / key
+    hit = (target / "done").exists()
+    with args.main_process_first(desc="tokenization"):
+        if not (target / "done").exists():
+            train = handler.encode(data.train, tokenizer)
+            val = handler.encode(data.validation, tokenizer)
+            tmp = target.with_name(f"{key}.tmp-{os.getpid()}")
+            train.save_to_disk(str(tmp / "train"))
+            val.save_to_disk(str(tmp / "validation"))
+            (tmp / "done").write_text(__version__)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process of the same node won the race; its copy is identical
+                pass
+    train = datasets.load_from_disk(str(target / "train"))
+    val = datasets.load_from_disk(str(target / "validation"))
+    return train, val, hit
+
+
+def verify_adapter(model_dir: Path) -> dict[str, float]:
+    """The saved adapter is non-empty and trained: lora_B starts at zero, so all-zero means no learning."""
+    from safetensors.torch import load_file
+
+    path = model_dir / "adapter_model.safetensors"
+    if not path.exists():
+        raise RuntimeError(f"{path}: adapter was not saved")
+    tensors = load_file(str(path))
+    lora_b = [t for k, t in tensors.items() if "lora_B" in k]
+    if not lora_b or any(t.numel() == 0 for t in lora_b):
+        raise RuntimeError(f"{path}: adapter is empty (ZeRO-3 parameters were not gathered before saving)")
+    norm = float(sum(t.float().abs().sum() for t in lora_b))
+    if norm == 0.0:
+        raise RuntimeError(f"{path}: adapter weights never changed from their zero init; LoRA did not train")
+    return {"adapter_tensors": float(len(tensors)), "lora_b_abs_sum": norm}
+
+
+def build_training_args(
+    spec: TrainingRunSpec,
+    handler: TaskHandler,
+    paths: RunPaths,
+    dist: DistInfo,
+    precision: str,
+    ds_config: dict[str, Any] | None,
+    cuda: bool,
+) -> Any:
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    t = spec.training
+    metric = t.metric_for_best_model or handler.default_metric
+    kwargs: dict[str, Any] = {
+        "output_dir": str(paths.checkpoints),
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "warmup_steps": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "eval_strategy": t.evaluation,
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "fp16": precision == "fp16",
+        "bf16": precision == "bf16",
+        "deepspeed": ds_config,
+        "train_sampling_strategy": "group_by_length" if t.group_by_length else "random",
+        "dataloader_num_workers": t.dataloader_workers,
+        "dataloader_persistent_workers": t.dataloader_workers > 0,
+        "report_to": "none",
+        "disable_tqdm": not (dist.is_main and show_progress_bar()),
+        "log_level_replica": "error",
+        "include_num_input_tokens_seen": "non_padding",
+        "label_names": ["labels"],
+        "metric_for_best_model": f"eval_{metric}",
+        "greater_is_better": handler.greater_is_better,
+        "load_best_model_at_end": t.early_stopping is not None,
+        "optim": "adamw_torch_fused" if cuda else "adamw_torch",
+        "use_cpu": not cuda,
+        "ddp_backend": None if cuda else "gloo",
+        "ddp_find_unused_parameters": False,
+    }
+    if handler.seq2seq:
+        g = spec.generation
+        kwargs.update(
+            predict_with_generate=True,
+            generation_max_length=g.max_new_tokens,
+            generation_num_beams=g.num_beams,
+        )
+        return Seq2SeqTrainingArguments(**kwargs)
+    return TrainingArguments(**kwargs)
+
+
+def final_eval(trainer: Any) -> dict[str, Any]:
+    """The evaluation of the final weights: reused when the last scheduled evaluation ran at the last step."""
+    state = trainer.state
+    evals = [h for h in state.log_history if "eval_loss" in h]
+    if evals and evals[-1].get("step") == state.global_step and not trainer.args.load_best_model_at_end:
+        return dict(evals[-1])
+    metrics: dict[str, Any] = trainer.evaluate()
+    return metrics
+
+
+def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    drop = ("runtime", "samples_per_second", "steps_per_second")
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith(drop)
+    }
+
+
+def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> dict[str, Any] | None:
+    """Train, evaluate, save and register. Returns the result on rank 0 (None on the other ranks)."""
+    import torch
+    from transformers import AutoTokenizer, EarlyStoppingCallback, Seq2SeqTrainer, Trainer, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
+    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
+    from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
+    from legistra.tracking.wandb_tracker import WandbTracker
+
+    dist = DistInfo.from_env()
+    setup_logging(dist)
+    if paths.result.exists():
+        # A pod restarted after the run finished: never train or register twice.
+        log.info("run already finished (%s); nothing to do", paths.result)
+        done: dict[str, Any] = json.loads(paths.result.read_text(encoding="utf-8"))
+        return done if dist.is_main else None
+    spec = run.spec
+    started = time.time()
+    set_seed(spec.training.seed)
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    precision = effective_precision(spec, cuda, bf16_ok)
+    if precision != spec.training.precision:
+        log.warning("precision %s is not available on this device; using %s", spec.training.precision, precision)
+    ds_config = deepspeed_config(spec.deepspeed)
+
+    handler = handler_for(spec)
+    data = load_data(spec.task, spec.data, paths.cache, spec.training.seed)
+    handler.fit_labels(data.train, data.validation)
+    model_path = resolve_model(spec.model, paths.cache)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+    )
+
+    args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
+    train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache, args)
+    handler.bind_eval(eval_ds, data.validation, tokenizer)
+    log.info(
+        "%s: %d train / %d validation rows -> %d / %d examples (tokenization %s)",
+        spec.task, len(data.train), len(data.validation), len(train_ds), len(eval_ds),
+        "cached" if cache_hit else "computed",
+    )
+
+    model = handler.load_model(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+    if spec.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if spec.lora.enabled:
+        model = apply_lora(model, spec.task, spec.lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    mlflow: MlflowTracker | None = None
+    wandb: WandbTracker | None = None
+    experiment = spec.tracking.mlflow.experiment or spec.registry.model_name
+    key = run_key(run)
+    if dist.is_main:
+        mlflow = MlflowTracker(
+            spec.tracking.mlflow.tracking_uri or settings.tracking_uri,
+            experiment,
+            key,
+            run.metadata.name,
+            artifact_root=settings.mlflow_artifact_root,
+        )
+        mlflow.start(
+            tags={
+                "legistra.task": spec.task,
+                "legistra.base_model": spec.model.name,
+                "legistra.training_run": f"{run.metadata.namespace or 'local'}/{run.metadata.name}",
+                "legistra.code_version": __version__,
+                **settings.extra_tags,
+            }
+        )
+        params = public_params({"spec": spec.wire()})
+        params.update(
+            {
+                "resolved.world_size": dist.world_size,
+                "resolved.precision": precision,
+                "resolved.zero_stage": zero_stage_of(ds_config),
+                "resolved.trainable_params": trainable,
+                "resolved.total_params": total,
+                "resolved.train_examples": len(train_ds),
+                "resolved.eval_examples": len(eval_ds),
+                "resolved.labels": json.dumps(handler.labels) if handler.labels else None,
+            }
+        )
+        mlflow.log_params(params)
+        mlflow.log_dict({"apiVersion": run.api_version, "kind": run.kind, "metadata": {"name": run.metadata.name},
+                         "spec": spec.wire()}, "trainingrun.json")
+        if spec.tracking.wandb is not None:
+            wandb = WandbTracker(spec.tracking.wandb, key[:64].replace("/", "-"), run.metadata.name, paths.root)
+            wandb.start(params)
+
+    metrics_cb = MetricsCallback(mlflow, wandb, settings.status_sink)
+    callbacks: list[Any] = [metrics_cb, LogLineCallback()] if not show_progress_bar() else [metrics_cb]
+    if spec.training.early_stopping is not None:
+        es = spec.training.early_stopping
+        callbacks.append(EarlyStoppingCallback(es.patience, es.threshold))
+
+    trainer_cls = Seq2SeqTrainer if handler.seq2seq else Trainer
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=handler.collator(tokenizer, model),
+        compute_metrics=handler.compute_metrics,
+        preprocess_logits_for_metrics=None if handler.seq2seq else handler.preprocess_logits,
+        callbacks=callbacks,
+    )
+
+    if not show_progress_bar():
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # LogLineCallback prints the readable version
+    last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    status = "FAILED"
+    try:
+        train_out = trainer.train(resume_from_checkpoint=last)
+        final = final_eval(trainer)
+        if ds_config and mlflow is not None and getattr(args, "hf_deepspeed_config", None) is not None:
+            mlflow.log_dict(args.hf_deepspeed_config.config, "deepspeed_config.json")
+        trainer.save_model(str(paths.model))  # every rank: ZeRO-3 gathers the shards collectively
+        status = "FINISHED"
+    finally:
+        if dist.is_main and status == "FAILED":
+            if mlflow is not None:
+                mlflow.end("FAILED")
+            if wandb is not None:
+                wandb.finish(exit_code=1)
+
+    if not dist.is_main:
+        return None
+
+    tokenizer.save_pretrained(str(paths.model))
+    (paths.model / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing to ship in a registry
+    adapter_check = verify_adapter(paths.model) if spec.lora.enabled else {}
+    metrics = _clean_metrics({**train_out.metrics, **final})
+    baseline = handler.baseline(data.train, data.validation)
+    (paths.model / "legistra.json").write_text(
+        json.dumps({"task": spec.task, "labels": handler.labels, "baseModel": spec.model.name,
+                    "lora": spec.lora.enabled}, indent=2),
+        encoding="utf-8",
+    )
+    if spec.registry.merge_adapter and spec.lora.enabled:
+        from legistra.trainer.merge import merge_and_check
+
+        merge_and_check(handler, model_path, paths.model, paths.model / "merged", tokenizer, eval_ds)
+
+    from legistra.trainer.publish import publish
+
+    assert mlflow is not None
+    result = publish(
+        run,
+        paths,
+        settings,
+        mlflow,
+        metrics=metrics,
+        baseline=baseline,
+        data_sources=data.sources,
+        global_step=int(trainer.state.global_step),
+        resumed_from=last,
+        extra={"adapterCheck": adapter_check, "precision": precision, "worldSize": dist.world_size,
+               "zeroStage": zero_stage_of(ds_config)},
+    )
+    if metrics_cb.history:
+        from legistra.tracking.plots import plot_curves
+
+        png = plot_curves(metrics_cb.history, paths.root / "training_curves.png", run.metadata.name)
+        if png is not None:
+            mlflow.log_artifact(png)
+    mlflow.log_metrics({f"final/{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
+    mlflow.end("FINISHED")
+    if wandb is not None:
+        wandb.log({f"final/{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
+        wandb.finish()
+    result["wallSeconds"] = round(time.time() - started, 1)
+    paths.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if settings.status_sink is not None:
+        settings.status_sink({"result": result})
+    return result
