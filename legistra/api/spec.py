@@ -7,6 +7,7 @@ expect; Python code uses snake_case attributes.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -247,9 +248,13 @@ class TrainingRunSpec(Spec):
         return self
 
 
+T5_NAME = re.compile(r"(^|[-_])(code|flan-|long-|by|m|um)?t5([-_.]|$)")
+T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
+
+
 def is_t5_family(model_name: str) -> bool:
-    name = model_name.lower().rsplit("/", 1)[-1]
-    return name.startswith(("t5", "mt5", "flan-t5", "byt5", "long-t5", "umt5")) or "-t5" in name
+    """By name; the trainer checks the loaded config's model_type too, for paths that hide the name."""
+    return bool(T5_NAME.search(model_name.lower().rsplit("/", 1)[-1]))
 
 
 class ObjectMeta(BaseModel):

@@ -43,7 +43,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
-        return f"must be {op} {bound} (got {err.get('input')!r})"
+        shown = f"{bound:g}" if isinstance(bound, float) else bound
+        return f"must be {op} {shown} (got {err.get('input')!r})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')} (got {err.get('input')!r})"
     if kind == "string_pattern_mismatch":

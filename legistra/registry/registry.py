@@ -200,13 +200,15 @@ class Registry:
 
     def aliases(self, model: str) -> dict[str, int]:
         out = {}
-        for key in self.store.list(f"{model}/aliases"):
+        for key in self.store.list_keys(f"{model}/aliases"):
             name = key.rsplit("/", 1)[-1].removesuffix(".json")
             if ALIAS.match(name):
                 out[name] = int(self.alias(model, name)["version"])
         return out
 
-    def _update_alias(self, model: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> dict[str, Any]:
+    def _update_alias(
+        self, model: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
         key = self._alias_key(model, alias)
         for _ in range(100):
             try:

@@ -33,7 +33,7 @@ class Store(Protocol):
     def get(self, key: str) -> tuple[bytes, str]: ...
     def get_file(self, key: str, dest: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str) -> list[str]: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
     def list_dirs(self, prefix: str) -> list[str]: ...
     def copy(self, src: str, dst: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
@@ -134,16 +134,14 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
         out = []
         for dirpath, _, files in os.walk(base):
             for name in files:
-                if name.startswith((".tmp-", ".")) and name.endswith(".lock"):
-                    continue
-                if name.startswith(".tmp-"):
+                if name.startswith(".tmp-") or name.endswith(".lock"):
                     continue
                 out.append(str((Path(dirpath) / name).relative_to(self.root)))
         return sorted(out)
@@ -230,7 +228,7 @@ class S3Store:
         full = self._key(prefix)
         yield from self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, **kw)
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         strip = len(self._key("")) if self.prefix else 0
         return sorted(o["Key"][strip:] for page in self._pages(prefix) for o in page.get("Contents", []))
 
@@ -247,7 +245,7 @@ class S3Store:
         self.s3.copy({"Bucket": self.bucket, "Key": self._key(src)}, self.bucket, self._key(dst))
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = [self._key(k) for k in self.list(prefix)]
+        keys = [self._key(k) for k in self.list_keys(prefix)]
         for i in range(0, len(keys), 1000):
             self.s3.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}

@@ -118,8 +118,7 @@ def _read_parquet(path: Path, label: str) -> Iterator[tuple[int, Row]]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield i, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def cuad_to_rows(doc: Any, label: str) -> list[Row]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from legistra import __version__
-from legistra.api.spec import TrainingRun, TrainingRunSpec
+from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
+from legistra.api.validation import SpecError
 from legistra.trainer.data import LoadedData, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
 from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
@@ -218,10 +219,10 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     from transformers import AutoTokenizer, EarlyStoppingCallback, Seq2SeqTrainer, Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
-    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
     from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
     from legistra.tracking.wandb_tracker import WandbTracker
+    from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
+    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
 
     dist = DistInfo.from_env()
     setup_logging(dist)
@@ -258,6 +259,9 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     )
 
     model = handler.load_model(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+    if precision == "fp16" and model.config.model_type in T5_MODEL_TYPES:
+        raise SpecError([f"spec.training.precision: fp16 is not allowed for {model.config.model_type} models "
+                         "(they overflow to NaN); use bf16 or fp32"])
     if spec.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if spec.lora.enabled:

@@ -1,0 +1,160 @@
+"""Shared fixtures: tiny models, and real MLflow and S3 (moto) servers on loopback."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DATA = EXAMPLES / "data"
+VENV_BIN = Path(sys.executable).parent
+
+# Tests never talk to a hub or a real cloud.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not come up in {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny
+
+    root = tmp_path_factory.mktemp("models")
+    texts = tiny.corpus(DATA)
+    return {
+        "bert": tiny.build_tiny_bert(root / "tiny-bert", texts),
+        "bart": tiny.build_tiny_bart(root / "tiny-bart", texts),
+    }
+
+
+def base_run(task: str, model: Path, name: str, **spec_overrides: Any) -> dict[str, Any]:
+    data = {
+        "risk-classification": ("risk_train.jsonl", "risk_validation.jsonl"),
+        "clause-extraction": ("clauses_train.jsonl", "clauses_validation.jsonl"),
+        "summarization": ("bills_train.jsonl", "bills_validation.jsonl"),
+    }[task]
+    doc: dict[str, Any] = {
+        "apiVersion": "legistra.io/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "task": task,
+            "model": {"name": str(model)},
+            "data": {"train": str(DATA / data[0]), "validation": str(DATA / data[1]), "maxLength": 64,
+                     "maxTargetLength": 32, "stride": 16, "maxSamples": 64},
+            "training": {"epochs": 1, "maxSteps": 6, "batchSize": 4, "learningRate": 0.003, "saveSteps": 3,
+                         "loggingSteps": 1, "dataloaderWorkers": 0, "evaluation": "epoch"},
+            "generation": {"maxNewTokens": 8},
+            "lora": {"r": 4, "alpha": 8},
+            "registry": {"modelName": name},
+        },
+    }
+    merge(doc["spec"], spec_overrides)
+    return doc
+
+
+def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def write_run(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def legistra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "legistra"), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` with a sqlite backend and a local artifact store."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto in server mode: a real HTTP S3 endpoint on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture()
+def bucket(s3_endpoint: str) -> str:
+    import uuid
+
+    import boto3
+
+    name = f"reg-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,230 @@
+"""The model registry on a local folder and on S3 (moto server over HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from legistra.registry.promotion import decide
+from legistra.registry.registry import ChecksumMismatch, Registry, RegistryError
+from tests.conftest import legistra
+
+
+def model_dir(root: Path, tag: str = "a", files: int = 3, size: int = 64) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (root / f"part-{i}.bin").write_bytes((tag * size)[:size].encode() + bytes([i]))
+    (root / "tokenizer").mkdir(exist_ok=True)
+    (root / "tokenizer" / "tokenizer.json").write_text(json.dumps({"tag": tag}))
+    return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    if request.param == "local":
+        return Registry.open(str(tmp_path / "registry"))
+    bucket = request.getfixturevalue("bucket")
+    return Registry.open(f"s3://{bucket}/models")
+
+
+def test_push_list_show_download(registry: Registry, tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "m")
+    v1 = registry.push("clause-risk", src, {"task": "risk-classification", "metrics": {"eval_f1": 0.5}})
+    v2 = registry.push("clause-risk", model_dir(tmp_path / "m2", "b"), {"metrics": {"eval_f1": 0.6}})
+    assert (v1.version, v2.version) == (1, 2)
+    assert [v.version for v in registry.versions("clause-risk")] == [1, 2]
+    shown = registry.version("clause-risk", 1).manifest
+    assert shown["task"] == "risk-classification"
+    assert set(shown["files"]) == {"part-0.bin", "part-1.bin", "part-2.bin", "tokenizer/tokenizer.json"}
+    assert all(len(f["sha256"]) == 64 for f in shown["files"].values())
+    dest = tmp_path / "dl"
+    registry.download("clause-risk", "v1", dest)
+    assert (dest / "part-1.bin").read_bytes() == (src / "part-1.bin").read_bytes()
+    assert json.loads((dest / "manifest.json").read_text())["version"] == 1
+    assert registry.models() == ["clause-risk"]
+
+
+def test_missing_things_are_one_line_errors(registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="model 'nope' not found"):
+        registry.version("nope", 1)
+    registry.push("m", model_dir(tmp_path / "m"))
+    with pytest.raises(RegistryError, match="model 'm' has no version 9"):
+        registry.version("m", 9)
+    with pytest.raises(RegistryError, match="model 'm' has no alias 'champion'"):
+        registry.resolve("m", "champion")
+    with pytest.raises(RegistryError, match="must match"):
+        registry.push("Bad Name", tmp_path / "m")
+
+
+def test_aliases_move_and_roll_back_with_history(registry: Registry, tmp_path: Path) -> None:
+    for tag in "abc":
+        registry.push("m", model_dir(tmp_path / tag, tag))
+    registry.set_alias("m", "champion", 1)
+    registry.set_alias("m", "champion", 3, reason="better")
+    assert registry.resolve("m", "champion") == 3
+    assert registry.alias("m", "champion")["history"][-1]["version"] == 1
+    back = registry.rollback("m", "champion")
+    assert back["version"] == 1 and registry.resolve("m", "champion") == 1
+    with pytest.raises(RegistryError, match="no earlier version"):
+        registry.rollback("m", "champion")
+    with pytest.raises(RegistryError, match="no version 7"):
+        registry.set_alias("m", "staging", 7)
+    assert registry.aliases("m") == {"champion": 1}
+
+
+def test_checksum_mismatch_on_download_is_an_error(registry: Registry, tmp_path: Path) -> None:
+    registry.push("m", model_dir(tmp_path / "m"))
+    # Corrupt the stored object behind the registry's back, as a bad disk or a bad actor would.
+    registry.store.put("m/v1/part-0.bin", b"tampered")
+    with pytest.raises(ChecksumMismatch, match="checksum mismatch for part-0.bin"):
+        registry.download("m", 1, tmp_path / "dl")
+
+
+def test_versions_are_immutable(registry: Registry, tmp_path: Path) -> None:
+    registry.push("m", model_dir(tmp_path / "m"))
+    before = registry.version("m", 1).manifest
+    registry.push("m", model_dir(tmp_path / "n", "z"))
+    assert registry.version("m", 1).manifest == before
+
+
+def test_concurrent_pushes_in_threads_get_distinct_versions(registry: Registry, tmp_path: Path) -> None:
+    dirs = [model_dir(tmp_path / f"m{i}", chr(97 + i)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(lambda d: registry.push("m", d).version, dirs))
+    assert sorted(versions) == list(range(1, 9))
+
+
+def test_sixteen_concurrent_cli_pushes_to_s3(bucket: str, tmp_path: Path) -> None:
+    """16 processes push the same model at once: v1..v16, none lost, each manifest matches its folder."""
+    uri = f"s3://{bucket}/reg"
+    dirs = [model_dir(tmp_path / f"m{i}", f"{i:02d}", files=4, size=4096) for i in range(16)]
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen([str(Path(sys.executable).parent / "legistra"), "registry", "--registry", uri, "--json",
+                          "push", str(d), "--model", "contested"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for d in dirs
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    elapsed = time.monotonic() - t0
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    got = sorted(json.loads(o[0])["version"] for o in outs)
+    assert got == list(range(1, 17))
+    reg = Registry.open(uri)
+    by_tag = {}
+    for mv in reg.versions("contested"):
+        tok = reg.store.get(f"contested/v{mv.version}/tokenizer/tokenizer.json")[0]
+        by_tag[json.loads(tok)["tag"]] = mv.version
+    assert sorted(by_tag) == [f"{i:02d}" for i in range(16)]  # every push landed, none overwrote another
+    print(f"16 concurrent pushes: {elapsed:.2f}s wall")
+
+
+KILLABLE = """
+import sys
+from pathlib import Path
+from legistra.registry.registry import Registry
+Registry.open(sys.argv[1]).push("m", Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_push_killed_mid_upload_leaves_no_version(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    uri = f"s3://{request.getfixturevalue('bucket')}/reg" if where == "s3" else str(tmp_path / "reg")
+    reg = Registry.open(uri)
+    reg.push("m", model_dir(tmp_path / "first"))
+    big = model_dir(tmp_path / "big", "x", files=60, size=1 << 20)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, uri, str(big)], env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("/.staging/" in k for k in reg.store.list_keys("m")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    staged = [k for k in reg.store.list_keys("m") if "/.staging/" in k]
+    assert staged, "the push was not caught mid-upload"
+    assert len(staged) < 61
+    assert [v.version for v in reg.versions("m")] == [1]
+    assert reg.push("m", model_dir(tmp_path / "next", "n")).version == 2
+
+
+def test_claimed_but_unfinished_version_is_skipped(registry: Registry, tmp_path: Path) -> None:
+    registry.push("m", model_dir(tmp_path / "a"))
+    registry.store.put("m/v2/.claim", b"{}", if_none_match=True)  # a push that died after claiming
+    assert [v.version for v in registry.versions("m")] == [1]
+    assert registry.push("m", model_dir(tmp_path / "b", "b")).version == 3
+
+
+def test_cli_registry_commands(tmp_path: Path) -> None:
+    reg = str(tmp_path / "reg")
+    src = model_dir(tmp_path / "m")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"task": "summarization", "metrics": {"eval_rougeL": 0.31}}))
+    res = legistra("registry", "--registry", reg, "push", str(src), "--model", "bills", "--metadata", str(meta))
+    assert res.returncode == 0, res.stderr
+    assert "v1" in res.stdout
+    legistra("registry", "--registry", reg, "push", str(src), "--model", "bills")
+    res = legistra("registry", "--registry", reg, "--json", "list", "bills")
+    listed = json.loads(res.stdout)
+    assert [v["version"] for v in listed["versions"]] == [1, 2]
+    res = legistra("registry", "--registry", reg, "list", "bills")
+    assert res.stdout.splitlines()[0].split() == ["VERSION", "CREATED", "TASK", "ALIASES", "METRICS"]
+    assert "rougeL=0.31" in res.stdout
+    res = legistra("registry", "--registry", reg, "promote", "bills", "2", "--alias", "champion")
+    assert res.returncode == 0 and "champion" in res.stdout
+    legistra("registry", "--registry", reg, "promote", "bills", "1", "--alias", "champion")
+    res = legistra("registry", "--registry", reg, "--json", "rollback", "bills", "--alias", "champion")
+    assert json.loads(res.stdout)["version"] == 2
+    res = legistra("registry", "--registry", reg, "show", "bills", "champion")
+    assert json.loads(res.stdout)["version"] == 2
+    res = legistra("registry", "--registry", reg, "download", "bills", "champion", str(tmp_path / "out"))
+    assert res.returncode == 0 and (tmp_path / "out" / "part-0.bin").exists()
+    for args in (["show", "bills", "9"], ["list", "ghost"], ["download", "bills", "staging", str(tmp_path / "x")]):
+        res = legistra("registry", "--registry", reg, *args)
+        assert res.returncode == 1
+        assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: ")
+
+
+def test_registry_uri_from_environment(tmp_path: Path) -> None:
+    reg = tmp_path / "env-reg"
+    res = legistra("registry", "push", str(model_dir(tmp_path / "m")), "--model", "x",
+                   env={"LEGISTRA_REGISTRY_URI": str(reg)})
+    assert res.returncode == 0, res.stderr
+    assert (reg / "x" / "v1" / "manifest.json").exists()
+
+
+# -- promotion gate (pure) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("direction", "cand", "inc", "inc_version", "promote", "reason"),
+    [
+        ("maximize", 0.8, None, None, True, "no version holds 'champion' yet"),
+        ("maximize", 0.8, 0.7, 3, True, "eval_f1 0.8 beats v3's 0.7 (maximize)"),
+        ("maximize", 0.7, 0.7, 3, False, "eval_f1 0.7 does not beat v3's 0.7 (maximize)"),
+        ("maximize", 0.6, 0.7, 3, False, "eval_f1 0.6 does not beat v3's 0.7 (maximize)"),
+        ("minimize", 0.6, 0.7, 3, True, "eval_f1 0.6 beats v3's 0.7 (minimize)"),
+        ("minimize", 0.8, 0.7, 3, False, "eval_f1 0.8 does not beat v3's 0.7 (minimize)"),
+        ("maximize", None, 0.7, 3, False, "candidate has no finite value for eval_f1"),
+        ("maximize", 0.5, None, 3, True, "v3 (holding 'champion') has no value for eval_f1"),
+        ("maximize", float("nan"), 0.7, 3, False, "candidate has no finite value for eval_f1"),
+    ],
+)
+def test_promotion_gate(direction: str, cand: float | None, inc: float | None, inc_version: int | None,
+                        promote: bool, reason: str) -> None:
+    cm = {} if cand is None else {"eval_f1": cand}
+    im = None if inc is None else {"eval_f1": inc}
+    d = decide("eval_f1", direction, "champion", cm, im, inc_version)  # type: ignore[arg-type]
+    assert (d.promote, d.reason) == (promote, reason)
+    assert d.as_dict()["candidate"] == (cand if cand is None or cand == cand else d.candidate)
+
+
+def test_promotion_gate_accepts_metric_without_eval_prefix() -> None:
+    d = decide("f1_macro", "maximize", "champion", {"eval_f1_macro": 0.9}, {"eval_f1_macro": 0.8}, 1)
+    assert d.promote and d.candidate == 0.9 and d.incumbent == 0.8
