@@ -94,7 +94,7 @@ def test_custom_field_names(tmp_path: Path) -> None:
 def test_holdout_split_is_deterministic_and_disjoint() -> None:
     rows = [{"i": i} for i in range(100)]
     a_train, a_val = split_holdout(rows, 0.2, seed=3)
-    b_train, b_val = split_holdout(rows, 0.2, seed=3)
+    _, b_val = split_holdout(rows, 0.2, seed=3)
     assert a_val == b_val and len(a_val) == 20 and len(a_train) == 80
     assert not {r["i"] for r in a_val} & {r["i"] for r in a_train}
 
