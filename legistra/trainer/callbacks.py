@@ -122,7 +122,8 @@ class LogLineCallback(TrainerCallback):
         if state.epoch is not None:
             parts.append(f"epoch {state.epoch:.2f}")
         for key, value in _numeric(logs).items():
-            if key in ("loss", "learning_rate", "grad_norm") or key.startswith("eval_"):
+            if key in ("loss", "learning_rate", "grad_norm") or (key.startswith("eval_") and "/" not in key
+                                                                  and not key.endswith(("_runtime", "_per_second"))):
                 parts.append(f"{key} {value:.4g}")
         parts.append(f"eta {eta:.0f}s")
         log.info(" | ".join(parts))

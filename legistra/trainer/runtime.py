@@ -27,6 +27,21 @@ class DistInfo:
         )
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this rank if its launcher dies, so a killed torchrun leaves no orphan ranks
+    (torchrun starts each rank in a session of its own, out of reach of a signal to the launcher's group)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def setup_logging(dist: DistInfo) -> None:
     """Rank 0 logs at INFO; the other ranks only report warnings and errors, tagged with their rank."""
     level = logging.INFO if dist.is_main else logging.WARNING

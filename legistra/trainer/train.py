@@ -20,7 +20,7 @@ from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
 from legistra.api.validation import SpecError
 from legistra.trainer.data import LoadedData, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
-from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
+from legistra.trainer.runtime import DistInfo, die_with_parent, setup_logging, show_progress_bar
 from legistra.trainer.tasks import TaskHandler, handler_for
 
 log = logging.getLogger("legistra.trainer")
@@ -175,6 +175,10 @@ def build_training_args(
         "log_level_replica": "error",
         "include_num_input_tokens_seen": "non_padding",
         "label_names": ["labels"],
+        # HF rescales the loss by the world size when the model "accepts loss kwargs"; PEFT wrappers claim to
+        # while heads such as sequence classification ignore them, which doubled the loss on 2 ranks. Plain
+        # per-device means (averaged by DDP/ZeRO) are correct for every task here.
+        "average_tokens_across_devices": False,
         "metric_for_best_model": f"eval_{metric}",
         "greater_is_better": handler.greater_is_better,
         "load_best_model_at_end": t.early_stopping is not None,
@@ -213,6 +217,24 @@ def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def init_process_group(dist: DistInfo, cuda: bool, deepspeed: bool) -> None:
+    """Join the job's process group before any model is built: ZeRO-3 partitions weights while loading."""
+    import torch
+    import torch.distributed as tdist
+
+    if dist.world_size == 1 or tdist.is_initialized():
+        return
+    if cuda:
+        torch.cuda.set_device(dist.local_rank)
+    backend = "nccl" if cuda else "gloo"
+    if deepspeed:
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend=backend)
+    else:
+        tdist.init_process_group(backend=backend)
+
+
 def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> dict[str, Any] | None:
     """Train, evaluate, save and register. Returns the result on rank 0 (None on the other ranks)."""
     import torch
@@ -225,6 +247,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
 
     dist = DistInfo.from_env()
+    die_with_parent()
     setup_logging(dist)
     if paths.result.exists():
         # A pod restarted after the run finished: never train or register twice.
@@ -240,6 +263,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     if precision != spec.training.precision:
         log.warning("precision %s is not available on this device; using %s", spec.training.precision, precision)
     ds_config = deepspeed_config(spec.deepspeed)
+    init_process_group(dist, cuda, ds_config is not None)
 
     handler = handler_for(spec)
     data = load_data(spec.task, spec.data, paths.cache, spec.training.seed)

@@ -1,0 +1,229 @@
+"""The trainer end to end on tiny models: torchrun with 2 processes, DeepSpeed ZeRO on gloo (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from legistra.registry.registry import Registry
+from tests.conftest import VENV_BIN, base_run, legistra, write_run
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path: Path, doc: dict[str, Any], *extra: str, env: dict[str, str] | None = None,
+          nproc: int = 2) -> dict[str, Any]:
+    run_file = write_run(tmp_path / f"{doc['metadata']['name']}.yaml", doc)
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file), "--nproc", str(nproc), "--json",
+                   *extra, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = res.stdout[res.stdout.index("{"):]
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def mlflow_run(tracking_uri: str, run_id: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+
+
+@pytest.mark.parametrize(
+    ("task", "model", "metric"),
+    [
+        ("risk-classification", "bert", "eval_f1_macro"),
+        ("clause-extraction", "bert", "eval_precision_at_80_recall"),
+        ("summarization", "bart", "eval_rougeL"),
+    ],
+)
+def test_task_end_to_end_with_zero2_on_two_ranks(
+    tmp_path: Path, tiny_models: dict[str, Path], task: str, model: str, metric: str
+) -> None:
+    doc = base_run(task, tiny_models[model], f"e2e-{task}", deepspeed={"zeroStage": 2})
+    result = train(tmp_path, doc)
+    assert result["globalStep"] == 6
+    assert metric in result["metrics"]
+    assert math.isfinite(result["metrics"]["eval_loss"])
+
+    reg = Registry.open(str(tmp_path / "state" / "registry"))
+    mv = reg.version(f"e2e-{task}", result["model"]["version"])
+    manifest = mv.manifest
+    assert manifest["task"] == task
+    assert manifest["worldSize"] == 2 and manifest["zeroStage"] == 2
+    assert manifest["adapterCheck"]["lora_b_abs_sum"] > 0  # the adapter trained (lora_B starts at zero)
+    assert "adapter_model.safetensors" in manifest["files"] and "tokenizer.json" in manifest["files"]
+    assert manifest["data"]["train"].split("#sha256=")[1]  # data lineage carries a checksum
+    assert manifest["mlflow"]["runId"] == result["mlflow"]["runId"]
+
+    run = mlflow_run(result["mlflow"]["trackingUri"], result["mlflow"]["runId"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["resolved.world_size"] == "2"
+    assert run.data.params["resolved.zero_stage"] == "2"
+    assert run.data.params["spec.training.learningRate"] == "0.003"
+    assert "loss" in run.data.metrics and metric in run.data.metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=result["mlflow"]["trackingUri"])
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == [1, 2, 3, 4, 5, 6]  # per-step training loss, logged once (rank 0)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"training_curves.png", "trainingrun.json", "deepspeed_config.json"} <= artifacts
+    if task == "risk-classification":
+        # Random 3-way head: the first loss is ~ln 3 on every world size (regression: HF doubled it on 2 ranks).
+        assert 0.9 < losses[0].value < 1.35
+
+
+def test_classification_under_zero3_saves_a_real_adapter_and_head(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    doc = base_run("risk-classification", tiny_models["bert"], "zero3-risk", deepspeed={"zeroStage": 3})
+    result = train(tmp_path, doc)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "state" / "runs" / "zero3-risk" / "model" / "adapter_model.safetensors"))
+    heads = [k for k in tensors if "classifier" in k]
+    assert heads and all(tensors[k].numel() > 0 for k in heads)
+    assert any("lora_B" in k and tensors[k].abs().sum() > 0 for k in tensors)
+    assert result["model"]["version"] == 1
+
+
+def test_interrupted_run_resumes_to_the_same_final_step(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    doc = base_run("risk-classification", tiny_models["bert"], "resumable",
+                   training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
+                   data={"maxSamples": 200}, deepspeed={"zeroStage": 2})
+    run_file = write_run(tmp_path / "resumable.yaml", doc)
+    state = tmp_path / "state"
+    ckpts = state / "runs" / "resumable" / "checkpoints"
+    proc = subprocess.Popen([str(VENV_BIN / "legistra"), "--state-dir", str(state), "train", str(run_file),
+                             "--nproc", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (ckpts / "checkpoint-10" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: launcher and both ranks, as a node loss would
+    proc.wait()
+    assert not (state / "runs" / "resumable" / "result.json").exists(), "the run finished before it was killed"
+    done = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*"))
+    assert done and done[-1] < 60
+
+    result = train(tmp_path, doc)
+    assert result["globalStep"] == 60
+    assert result["resumedFrom"].endswith(f"checkpoint-{done[-1]}")
+    # One MLflow run for the whole TrainingRun, across the restart.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=result["mlflow"]["trackingUri"])
+    runs = client.search_runs([result["mlflow"]["experimentId"]])
+    assert len(runs) == 1
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert max(steps) == 60 and min(steps) == 1
+
+    again = legistra("--state-dir", str(state), "train", str(run_file))
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_changed_spec_refuses_to_resume(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    doc = base_run("risk-classification", tiny_models["bert"], "changing")
+    train(tmp_path, doc, nproc=1)
+    doc["spec"]["training"]["learningRate"] = 0.01
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(write_run(tmp_path / "c.yaml", doc)))
+    assert res.returncode == 2
+    assert "with a different spec; rename the run or pass --fresh" in res.stderr
+
+
+def test_bad_data_row_fails_with_file_row_and_field(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "low"}\n{"text": "no label here"}\n')
+    doc = base_run("risk-classification", tiny_models["bert"], "bad-data", data={"train": str(bad)})
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(write_run(tmp_path / "b.yaml", doc)))
+    assert res.returncode != 0
+    assert f"error: {bad}, row 2, field 'label': missing label" in res.stderr
+
+
+def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
+    tmp_path: Path, tiny_models: dict[str, Path], mlflow_server: str, bucket: str
+) -> None:
+    """A full run lands in a real MLflow server and in S3; a second run is gated against the first."""
+    uri = f"s3://{bucket}/models"
+    doc = base_run("risk-classification", tiny_models["bert"], "tracked",
+                   registry={"uri": uri, "promotion": {"metric": "eval_loss", "direction": "minimize"}},
+                   tracking={"mlflow": {"experiment": "legal-risk"}, "wandb": {"project": "legistra-tests"}})
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "WANDB_MODE": "offline"}
+    first = train(tmp_path, doc, env=env)
+    assert first["mlflow"]["trackingUri"] == mlflow_server
+    assert first["mlflow"]["url"].startswith(mlflow_server)
+    assert first["model"]["uri"] == f"{uri}/tracked/v1"
+    assert first["model"]["alias"] == "champion"
+    assert first["promotion"]["reason"] == "no version holds 'champion' yet"
+
+    doc["spec"]["training"]["learningRate"] = 1e-7  # learns nothing: must not take the alias
+    doc["metadata"]["name"] = "tracked-2"
+    second = train(tmp_path, doc, env=env)
+    assert second["model"]["version"] == 2
+    decision = second["promotion"]
+    assert decision["incumbent_version"] == 1 and decision["candidate"] is not None
+    reg = Registry.open(uri)
+    assert reg.version("tracked", 2).manifest["promotion"] == decision
+    assert reg.resolve("tracked", "champion") == (2 if decision["promote"] else 1)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    versions = client.search_model_versions("name = 'tracked'")
+    assert sorted(v.tags["legistra.version"] for v in versions) == ["1", "2"]
+    assert {v.run_id for v in versions} == {first["mlflow"]["runId"], second["mlflow"]["runId"]}
+    champion = client.get_model_version_by_alias("tracked", "champion")
+    assert champion.tags["legistra.version"] == str(reg.resolve("tracked", "champion"))
+    run = client.get_run(second["mlflow"]["runId"])
+    assert run.data.tags["legistra.promotion"] in ("promoted", "rejected")
+    assert "tracking.wandb.apiKeySecret" not in run.data.params
+
+    offline = list((tmp_path / "state" / "runs" / "tracked" / "wandb").glob("offline-run-*"))
+    assert offline and any(p.suffix == ".wandb" for p in offline[0].iterdir())
+
+
+def test_mlflow_down_never_loses_the_model(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    from tests.conftest import free_port
+
+    doc = base_run("risk-classification", tiny_models["bert"], "no-tracking")
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    result = train(tmp_path, doc, env=env, nproc=1)
+    assert result["model"]["version"] == 1
+    assert "MLflow start failed after 3 attempts" in result["mlflow"]["error"]
+
+
+def test_train_with_tracking_api_on_a_datasetdict(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from legistra.trainer.api import train_with_tracking
+
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "examples/data/risk_train.jsonl")
+            .read_text().splitlines()[:48]]
+    labels = sorted({r["label"] for r in rows})
+    ds = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"text": r["text"], "label": labels.index(r["label"])} for r in rows[:40]]),
+        "validation": datasets.Dataset.from_list([{"text": r["text"], "label": labels.index(r["label"])}
+                                                  for r in rows[40:]]),
+    })
+    tok = AutoTokenizer.from_pretrained(tiny_models["bert"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"], num_labels=len(labels))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the default MLflow store lives under ./.legistra
+    try:
+        result = train_with_tracking(model, tok, ds, tmp_path / "nb", use_lora=True, use_wandb=True, use_mlflow=True,
+                                     learning_rate=3e-3, num_train_epochs=1, per_device_train_batch_size=8,
+                                     logging_steps=1)
+    finally:
+        os.chdir(cwd)
+    assert {"eval_loss", "eval_accuracy", "eval_f1_macro"} <= set(result.metrics)
+    assert (tmp_path / "nb" / "model" / "adapter_model.safetensors").exists()
+    assert result.mlflow_run_id is not None
+    assert any("loss" in h for h in result.history)
