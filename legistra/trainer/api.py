@@ -100,10 +100,10 @@ def train_with_tracking(
     )
     from transformers.trainer_utils import get_last_checkpoint
 
-    from legistra.trainer.callbacks import MetricsCallback
-    from legistra.trainer.modeling import apply_lora
     from legistra.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
     from legistra.tracking.wandb_tracker import WandbTracker
+    from legistra.trainer.callbacks import MetricsCallback
+    from legistra.trainer.modeling import apply_lora
 
     if "train" not in dataset:
         raise ValueError("dataset: needs a 'train' split")
@@ -166,7 +166,7 @@ def train_with_tracking(
         compute_metrics=_classification_metrics if task == "risk-classification" else None,
         callbacks=[metrics_cb],
     )
-    ckpt = Path(args.output_dir)
+    ckpt = Path(str(args.output_dir))
     last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
     status = "FAILED"
     try:
