@@ -248,13 +248,13 @@ class TrainingRunSpec(Spec):
         return self
 
 
-T5_NAME = re.compile(r"(^|[-_])(code|flan-|long-|by|m|um)?t5([-_.]|$)")
+T5_NAME = re.compile(r"(^|[-_/])(code|flan-|long-|by|m|um)?t5([-_.]|$)")
 T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
 
 
 def is_t5_family(model_name: str) -> bool:
     """By name; the trainer checks the loaded config's model_type too, for paths that hide the name."""
-    return bool(T5_NAME.search(model_name.lower().rsplit("/", 1)[-1]))
+    return bool(T5_NAME.search(model_name.lower()))
 
 
 class ObjectMeta(BaseModel):

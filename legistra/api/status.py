@@ -1,0 +1,56 @@
+"""TrainingRun status: what `kubectl get`, Argo CD and Flux read."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from legistra.api.spec import Spec
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+
+
+class Condition(Spec):
+    type: str = Field(description="Ready, JobCreated, Running, Succeeded, Failed, Suspended, SpecChangeRefused.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase machine-readable reason.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="Spec generation this condition was computed from.")
+
+
+class Progress(Spec):
+    step: int = Field(0, ge=0)
+    total_steps: int = Field(0, ge=0)
+    epoch: float | None = None
+    percent: int = Field(0, ge=0, le=100)
+
+
+class MlflowRef(Spec):
+    run_id: str | None = None
+    experiment_id: str | None = None
+    url: str | None = None
+
+
+class ModelRef(Spec):
+    name: str | None = None
+    version: int | None = None
+    uri: str | None = None
+    alias: str | None = None
+
+
+class TrainingRunStatus(Spec):
+    phase: Phase = Field("Pending", description="Pending, Running, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions, Ready among them.")
+    observed_generation: int | None = Field(None, description="Last spec generation the operator acted on.")
+    job_name: str | None = Field(None, description="The PyTorchJob running this TrainingRun.")
+    start_time: str | None = None
+    completion_time: str | None = None
+    progress: Progress | None = Field(None, description="Training progress reported by the trainer.")
+    key_metric: str | None = Field(None, description="The promotion (or task) metric, e.g. 'f1_macro=0.812'.")
+    metrics: dict[str, float] | None = Field(None, description="Final evaluation metrics.")
+    mlflow: MlflowRef | None = None
+    model: ModelRef | None = None
+    message: str | None = Field(None, description="Why the run is in its phase, in one line.")

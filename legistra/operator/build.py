@@ -1,0 +1,299 @@
+"""Pure decisions: a TrainingRun -> the objects that run it (ConfigMap, checkpoint PVC, PyTorchJob).
+
+Nothing here talks to the API server; the kopf handlers create what these functions return, and
+`legistra render` prints it for review and GitOps diffs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from legistra.api.spec import GROUP_VERSION, TrainingRun
+
+CONFIG_MOUNT = "/etc/legistra"
+OUTPUT_MOUNT = "/var/run/legistra"
+MASTER_PORT = 23456
+LABEL_PREFIX = "legistra.io"
+SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "legistra-operator"}
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Cluster-wide defaults, from the operator's environment (set by the Helm chart)."""
+
+    trainer_image: str = "ghcr.io/legistra/legistra-trainer:0.1.0"
+    mlflow_tracking_uri: str | None = None
+    registry_uri: str | None = None
+    s3_endpoint: str | None = None
+    s3_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    checkpoint_storage_class: str | None = None
+    checkpoint_size: str = "50Gi"
+    service_account: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        e = dict(os.environ if env is None else env)
+        return cls(
+            trainer_image=e.get("LEGISTRA_TRAINER_IMAGE", cls.trainer_image),
+            mlflow_tracking_uri=e.get("LEGISTRA_MLFLOW_TRACKING_URI") or None,
+            registry_uri=e.get("LEGISTRA_REGISTRY_URI") or None,
+            s3_endpoint=e.get("LEGISTRA_S3_ENDPOINT") or None,
+            s3_secret=e.get("LEGISTRA_S3_SECRET") or None,
+            checkpoint_storage_class=e.get("LEGISTRA_CHECKPOINT_STORAGE_CLASS") or None,
+            checkpoint_size=e.get("LEGISTRA_CHECKPOINT_SIZE", cls.checkpoint_size),
+            service_account=e.get("LEGISTRA_TRAINER_SERVICE_ACCOUNT") or None,
+            extra_env=json.loads(e.get("LEGISTRA_TRAINER_EXTRA_ENV", "{}")),
+        )
+
+
+def spec_hash(spec_wire: dict[str, Any]) -> str:
+    """Hash of everything that shapes the job; the mutable fields are left out."""
+    shaped = json.loads(json.dumps(spec_wire))
+    shaped.get("runPolicy", {}).pop("suspend", None)
+    return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def label_value(text: str) -> str:
+    """A valid label value (63 chars of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[-63:]
+    return clean.strip("-._") or "unknown"
+
+
+def run_labels(run: TrainingRun) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        f"{LABEL_PREFIX}/run": run.metadata.name,
+        f"{LABEL_PREFIX}/task": run.spec.task,
+        f"{LABEL_PREFIX}/model": label_value(run.spec.model.name),
+    }
+
+
+def owner_reference(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "TrainingRun",
+        "name": run.metadata.name,
+        "uid": run.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(run: TrainingRun, name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {**run_labels(run), **(extra_labels or {})},
+        "ownerReferences": [owner_reference(run)],
+    }
+    if run.metadata.namespace:
+        meta["namespace"] = run.metadata.namespace
+    return meta
+
+
+def config_name(run: TrainingRun) -> str:
+    return f"{run.metadata.name}-config"
+
+
+def pvc_name(run: TrainingRun) -> str:
+    return f"{run.metadata.name}-checkpoints"
+
+
+def resolved_config(run: TrainingRun) -> dict[str, Any]:
+    """The trainer's run.json: the TrainingRun with every default filled in (no status, no secrets)."""
+    meta = {k: v for k, v in (("name", run.metadata.name), ("namespace", run.metadata.namespace),
+                              ("uid", run.metadata.uid)) if v}
+    return {"apiVersion": run.api_version, "kind": run.kind, "metadata": meta, "spec": run.spec.wire()}
+
+
+def build_configmap(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(run, config_name(run)),
+        "data": {"run.json": json.dumps(resolved_config(run), indent=2, sort_keys=True)},
+    }
+
+
+def build_pvc(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+    """Checkpoints outlive pods: a restarted pod resumes from here and loses at most one save interval."""
+    spec: dict[str, Any] = {
+        # Every rank writes its ZeRO shard: several nodes need a volume they can all mount.
+        "accessModes": ["ReadWriteMany" if run.spec.resources.nodes > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": settings.checkpoint_size}},
+    }
+    if settings.checkpoint_storage_class:
+        spec["storageClassName"] = settings.checkpoint_storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(run, pvc_name(run)), "spec": spec}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def trainer_env(run: TrainingRun, settings: OperatorSettings) -> list[dict[str, Any]]:
+    spec = run.spec
+    env: list[dict[str, Any]] = [
+        {"name": "LEGISTRA_OUTPUT_DIR", "value": f"{OUTPUT_MOUNT}/output"},
+        {"name": "LEGISTRA_CACHE_DIR", "value": f"{OUTPUT_MOUNT}/cache"},
+        {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/cache/hf"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "LEGISTRA_PROGRESS", "value": "log"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+    ]
+    tracking = spec.tracking.mlflow.tracking_uri or settings.mlflow_tracking_uri
+    if tracking:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking})
+    registry = spec.registry.uri or settings.registry_uri
+    if registry:
+        env.append({"name": "LEGISTRA_REGISTRY_URI", "value": registry})
+    if settings.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint})
+    if settings.s3_secret:
+        env.append(_secret_env("AWS_ACCESS_KEY_ID", settings.s3_secret, "AWS_ACCESS_KEY_ID"))
+        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", settings.s3_secret, "AWS_SECRET_ACCESS_KEY"))
+    wandb = spec.tracking.wandb
+    if wandb is not None:
+        if wandb.api_key_secret is not None:
+            env.append(_secret_env("WANDB_API_KEY", wandb.api_key_secret.name, wandb.api_key_secret.key))
+        else:
+            env.append({"name": "WANDB_MODE", "value": "offline"})
+    env.extend({"name": k, "value": v} for k, v in sorted(settings.extra_env.items()))
+    return env
+
+
+def _resources(run: TrainingRun) -> dict[str, Any]:
+    r = run.spec.resources
+    limits: dict[str, str] = {}
+    if r.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(r.gpus_per_node)
+    if r.cpu:
+        limits["cpu"] = r.cpu
+    if r.memory:
+        limits["memory"] = r.memory
+    return {"limits": limits, "requests": dict(limits)} if limits else {}
+
+
+def pod_template(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+    r = run.spec.resources
+    container: dict[str, Any] = {
+        "name": "pytorch",  # the training-operator finds the container by this name
+        "image": r.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        # torchrun reads PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / ... injected by the training-operator.
+        # Spec values never reach a shell: the trainer reads them from the mounted run.json.
+        "command": ["torchrun"],
+        "args": ["-m", "legistra.trainer", "--config", f"{CONFIG_MOUNT}/run.json",
+                 "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"],
+        "env": trainer_env(run, settings),
+        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "checkpoints", "mountPath": OUTPUT_MOUNT},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    res = _resources(run)
+    if res:
+        container["resources"] = res
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if r.shm_size:
+        shm["sizeLimit"] = r.shm_size
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_name(run)}},
+            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(run)}},
+            {"name": "dshm", "emptyDir": shm},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    sa = r.service_account_name or settings.service_account
+    if sa:
+        pod["serviceAccountName"] = sa
+    if r.node_selector:
+        pod["nodeSelector"] = dict(r.node_selector)
+    if r.tolerations:
+        pod["tolerations"] = [t.wire() for t in r.tolerations]
+    if r.priority_class_name:
+        pod["priorityClassName"] = r.priority_class_name
+    return {"metadata": {"labels": run_labels(run)}, "spec": pod}
+
+
+def build_pytorchjob(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+    spec, r = run.spec, run.spec.resources
+    template = pod_template(run, settings)
+    replicas: dict[str, Any] = {
+        # OnFailure: a crashed rank restarts in place and resumes from the last checkpoint on the PVC.
+        # (ExitCode ignores backoffLimit: kubeflow/trainer#2045.)
+        "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
+    }
+    if r.nodes > 1:
+        replicas["Worker"] = {"replicas": r.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    rp = spec.run_policy
+    run_policy: dict[str, Any] = {
+        "backoffLimit": rp.backoff_limit,
+        "cleanPodPolicy": rp.clean_pod_policy,
+        "suspend": rp.suspend,
+    }
+    if rp.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = rp.active_deadline_seconds
+    if rp.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
+    if r.priority_class_name:
+        run_policy["schedulingPolicy"] = {"priorityClass": r.priority_class_name}
+    extra_labels = {"kueue.x-k8s.io/queue-name": r.queue_name} if r.queue_name else None
+    meta = _meta(run, run.metadata.name, extra_labels)
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.wire())}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": meta,
+        "spec": {
+            "nprocPerNode": str(max(1, r.gpus_per_node)),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def build_children(run: TrainingRun, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """In creation order: the job last, so its pods never start without their config and volume."""
+    return [build_configmap(run), build_pvc(run, settings), build_pytorchjob(run, settings)]
+
+
+def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Leaf paths that differ between two wire specs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[tuple[str, ...]] = []
+        for key in sorted(set(old) | set(new)):
+            out.extend(changed_paths(old.get(key), new.get(key), (*prefix, key)))
+        return out
+    return [] if old == new else [prefix]
+
+
+def refused_changes(applied: dict[str, Any], desired: dict[str, Any]) -> list[str]:
+    """Spec fields changed since the job was built that cannot be applied to a running job."""
+    allowed = {("runPolicy", "suspend")}
+    return [".".join(p) for p in changed_paths(applied, desired) if p not in allowed]

@@ -1,0 +1,160 @@
+"""Pure decisions: PyTorchJob status (+ trainer report) -> TrainingRun status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+JOB_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+
+@dataclass(frozen=True)
+class JobState:
+    phase: str
+    reason: str
+    message: str
+
+
+def _true(conditions: Sequence[Mapping[str, Any]], kind: str) -> Mapping[str, Any] | None:
+    for c in conditions:
+        if c.get("type") == kind and str(c.get("status")) == "True":
+            return c
+    return None
+
+
+def failed_replicas(replica_statuses: Mapping[str, Any] | None) -> str:
+    parts = []
+    for name, st in sorted((replica_statuses or {}).items()):
+        failed = int((st or {}).get("failed", 0) or 0)
+        if failed:
+            parts.append(f"{name} replica failed ({failed} pod{'s' if failed > 1 else ''})")
+    return "; ".join(parts)
+
+
+def job_state(job: Mapping[str, Any] | None, suspended_in_spec: bool) -> JobState:
+    """Phase of a PyTorchJob from its conditions; terminal conditions win over transient ones."""
+    if job is None:
+        return JobState("Pending", "JobPending", "the PyTorchJob is being created")
+    status = job.get("status") or {}
+    conditions = status.get("conditions") or []
+    if c := _true(conditions, "Succeeded"):
+        return JobState("Succeeded", "JobSucceeded", str(c.get("message") or "training finished"))
+    if c := _true(conditions, "Failed"):
+        detail = failed_replicas(status.get("replicaStatuses"))
+        msg = str(c.get("message") or "the PyTorchJob failed")
+        return JobState("Failed", str(c.get("reason") or "JobFailed"), f"{msg} {detail}".strip())
+    if _true(conditions, "Suspended") or suspended_in_spec:
+        return JobState("Suspended", "JobSuspended", "the job is suspended; checkpoints are kept")
+    if c := _true(conditions, "Restarting"):
+        detail = failed_replicas(status.get("replicaStatuses"))
+        return JobState("Running", "JobRestarting",
+                        f"{c.get('message') or 'a replica is restarting'}; resuming from the last checkpoint"
+                        + (f" ({detail})" if detail else ""))
+    if _true(conditions, "Running"):
+        return JobState("Running", "JobRunning", "training")
+    if _true(conditions, "Created"):
+        return JobState("Pending", "JobCreated", "waiting for pods to be scheduled")
+    return JobState("Pending", "JobPending", "waiting for the training-operator")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str, now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Upsert a condition, keeping lastTransitionTime when its status did not change."""
+    out = [dict(c) for c in conditions if c.get("type") != kind]
+    previous = next((c for c in conditions if c.get("type") == kind), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
+    cond: dict[str, Any] = {"type": kind, "status": status, "reason": reason, "message": message,
+                            "lastTransitionTime": since}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    out.append(cond)
+    return sorted(out, key=lambda c: c["type"])
+
+
+def key_metric(metrics: Mapping[str, float] | None, preferred: str | None) -> str | None:
+    if not metrics:
+        return None
+    for name in (preferred, f"eval_{preferred}" if preferred else None):
+        if name and name in metrics:
+            return f"{name.removeprefix('eval_')}={metrics[name]:.4g}"
+    return None
+
+
+def desired_status(
+    current: Mapping[str, Any],
+    job: Mapping[str, Any] | None,
+    *,
+    generation: int | None,
+    now: str,
+    suspended_in_spec: bool,
+    refused: Sequence[str] = (),
+    report: Mapping[str, Any] | None = None,
+    metric: str | None = None,
+) -> dict[str, Any]:
+    """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model)."""
+    state = job_state(job, suspended_in_spec)
+    st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions",)}
+    conditions = list(current.get("conditions") or [])
+    st["phase"] = state.phase
+    st["message"] = state.message
+    st["observedGeneration"] = generation
+    if job is not None:
+        st["jobName"] = job.get("metadata", {}).get("name")
+        js = job.get("status") or {}
+        if js.get("startTime"):
+            st["startTime"] = js["startTime"]
+        if js.get("completionTime"):
+            st["completionTime"] = js["completionTime"]
+    if report:
+        if report.get("progress"):
+            prog = dict(report["progress"])
+            total = int(prog.get("totalSteps") or 0)
+            prog["percent"] = min(100, int(100 * int(prog.get("step") or 0) / total)) if total else 0
+            if state.phase == "Succeeded":
+                prog["percent"] = 100
+            st["progress"] = prog
+        for key in ("metrics", "mlflow", "model"):
+            if report.get(key):
+                st[key] = report[key]
+        km = key_metric(report.get("metrics"), metric)
+        if km:
+            st["keyMetric"] = km
+    ready_reason = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}.get(
+        state.phase, "Progressing")
+    conditions = set_condition(conditions, "Ready", "True" if state.phase == "Succeeded" else "False",
+                               ready_reason, state.message, now, generation)
+    conditions = set_condition(conditions, "JobCreated", "True" if job is not None else "False",
+                               "JobCreated" if job is not None else "JobPending",
+                               f"PyTorchJob {st.get('jobName')}" if job is not None else "not created yet",
+                               now, generation)
+    if state.phase == "Failed":
+        conditions = set_condition(conditions, "Failed", "True", state.reason, state.message, now, generation)
+    if refused:
+        conditions = set_condition(
+            conditions, "SpecChangeRefused", "True", "ImmutableAfterStart",
+            "changes to " + ", ".join(refused) + " cannot be applied to a started run; only "
+            "spec.runPolicy.suspend can change. Create a new TrainingRun instead.", now, generation)
+    elif any(c["type"] == "SpecChangeRefused" for c in conditions):
+        conditions = set_condition(conditions, "SpecChangeRefused", "False", "SpecMatchesJob",
+                                   "the spec matches the running job", now, generation)
+    st["conditions"] = conditions
+    return st
+
+
+def invalid_status(current: Mapping[str, Any], problems: Sequence[str], now: str,
+                   generation: int | None) -> dict[str, Any]:
+    """A spec the schema let through but the operator refuses: Failed with the precise problems, no job."""
+    message = "; ".join(problems)
+    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", "InvalidSpec",
+                               message, now, generation)
+    conditions = set_condition(conditions, "Failed", "True", "InvalidSpec", message, now, generation)
+    return {**{k: v for k, v in current.items() if k != "conditions"}, "phase": "Failed", "message": message,
+            "observedGeneration": generation, "conditions": conditions}
+
+
+def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a status patch is needed (ignores nothing: conditions keep their transition times)."""
+    return dict(old) != dict(new)

@@ -1,0 +1,344 @@
+"""Operator decisions (pure): spec -> children, job status -> run status, refused spec changes, CRDs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from legistra.api.crd import CRD_DIRS, all_crds, render
+from legistra.api.validation import parse_training_run
+from legistra.operator.build import (
+    SPEC_HASH_ANNOTATION,
+    OperatorSettings,
+    build_children,
+    build_pytorchjob,
+    label_value,
+    refused_changes,
+    spec_hash,
+)
+from legistra.operator.status import desired_status, invalid_status, job_state, key_metric, set_condition
+from tests.conftest import EXAMPLES, ROOT
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "kubeflow.org_pytorchjobs.yaml"
+NOW = "2026-11-25T10:00:00+00:00"
+
+
+@cache
+def pytorchjob_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(REFERENCE.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def validate_job(job: dict[str, Any]) -> None:
+    """Against the real Kubeflow training-operator v1.9 CRD schema; unknown fields are errors here."""
+    schema = copy.deepcopy(pytorchjob_schema())
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and not node.get(
+                    "x-kubernetes-preserve-unknown-fields"):
+                node.setdefault("additionalProperties", False)
+            for v in node.values():
+                close(v)
+        elif isinstance(node, list):
+            for v in node:
+                close(v)
+
+    close(schema["properties"]["spec"])
+    jsonschema.validate(job, schema)
+
+
+def run_doc(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"name": "contract-risk", "namespace": "legal-ml", "uid": "1234-abcd", "generation": 1},
+        "spec": {"task": "risk-classification", "model": {"name": "nlpaueb/legal-bert-base-uncased"},
+                 "data": {"train": "s3://data/risk/train.jsonl"}, "registry": {"modelName": "contract-risk"}},
+    }
+    for key, value in spec.items():
+        base["spec"][key] = value
+    return base
+
+
+SETTINGS = OperatorSettings(trainer_image="registry.example/legistra-trainer:1.0", mlflow_tracking_uri="http://mlflow:5000",
+                            registry_uri="s3://models/registry", s3_endpoint="http://minio:9000", s3_secret="s3-creds",
+                            checkpoint_storage_class="fast-rwx")
+
+
+def children(**spec: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    cm, pvc, job = build_children(parse_training_run(run_doc(**spec)), SETTINGS)
+    return cm, pvc, job
+
+
+def test_single_node_job_shape() -> None:
+    cm, pvc, job = children()
+    validate_job(job)
+    spec = job["spec"]
+    assert list(spec["pytorchReplicaSpecs"]) == ["Master"]
+    assert spec["nprocPerNode"] == "1"
+    master = spec["pytorchReplicaSpecs"]["Master"]
+    assert master["restartPolicy"] == "OnFailure" and master["replicas"] == 1
+    pod = master["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["name"] == "pytorch" and c["command"] == ["torchrun"]
+    assert c["args"][:4] == ["-m", "legistra.trainer", "--config", "/etc/legistra/run.json"]
+    assert c["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and pvc["spec"]["storageClassName"] == "fast-rwx"
+    config = json.loads(cm["data"]["run.json"])
+    assert config["spec"]["training"]["learningRate"] == 2e-5  # defaults resolved into the config
+    assert config["metadata"] == {"name": "contract-risk", "namespace": "legal-ml", "uid": "1234-abcd"}
+    for obj in (cm, pvc, job):
+        ref = obj["metadata"]["ownerReferences"][0]
+        assert ref == {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "name": "contract-risk",
+                       "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}
+        assert obj["metadata"]["namespace"] == "legal-ml"
+        assert obj["metadata"]["labels"]["legistra.io/run"] == "contract-risk"
+
+
+def test_multi_node_job_with_scheduling() -> None:
+    _, pvc, job = children(
+        resources={"nodes": 4, "gpusPerNode": 8, "cpu": "32", "memory": "256Gi", "queueName": "team-legal",
+                   "priorityClassName": "training-high", "nodeSelector": {"gpu": "h100"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                   "serviceAccountName": "trainer", "image": "my/trainer:2"},
+        runPolicy={"backoffLimit": 5, "activeDeadlineSeconds": 86400, "ttlSecondsAfterFinished": 3600,
+                   "cleanPodPolicy": "Running"},
+    )
+    validate_job(job)
+    spec = job["spec"]
+    assert spec["nprocPerNode"] == "8"
+    assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    assert spec["pytorchReplicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-legal"
+    assert spec["runPolicy"] == {"backoffLimit": 5, "cleanPodPolicy": "Running", "suspend": False,
+                                 "activeDeadlineSeconds": 86400, "ttlSecondsAfterFinished": 3600,
+                                 "schedulingPolicy": {"priorityClass": "training-high"}}
+    pod = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "h100"} and pod["priorityClassName"] == "training-high"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["serviceAccountName"] == "trainer"
+    c = pod["containers"][0]
+    assert c["image"] == "my/trainer:2"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8", "cpu": "32", "memory": "256Gi"}
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_credentials_only_as_secret_refs() -> None:
+    _, _, job = children(tracking={"wandb": {"project": "legal", "apiKeySecret": {"name": "wandb", "key": "token"}}})
+    env = {e["name"]: e for e in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WANDB_API_KEY"] == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    assert env["LEGISTRA_REGISTRY_URI"]["value"] == "s3://models/registry"
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio:9000"
+    assert "value" not in env["WANDB_API_KEY"] and "value" not in env["AWS_ACCESS_KEY_ID"]
+    _, _, offline = children(tracking={"wandb": {"project": "legal"}})
+    env2 = {e["name"]: e for e in offline["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env2["WANDB_MODE"]["value"] == "offline" and "WANDB_API_KEY" not in env2
+
+
+def test_spec_overrides_operator_defaults_for_tracking_and_registry() -> None:
+    _, _, job = children(tracking={"mlflow": {"trackingUri": "http://team-mlflow"}},
+                         registry={"modelName": "x", "uri": "s3://team/models"})
+    env = {e["name"]: e.get("value") for e in
+           job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://team-mlflow" and env["LEGISTRA_REGISTRY_URI"] == "s3://team/models"
+
+
+def test_cpu_only_run_has_one_process_and_no_gpu_limit() -> None:
+    _, _, job = children(resources={"gpusPerNode": 0, "cpu": "4"})
+    validate_job(job)
+    assert job["spec"]["nprocPerNode"] == "1"
+    c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+
+
+def test_suspend_is_the_only_mutable_field() -> None:
+    a = parse_training_run(run_doc()).spec.wire()
+    b = copy.deepcopy(a)
+    b["runPolicy"]["suspend"] = True
+    assert refused_changes(a, b) == [] and spec_hash(a) == spec_hash(b)
+    c = copy.deepcopy(a)
+    c["training"]["learningRate"] = 1e-4
+    c["lora"]["r"] = 8
+    assert refused_changes(a, c) == ["lora.r", "training.learningRate"]
+    assert spec_hash(a) != spec_hash(c)
+    job = build_pytorchjob(parse_training_run(run_doc()), SETTINGS)
+    assert job["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(a)
+
+
+def test_label_values_are_valid() -> None:
+    assert label_value("nlpaueb/legal-bert-base-uncased") == "nlpaueb-legal-bert-base-uncased"
+    assert label_value("s3://bucket/models/x/") == "s3-bucket-models-x"
+    assert len(label_value("a" * 100)) == 63
+    assert label_value("///") == "unknown"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_renders_a_valid_pytorchjob(path: Path) -> None:
+    run = parse_training_run({**yaml.safe_load(path.read_text()), "metadata": {"name": "x", "uid": "u"}})
+    validate_job(build_children(run, OperatorSettings())[2])
+
+
+def test_invalid_job_is_caught_by_the_reference_schema() -> None:
+    _, _, job = children()
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_job(job)
+    _, _, job = children()
+    job["spec"]["runPolicy"]["backofLimit"] = 3
+    with pytest.raises(jsonschema.ValidationError):
+        validate_job(job)
+
+
+# -- job status -> run status --------------------------------------------------------------------------
+
+
+def job_with(*conds: tuple[str, str], replica_statuses: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "contract-risk"},
+            "status": {"conditions": [{"type": t, "status": s, "reason": f"PyTorchJob{t}", "message": f"job {t.lower()}"}
+                                      for t, s in conds], "replicaStatuses": replica_statuses or {}, **status}}
+
+
+@pytest.mark.parametrize(
+    ("conds", "suspend", "phase", "reason"),
+    [
+        ([], False, "Pending", "JobPending"),
+        ([("Created", "True")], False, "Pending", "JobCreated"),
+        ([("Created", "True"), ("Running", "True")], False, "Running", "JobRunning"),
+        ([("Created", "True"), ("Running", "False"), ("Restarting", "True")], False, "Running", "JobRestarting"),
+        ([("Created", "True"), ("Running", "False"), ("Succeeded", "True")], False, "Succeeded", "JobSucceeded"),
+        ([("Created", "True"), ("Running", "False"), ("Failed", "True")], False, "Failed", "PyTorchJobFailed"),
+        ([("Created", "True"), ("Suspended", "True")], False, "Suspended", "JobSuspended"),
+        ([("Created", "True"), ("Running", "True")], True, "Suspended", "JobSuspended"),
+        ([("Succeeded", "True"), ("Failed", "True")], False, "Succeeded", "JobSucceeded"),
+        ([("Running", "Unknown")], False, "Pending", "JobPending"),
+    ],
+)
+def test_job_state_table(conds: list[tuple[str, str]], suspend: bool, phase: str, reason: str) -> None:
+    state = job_state(job_with(*conds), suspend)
+    assert (state.phase, state.reason) == (phase, reason)
+
+
+def test_no_job_is_pending() -> None:
+    assert job_state(None, False).phase == "Pending"
+
+
+def test_failure_message_names_the_failing_replica() -> None:
+    job = job_with(("Failed", "True"), replica_statuses={"Master": {"failed": 1}, "Worker": {"active": 1, "failed": 2}})
+    st = desired_status({}, job, generation=3, now=NOW, suspended_in_spec=False)
+    assert st["phase"] == "Failed"
+    assert st["message"] == "job failed Master replica failed (1 pod); Worker replica failed (2 pods)"
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PyTorchJobFailed" and failed["observedGeneration"] == 3
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Failed"
+
+
+def test_succeeded_status_carries_report_and_ready() -> None:
+    job = job_with(("Succeeded", "True"), startTime="2026-11-25T09:00:00Z", completionTime="2026-11-25T09:30:00Z")
+    report = {"progress": {"step": 290, "totalSteps": 300, "epoch": 3.0},
+              "metrics": {"eval_f1_macro": 0.8123, "eval_loss": 0.4},
+              "mlflow": {"runId": "abc", "experimentId": "1", "url": "http://mlflow/#/x"},
+              "model": {"name": "contract-risk", "version": 4, "uri": "s3://m/contract-risk/v4", "alias": "champion"}}
+    st = desired_status({}, job, generation=2, now=NOW, suspended_in_spec=False, report=report, metric="f1_macro")
+    assert st["phase"] == "Succeeded" and st["jobName"] == "contract-risk"
+    assert st["startTime"] == "2026-11-25T09:00:00Z" and st["completionTime"] == "2026-11-25T09:30:00Z"
+    assert st["progress"]["percent"] == 100
+    assert st["keyMetric"] == "f1_macro=0.8123"
+    assert st["model"]["version"] == 4 and st["mlflow"]["runId"] == "abc"
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "Succeeded", 2)
+    assert st["observedGeneration"] == 2
+
+
+def test_progress_percent_while_running() -> None:
+    st = desired_status({}, job_with(("Running", "True")), generation=1, now=NOW, suspended_in_spec=False,
+                        report={"progress": {"step": 30, "totalSteps": 120}})
+    assert st["progress"]["percent"] == 25
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = set_condition([], "Ready", "False", "Progressing", "x", "t1", 1)
+    same = set_condition(first, "Ready", "False", "Progressing", "y", "t2", 1)
+    flipped = set_condition(same, "Ready", "True", "Succeeded", "z", "t3", 1)
+    assert same[0]["lastTransitionTime"] == "t1" and same[0]["message"] == "y"
+    assert flipped[0]["lastTransitionTime"] == "t3"
+
+
+def test_refused_spec_change_condition_and_its_clearing() -> None:
+    st = desired_status({}, job_with(("Running", "True")), generation=2, now=NOW, suspended_in_spec=False,
+                        refused=["training.learningRate"])
+    cond = next(c for c in st["conditions"] if c["type"] == "SpecChangeRefused")
+    assert cond["status"] == "True" and "training.learningRate" in cond["message"]
+    assert st["phase"] == "Running"  # the running job is left alone
+    cleared = desired_status(st, job_with(("Running", "True")), generation=3, now=NOW, suspended_in_spec=False)
+    cond = next(c for c in cleared["conditions"] if c["type"] == "SpecChangeRefused")
+    assert cond["status"] == "False"
+
+
+def test_invalid_spec_status() -> None:
+    st = invalid_status({}, ["spec.training.precision: fp16 is not allowed for t5 models"], NOW, 1)
+    assert st["phase"] == "Failed" and st["message"].startswith("spec.training.precision")
+    assert {c["type"]: c["reason"] for c in st["conditions"]} == {"Failed": "InvalidSpec", "Ready": "InvalidSpec"}
+
+
+def test_key_metric() -> None:
+    assert key_metric({"eval_rougeL": 0.31234}, "rougeL") == "rougeL=0.3123"
+    assert key_metric({"eval_rougeL": 0.3}, "eval_rougeL") == "rougeL=0.3"
+    assert key_metric({}, "x") is None and key_metric({"a": 1.0}, None) is None
+
+
+# -- CRDs ------------------------------------------------------------------------------------------------
+
+
+def test_committed_crds_match_the_schema() -> None:
+    for folder in CRD_DIRS:
+        for name, obj in all_crds().items():
+            path = ROOT / folder / name
+            assert path.read_text() == render(obj), f"{path} is stale: run `make crds`"
+
+
+def test_crd_schema_accepts_examples_and_rejects_bad_specs() -> None:
+    crd = all_crds()["legistra.io_trainingruns.yaml"]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # OpenAPI v3.0 (what the API server speaks) has Draft 4's boolean exclusive bounds.
+    validator = jsonschema.Draft4Validator(schema)
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        validator.validate(yaml.safe_load(path.read_text()))
+    for bad in (run_doc(training={"learningRate": 0}), run_doc(task="translation"),
+                run_doc(deepspeed={"zeroStage": 4}), run_doc(registry={})):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
+    spec = schema["properties"]["spec"]
+    assert spec["properties"]["training"]["properties"]["learningRate"]["default"] == 2e-5
+    assert spec["properties"]["training"]["properties"]["learningRate"]["exclusiveMinimum"] is True
+    assert all("description" in p for p in spec["properties"].values())
+    assert {r["fieldPath"] for r in spec["x-kubernetes-validations"]} == {
+        ".training.precision", ".training.evalSteps", ".training.earlyStopping", ".deepspeed"}
+
+
+def test_crd_cel_t5_rule_matches_python_rule() -> None:
+    """The CEL regex is the Python one; check it on names both ways (RE2 and re agree on this subset)."""
+    import re
+
+    from legistra.api.crd import T5_RULE
+    from legistra.api.spec import T5_NAME, is_t5_family
+
+    pattern = re.search(r"matches\('([^']+)'\)", T5_RULE)
+    assert pattern is not None and pattern.group(1) == T5_NAME.pattern
+    for name in ["t5-base", "google/flan-t5-xl", "facebook/bart-large", "google/pegasus-x", "Salesforce/codet5-small"]:
+        assert bool(re.search(pattern.group(1), name.lower())) == is_t5_family(name)
