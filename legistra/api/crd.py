@@ -49,9 +49,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in schema["anyOf"] if o.get("type") != "null"]
         rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
         if len(options) == 1:
-            out = structural({**options[0], **rest, **({"default": schema["default"]} if schema.get("default")
-                                                        is not None else {})}, defs)
-            return out
+            default = {"default": schema["default"]} if schema.get("default") is not None else {}
+            return structural({**options[0], **rest, **default}, defs)
         return {"x-kubernetes-preserve-unknown-fields": True, **{k: v for k, v in rest.items() if k in KEEP}}
     out: dict[str, Any] = {k: v for k, v in schema.items() if k in KEEP}
     if "const" in schema:
