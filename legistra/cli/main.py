@@ -123,6 +123,60 @@ def _alias_out(args: argparse.Namespace, rec: dict[str, Any]) -> None:
                             [args.model, rec["alias"], f"v{rec['version']}", rec.get("reason", "")]])
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from legistra.operator.build import OperatorSettings, build_children
+
+    try:
+        run = load_training_run(args.file)
+    except SpecError as exc:
+        print(f"{args.file}: invalid", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        run.metadata.namespace = args.namespace
+    run.metadata.namespace = run.metadata.namespace or "default"
+    # The API server assigns the uid; a placeholder keeps owner references visible in the review.
+    run.metadata.uid = run.metadata.uid or "<assigned-by-the-api-server>"
+    docs = build_children(run, OperatorSettings.from_env())
+    print(yaml.safe_dump_all(docs, sort_keys=False, width=120), end="")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from legistra.operator.main import run_operator
+
+    if not args.all_namespaces and not args.namespace:
+        return _err("give --namespace NS (repeatable) or --all-namespaces")
+    run_operator(args.namespace, args.all_namespaces, args.standalone, args.liveness, args.verbose)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import submit
+
+    try:
+        run = load_training_run(args.file)
+    except SpecError as exc:
+        print(f"{args.file}: invalid", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    return asyncio.run(submit(run, args.namespace, args.kubeconfig))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import show_status
+
+    return asyncio.run(show_status(args.name, args.namespace, args.kubeconfig, args.json, args.watch))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="legistra", description="Train legal-NLP models from TrainingRun files.")
     p.add_argument("--state-dir", default=".legistra", help="local state: MLflow store, registry, runs")
@@ -140,6 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local sqlite store)")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(fn=cmd_train)
+
+    rn = sub.add_parser("render", help="print the objects the operator would create for a TrainingRun")
+    rn.add_argument("file")
+    rn.add_argument("--namespace", "-n", default=None)
+    rn.set_defaults(fn=cmd_render)
+
+    op = sub.add_parser("operator", help="run the Kubernetes controller")
+    op.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
+    op.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
+    op.add_argument("--standalone", action="store_true", help="no peering (single replica, tests)")
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness/readiness endpoint")
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(fn=cmd_operator)
+
+    sm = sub.add_parser("submit", help="create (or show) a TrainingRun in the current kubeconfig's cluster")
+    sm.add_argument("file")
+    sm.add_argument("--namespace", "-n", default=None)
+    sm.add_argument("--kubeconfig", default=None)
+    sm.set_defaults(fn=cmd_submit)
+
+    st = sub.add_parser("status", help="a TrainingRun's phase, progress, metrics and model")
+    st.add_argument("name")
+    st.add_argument("--namespace", "-n", default=None)
+    st.add_argument("--kubeconfig", default=None)
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", "-w", action="store_true", help="follow until the run finishes")
+    st.set_defaults(fn=cmd_status)
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)

@@ -145,12 +145,12 @@ def desired_status(
 
 
 def invalid_status(current: Mapping[str, Any], problems: Sequence[str], now: str,
-                   generation: int | None) -> dict[str, Any]:
-    """A spec the schema let through but the operator refuses: Failed with the precise problems, no job."""
+                   generation: int | None, reason: str = "InvalidSpec") -> dict[str, Any]:
+    """A run the operator cannot start (a bad spec, a child the API refuses): Failed, precise, no job."""
     message = "; ".join(problems)
-    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", "InvalidSpec",
+    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", reason,
                                message, now, generation)
-    conditions = set_condition(conditions, "Failed", "True", "InvalidSpec", message, now, generation)
+    conditions = set_condition(conditions, "Failed", "True", reason, message, now, generation)
     return {**{k: v for k, v in current.items() if k != "conditions"}, "phase": "Failed", "message": message,
             "observedGeneration": generation, "conditions": conditions}
 

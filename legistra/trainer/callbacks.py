@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -81,12 +82,16 @@ class MetricsCallback(TrainerCallback):
         metrics.update(_memory())
         step = state.global_step
         self.history.append({"step": float(step), **metrics})
+        progress = progress_of(state, metrics)
         if self.mlflow is not None:
             self.mlflow.log_metrics(metrics, step)
+            # The operator mirrors this tag into the TrainingRun's .status.progress.
+            self.mlflow.set_tags({"legistra.progress": json.dumps(
+                {k: progress[k] for k in ("step", "totalSteps", "epoch") if k in progress})})
         if self.wandb is not None:
             self.wandb.log(metrics, step)
         if self.on_progress is not None:
-            self.on_progress(progress_of(state, metrics))
+            self.on_progress(progress)
 
 
 def progress_of(state: TrainerState, metrics: dict[str, float]) -> Progress:

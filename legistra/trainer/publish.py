@@ -108,6 +108,7 @@ def publish(
         if decision.promote:
             registry.set_alias(name, gate.alias, version.version, reason=decision.reason)
             result["model"]["alias"] = gate.alias
+            mlflow.set_tags({"legistra.model_alias": gate.alias})
             if mlflow.enabled:
                 set_mlflow_alias(mlflow.tracking_uri, name, gate.alias, version.version)
         result["promotion"] = decision.as_dict()

@@ -1,0 +1,213 @@
+"""A thin async Kubernetes API client (aiohttp, which kopf already brings) for the objects we manage.
+
+The official `kubernetes` client would double the operator's memory for a dozen REST calls; this speaks
+plain JSON over the same credentials kopf uses (in-cluster service account, or the current kubeconfig).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+# kind -> (API prefix, plural); all namespaced.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "TrainingRun": ("/apis/legistra.io/v1alpha1", "trainingruns"),
+    "TrainingSchedule": ("/apis/legistra.io/v1alpha1", "trainingschedules"),
+    "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Secret": ("/api/v1", "secrets"),
+    "Event": ("/api/v1", "events"),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: throttling, server trouble, or a conflict that a re-read resolves."""
+        return self.status in (409, 429) or self.status >= 500
+
+
+@dataclass
+class Credentials:
+    server: str
+    token: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+    namespace: str = "default"
+
+
+def _materialize(data_b64: str | None, path: str | None, suffix: str) -> str | None:
+    if path:
+        return path
+    if not data_b64:
+        return None
+    fd, name = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(base64.b64decode(data_b64))
+    return name
+
+
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """In-cluster when a service account is mounted, else the current context of the kubeconfig."""
+    if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        return Credentials(
+            server=f"https://{host}:{port}",
+            token=(SA_DIR / "token").read_text().strip(),
+            ca_file=str(SA_DIR / "ca.crt"),
+            namespace=(SA_DIR / "namespace").read_text().strip(),
+        )
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube/config")
+    cfg = yaml.safe_load(Path(path).read_text())
+    ctx_name = cfg.get("current-context")
+    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
+    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+    user: dict[str, Any] = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
+    return Credentials(
+        server=cluster["server"].rstrip("/"),
+        token=user.get("token"),
+        ca_file=_materialize(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), ".crt"),
+        cert_file=_materialize(user.get("client-certificate-data"), user.get("client-certificate"), ".crt"),
+        key_file=_materialize(user.get("client-key-data"), user.get("client-key"), ".key"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        namespace=ctx.get("namespace", "default"),
+    )
+
+
+def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+    prefix, plural = RESOURCES[kind]
+    out = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    if name:
+        out += f"/{name}"
+    if subresource:
+        out += f"/{subresource}"
+    return out
+
+
+class Kube:
+    """GET / POST / merge-PATCH / DELETE of namespaced objects; counts writes for the scale benchmark."""
+
+    def __init__(self, creds: Credentials, timeout_s: float = 30.0) -> None:
+        self.creds = creds
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self.writes = 0
+        self.reads = 0
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.creds.server.startswith("https"):
+            return False
+        if self.creds.insecure:
+            return False
+        ctx = ssl.create_default_context(cafile=self.creds.ca_file)
+        if self.creds.cert_file and self.creds.key_file:
+            ctx.load_cert_chain(self.creds.cert_file, self.creds.key_file)
+        return ctx
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.creds.token:
+                headers["Authorization"] = f"Bearer {self.creds.token}"
+            self._session = aiohttp.ClientSession(
+                base_url=self.creds.server, headers=headers, timeout=self.timeout,
+                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(self, method: str, path: str, body: Any = None,
+                       content_type: str = "application/json", attempts: int = 4) -> dict[str, Any]:
+        """One API call; throttling, 5xx and dropped connections are retried with exponential backoff."""
+        delay = 0.25
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._once(method, path, body, content_type)
+            except ApiError as exc:
+                if exc.status == 409 or not exc.transient or attempt == attempts:
+                    raise
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                if attempt == attempts:
+                    raise ApiError(503, f"{method} {path}: {exc!r}") from exc
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _once(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
+        s = await self.session()
+        if method == "GET":
+            self.reads += 1
+        else:
+            self.writes += 1
+        async with s.request(method, path, json=body, headers={"Content-Type": content_type}) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                raise ApiError(resp.status, text[:500])
+            data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
+            return data or {}
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", path_of(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        path = path_of(kind, namespace)
+        if label_selector:
+            path += f"?labelSelector={label_selector}"
+        items: list[dict[str, Any]] = (await self._request("GET", path)).get("items", [])
+        return items
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        ns = obj["metadata"].get("namespace")
+        return await self._request("POST", path_of(obj["kind"], ns), dict(obj))
+
+    async def create_or_get(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Idempotent create: (object, created). An existing object is returned as it is."""
+        try:
+            return await self.create(obj), True
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        found = await self.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if found is None:
+            raise ApiError(409, f"{obj['kind']} {obj['metadata']['name']} exists but cannot be read")
+        return found, False
+
+    async def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any],
+                    subresource: str | None = None) -> dict[str, Any]:
+        return await self._request("PATCH", path_of(kind, namespace, name, subresource), dict(body),
+                                   "application/merge-patch+json")
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            await self._request("DELETE", path_of(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise

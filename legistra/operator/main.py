@@ -1,0 +1,23 @@
+"""`legistra operator`: run the controller (kopf) namespace-scoped or cluster-wide."""
+
+from __future__ import annotations
+
+import logging
+
+
+def run_operator(namespaces: list[str], clusterwide: bool, standalone: bool, liveness: str | None,
+                 verbose: bool = False) -> None:
+    import kopf
+
+    import legistra.operator.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiohttp.access", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    kopf.run(
+        standalone=standalone,
+        namespaces=namespaces,
+        clusterwide=clusterwide,
+        liveness_endpoint=liveness,
+    )

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the operator: runs by phase, reconcile duration, errors."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RUNS_BY_PHASE = Gauge("legistra_trainingruns", "TrainingRuns seen by this operator, by phase", ["phase"])
+RECONCILE_SECONDS = Histogram(
+    "legistra_reconcile_seconds", "Duration of one TrainingRun reconcile",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("legistra_reconcile_errors_total", "Failed reconciles, by kind", ["kind"])
+SCHEDULE_RUNS = Counter("legistra_schedule_runs_created_total", "TrainingRuns created by schedules")
+
+_phases: dict[tuple[str, str], str] = {}
+
+
+def observe_phase(key: tuple[str, str], phase: str) -> None:
+    _phases[key] = phase
+    _publish()
+
+
+def forget(key: tuple[str, str]) -> None:
+    _phases.pop(key, None)
+    _publish()
+
+
+def _publish() -> None:
+    counts: dict[str, int] = {p: 0 for p in ("Pending", "Running", "Succeeded", "Failed", "Suspended")}
+    for phase in _phases.values():
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, n in counts.items():
+        RUNS_BY_PHASE.labels(phase=phase).set(n)
+
+
+def start_server() -> None:
+    port = int(os.environ.get("LEGISTRA_METRICS_PORT", "9090"))
+    if port > 0:
+        start_http_server(port, addr=os.environ.get("LEGISTRA_METRICS_ADDR", "0.0.0.0"))

@@ -1,0 +1,161 @@
+"""Reconcile one TrainingRun: observe its children, compare with the desired state, act idempotently.
+
+Level-triggered: it is called on every event of the run or its PyTorchJob and on a timer, and does the
+same thing whatever was missed in between. A restart of the operator at any moment therefore never
+creates a second job (creates are conflict-safe and the job name is the run name) and never loses status
+(status is recomputed from the job and the trainer's report, not remembered).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from legistra.api.spec import TrainingRun
+from legistra.api.validation import SpecError, parse_training_run
+from legistra.operator.build import (
+    OperatorSettings,
+    build_children,
+    config_name,
+    refused_changes,
+)
+from legistra.operator.kube import ApiError, Kube
+from legistra.operator.report import MlflowReporter
+from legistra.operator.status import changed, desired_status, invalid_status
+
+log = logging.getLogger("legistra.operator")
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Outcome:
+    phase: str
+    created: list[str]
+    status_patched: bool
+
+
+def primary_metric(run: TrainingRun) -> str:
+    if run.spec.registry.promotion is not None:
+        return run.spec.registry.promotion.metric
+    if run.spec.training.metric_for_best_model:
+        return run.spec.training.metric_for_best_model
+    return {"risk-classification": "f1_macro", "clause-extraction": "f1", "summarization": "rougeL"}[run.spec.task]
+
+
+async def reconcile(
+    kube: Kube,
+    body: dict[str, Any],
+    settings: OperatorSettings,
+    reporter: MlflowReporter | None = None,
+    emit: EventSink | None = None,
+    now: Callable[[], str] = now_iso,
+) -> Outcome:
+    meta = body.get("metadata", {})
+    ns, name = meta.get("namespace"), meta["name"]
+    generation = meta.get("generation")
+    current = dict(body.get("status") or {})
+    if meta.get("deletionTimestamp"):
+        return Outcome(current.get("phase", ""), [], False)
+
+    try:
+        run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
+    except SpecError as exc:
+        # The CRD schema lets through what CEL cannot express (or an older CRD is installed): refuse, no job.
+        new = invalid_status(current, exc.problems, now(), generation)
+        if changed(current, new):
+            await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+            if emit:
+                emit(body, "Warning", "InvalidSpec", new["message"])
+            return Outcome("Failed", [], True)
+        return Outcome("Failed", [], False)
+
+    created: list[str] = []
+    job: dict[str, Any] | None = None
+    refused: list[str] = []
+    if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
+            c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed")
+            for c in current.get("conditions", [])):
+        return Outcome("Failed", [], False)  # already refused this generation; a spec edit retries
+
+    wanted_cm, wanted_pvc, wanted_job = build_children(run, settings)
+    job = await kube.get("PyTorchJob", ns, name)
+    if job is None:
+        # Job last: its pods must find their config and volume. Each create tolerates "already exists".
+        for obj in (wanted_cm, wanted_pvc, wanted_job):
+            try:
+                got, was_created = await kube.create_or_get(obj)
+            except ApiError as exc:
+                if exc.transient:
+                    raise
+                # Forbidden (RBAC), Invalid (admission webhook, quota), missing CRD: retrying will not help.
+                problem = f"cannot create {obj['kind']} {obj['metadata']['name']}: {exc.message}"
+                new = invalid_status(current, [problem], now(), generation, reason="ChildCreateFailed")
+                if changed(current, new):
+                    await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+                    if emit:
+                        emit(body, "Warning", "ChildCreateFailed", problem)
+                return Outcome("Failed", created, True)
+            if was_created:
+                created.append(obj["kind"])
+            if obj["kind"] == "PyTorchJob":
+                job = got
+    else:
+        owner_uids = {r.get("uid") for r in job.get("metadata", {}).get("ownerReferences", [])}
+        if run.metadata.uid and owner_uids and run.metadata.uid not in owner_uids:
+            # A job of the same name that belongs to something else: never adopt or overwrite it.
+            refused = [f"a PyTorchJob named {name} exists and is not owned by this TrainingRun"]
+        else:
+            refused = await _spec_drift(kube, run, job)
+            want_suspend = run.spec.run_policy.suspend
+            if bool(job.get("spec", {}).get("runPolicy", {}).get("suspend", False)) != want_suspend:
+                job = await kube.patch("PyTorchJob", ns, name, {"spec": {"runPolicy": {"suspend": want_suspend}}})
+
+    report = None
+    if reporter is not None and run.metadata.uid and job is not None:
+        experiment = run.spec.tracking.mlflow.experiment or run.spec.registry.model_name
+        finished = any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True"
+                       for c in (job.get("status") or {}).get("conditions", []))
+        report = reporter.read(experiment, run.metadata.uid, fresh=finished)
+
+    new = desired_status(current, job, generation=generation, now=now(),
+                         suspended_in_spec=run.spec.run_policy.suspend, refused=refused, report=report,
+                         metric=primary_metric(run))
+    patched = False
+    if changed(current, new):
+        await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+        patched = True
+        if emit is not None:
+            _emit_transitions(emit, body, current, new)
+    return Outcome(new["phase"], created, patched)
+
+
+async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:
+    """Fields changed since the job was built (read from the ConfigMap the job runs with)."""
+    cm = await kube.get("ConfigMap", run.metadata.namespace or "", config_name(run))
+    if cm is None:
+        return []
+    try:
+        applied = json.loads(cm.get("data", {}).get("run.json", "{}")).get("spec", {})
+    except json.JSONDecodeError:
+        return []
+    return refused_changes(applied, run.spec.wire())
+
+
+def _emit_transitions(emit: EventSink, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    before, after = old.get("phase"), new.get("phase")
+    if before != after and after != "Pending":
+        kind = "Warning" if after == "Failed" else "Normal"
+        emit(body, kind, f"Run{after}", str(new.get("message") or after))
+    old_refused = next((c for c in old.get("conditions", []) if c["type"] == "SpecChangeRefused"), None)
+    new_refused = next((c for c in new.get("conditions", []) if c["type"] == "SpecChangeRefused"), None)
+    if new_refused and new_refused["status"] == "True" and (not old_refused or old_refused["status"] != "True"):
+        emit(body, "Warning", "SpecChangeRefused", new_refused["message"])

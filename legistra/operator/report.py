@@ -1,0 +1,91 @@
+"""What the trainer published, read back from MLflow's REST API (no RBAC on pods, no mlflow import here).
+
+The trainer (rank 0) tags its MLflow run with `legistra.run_key` = the TrainingRun's uid, keeps
+`legistra.progress` current, and tags the registered model at the end; this module turns that into the
+`report` the status decision consumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+RUN_KEY_TAG = "legistra.run_key"
+
+
+def _call(base: str, path: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    url = f"{base.rstrip('/')}/api/2.0/mlflow/{path}"
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        out: dict[str, Any] = json.loads(resp.read() or b"{}")
+        return out
+
+
+def report_from_run(run: dict[str, Any], base: str) -> dict[str, Any]:
+    """MLflow run JSON -> {progress, metrics, mlflow, model} (pure)."""
+    info, data = run.get("info", {}), run.get("data", {})
+    tags = {t["key"]: t["value"] for t in data.get("tags", [])}
+    metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
+    out: dict[str, Any] = {
+        "mlflow": {"runId": info.get("run_id"), "experimentId": info.get("experiment_id"),
+                   "url": f"{base.rstrip('/')}/#/experiments/{info.get('experiment_id')}/runs/{info.get('run_id')}"},
+    }
+    if "legistra.progress" in tags:
+        try:
+            out["progress"] = json.loads(tags["legistra.progress"])
+        except json.JSONDecodeError:
+            pass
+    finals = {k.removeprefix("final/"): v for k, v in metrics.items() if k.startswith("final/")}
+    evals = finals or {k: v for k, v in metrics.items() if k.startswith("eval_") and "/" not in k}
+    if evals:
+        out["metrics"] = evals
+    if "legistra.model_version" in tags:
+        model: dict[str, Any] = {"name": tags.get("legistra.model"), "version": int(tags["legistra.model_version"]),
+                                 "uri": tags.get("legistra.model_uri")}
+        if tags.get("legistra.model_alias"):
+            model["alias"] = tags["legistra.model_alias"]
+        out["model"] = model
+    return out
+
+
+class MlflowReporter:
+    """Finds the run of a TrainingRun (by uid) and reads its report; caches per run for `ttl_s`."""
+
+    def __init__(self, base: str, ttl_s: float = 10.0) -> None:
+        self.base = base
+        self.ttl_s = ttl_s
+        self._experiments: dict[str, str] = {}
+        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def _experiment_id(self, name: str) -> str | None:
+        if name not in self._experiments:
+            try:
+                q = urllib.parse.urlencode({"experiment_name": name})
+                exp = _call(self.base, f"experiments/get-by-name?{q}")
+            except Exception:
+                return None
+            self._experiments[name] = exp["experiment"]["experiment_id"]
+        return self._experiments[name]
+
+    def read(self, experiment: str, run_key: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        now = time.monotonic()
+        hit = self._cache.get(run_key)
+        if hit and not fresh and now - hit[0] < self.ttl_s:
+            return hit[1]
+        report = None
+        exp_id = self._experiment_id(experiment)
+        if exp_id is not None:
+            try:
+                found = _call(self.base, "runs/search", {
+                    "experiment_ids": [exp_id], "filter": f"tags.`{RUN_KEY_TAG}` = '{run_key}'", "max_results": 1})
+                runs = found.get("runs", [])
+                report = report_from_run(runs[0], self.base) if runs else None
+            except Exception:
+                report = hit[1] if hit else None  # keep the last good report through an MLflow outage
+        self._cache[run_key] = (now, report)
+        return report

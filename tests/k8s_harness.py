@@ -1,0 +1,476 @@
+"""Test-side cluster: kmock's KubernetesEmulator over HTTP, a Kubeflow training-operator stand-in that runs
+every PyTorchJob replica as local processes (with the environment the real one injects), and a garbage
+collector for owner references. The operator under test talks to all of it over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VENV_BIN = Path(sys.executable).parent
+
+RESOURCES = {
+    # kopf's backbone: without these it finishes discovery and silently never watches anything.
+    "v1/namespaces": ("Namespace", False, set()),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, set()),
+    "v1/events": ("Event", True, set()),
+    "v1/configmaps": ("ConfigMap", True, set()),
+    "v1/secrets": ("Secret", True, set()),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, set()),
+    "legistra.io/v1alpha1/trainingruns": ("TrainingRun", True, {"status"}),
+    "legistra.io/v1alpha1/trainingschedules": ("TrainingSchedule", True, {"status"}),
+    "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, {"status"}),
+}
+VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Cluster:
+    """The API emulator in a background thread, plus a small synchronous JSON client for the tests."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.emulator: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import kmock
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        emulator = kmock.KubernetesEmulator(strict=False)
+        for key, (kind, namespaced, subresources) in RESOURCES.items():
+            emulator.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subresources)
+        async with emulator, kmock.Server(emulator) as server:
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> Cluster:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the API emulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def kubeconfig(self, path: Path, namespace: str) -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "not-checked"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
+                                                          "namespace": namespace}}],
+        }))
+        return path
+
+    # -- a tiny client -------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method == "GET":
+                return None
+            raise
+
+    @staticmethod
+    def path(group_version: str, plural: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+        out = f"{base}/namespaces/{namespace}/{plural}"
+        return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    def apply_run(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Create as the API server would: it assigns uid, generation and creationTimestamp."""
+        doc = json.loads(json.dumps(doc))
+        meta = doc["metadata"]
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("generation", 1)
+        meta.setdefault("creationTimestamp", now_iso())
+        plural = {"TrainingRun": "trainingruns", "TrainingSchedule": "trainingschedules"}[doc["kind"]]
+        return dict(self.request("POST", self.path("legistra.io/v1alpha1", plural, meta["namespace"]), doc))
+
+    def get(self, gv: str, plural: str, ns: str, name: str) -> dict[str, Any] | None:
+        found = self.request("GET", self.path(gv, plural, ns, name))
+        return dict(found) if found else None
+
+    def list(self, gv: str, plural: str, ns: str) -> list[dict[str, Any]]:
+        return list((self.request("GET", self.path(gv, plural, ns)) or {}).get("items", []))
+
+    def patch(self, gv: str, plural: str, ns: str, name: str, body: Any, sub: str | None = None) -> Any:
+        return self.request("PATCH", self.path(gv, plural, ns, name, sub), body, "application/merge-patch+json")
+
+    def delete(self, gv: str, plural: str, ns: str, name: str) -> None:
+        self.request("DELETE", self.path(gv, plural, ns, name))
+
+    def run(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.get("legistra.io/v1alpha1", "trainingruns", ns, name)
+
+    def edit_spec(self, ns: str, name: str, spec_patch: dict[str, Any]) -> None:
+        """A user's edit: the API server bumps metadata.generation on spec changes."""
+        run = self.run(ns, name)
+        assert run is not None
+        gen = int(run["metadata"].get("generation", 1)) + 1
+        self.patch("legistra.io/v1alpha1", "trainingruns", ns, name, {"metadata": {"generation": gen},
+                                                                      "spec": spec_patch})
+
+    def creates(self, plural: str) -> int:
+        """POST requests that reached the emulator for `plural` (to count duplicate creates)."""
+        return sum(1 for r in self.emulator.requests if r.method == "POST" and r.resource is not None
+                   and r.resource.plural == plural)
+
+    def wait(self, predicate: Callable[[], Any], timeout: float = 240, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(0.25)
+        raise TimeoutError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Pod:
+    replica: str
+    index: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class JobState:
+    uid: str
+    pods: list[Pod] = field(default_factory=list)
+    restarts: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    done: bool = False
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    start_time: str | None = None
+
+
+class FakeTrainingOperator:
+    """Stands in for Kubeflow's training-operator: runs each replica of each PyTorchJob as processes.
+
+    What it reproduces: the env it injects (MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*), the container's
+    command, env (secretKeyRef resolved), ConfigMap and PVC mounts (the PVC is a folder that survives
+    restarts), restartPolicy OnFailure up to backoffLimit, suspend (pods deleted, job kept), and the
+    job's conditions and replicaStatuses written through the status subresource. Not reproduced:
+    scheduling, images, resource limits, per-pod (rather than whole-job) restarts.
+    """
+
+    def __init__(self, cluster: Cluster, namespace: str, workdir: Path) -> None:
+        self.cluster, self.ns, self.workdir = cluster, namespace, workdir
+        self.jobs: dict[str, JobState] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.lock = threading.Lock()
+
+    def start(self) -> FakeTrainingOperator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for state in self.jobs.values():
+            self._kill(state)
+
+    def pvc_dir(self, job_name: str) -> Path:
+        return self.workdir / job_name / "pvc"
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as exc:  # keep the stand-in alive; the test's waits will report the symptom
+                print(f"fake training-operator: {exc!r}", file=sys.stderr)
+            time.sleep(0.2)
+
+    def _tick(self) -> None:
+        jobs = {j["metadata"]["name"]: j for j in self.cluster.list("kubeflow.org/v1", "pytorchjobs", self.ns)}
+        with self.lock:
+            for name, state in list(self.jobs.items()):
+                if name not in jobs or jobs[name]["metadata"].get("uid", state.uid) != state.uid:
+                    self._kill(state)  # job deleted: its pods go with it
+                    del self.jobs[name]
+            for name, job in jobs.items():
+                self._sync(name, job)
+
+    def _set(self, name: str, state: JobState, kind: str, reason: str, message: str,
+             others_false: tuple[str, ...] = ()) -> None:
+        conds = [c for c in state.conditions if c["type"] != kind]
+        for c in conds:
+            if c["type"] in others_false:
+                c["status"] = "False"
+        conds.append({"type": kind, "status": "True", "reason": reason, "message": message,
+                      "lastTransitionTime": now_iso(), "lastUpdateTime": now_iso()})
+        state.conditions = conds
+        status: dict[str, Any] = {"conditions": conds,
+                                  "replicaStatuses": {r: {"failed": n} for r, n in state.failed.items()}}
+        if state.start_time:
+            status["startTime"] = state.start_time
+        if kind in ("Succeeded", "Failed"):
+            status["completionTime"] = now_iso()
+        self.cluster.patch("kubeflow.org/v1", "pytorchjobs", self.ns, name, {"status": status}, sub="status")
+
+    def _sync(self, name: str, job: dict[str, Any]) -> None:
+        uid = job["metadata"].get("uid") or name
+        state = self.jobs.get(name)
+        if state is None:
+            state = self.jobs[name] = JobState(uid=uid)
+            self._set(name, state, "Created", "PyTorchJobCreated", f"PyTorchJob {name} is created.")
+        if state.done:
+            return
+        suspended = bool(job["spec"].get("runPolicy", {}).get("suspend"))
+        if suspended:
+            if state.pods or not any(c["type"] == "Suspended" and c["status"] == "True" for c in state.conditions):
+                self._kill(state)
+                self._set(name, state, "Suspended", "PyTorchJobSuspended", f"PyTorchJob {name} is suspended.",
+                          others_false=("Running", "Restarting"))
+            return
+        if not state.pods:
+            self._launch(name, job, state)
+            if any(c["type"] == "Suspended" for c in state.conditions):
+                state.conditions = [c for c in state.conditions if c["type"] != "Suspended"]
+            self._set(name, state, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.",
+                      others_false=("Restarting", "Suspended"))
+            return
+        codes = [(p, p.proc.poll()) for p in state.pods]
+        failed = [p for p, code in codes if code not in (None, 0)]
+        if failed:
+            for p in failed:
+                state.failed[p.replica] = state.failed.get(p.replica, 0) + 1
+            self._kill(state)
+            backoff = int(job["spec"].get("runPolicy", {}).get("backoffLimit", 3))
+            if state.restarts >= backoff:
+                state.done = True
+                who = ", ".join(sorted({f"{p.replica}" for p in failed}))
+                self._set(name, state, "Failed", "PyTorchJobFailed",
+                          f"PyTorchJob {name} is failed because {len(failed)} {who} replica(s) failed.",
+                          others_false=("Running", "Restarting"))
+                return
+            state.restarts += 1
+            self._set(name, state, "Restarting", "PyTorchJobRestarting",
+                      f"PyTorchJob {name} is restarting because {len(failed)} replica(s) failed.",
+                      others_false=("Running",))
+            self._launch(name, job, state)
+            self._set(name, state, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.",
+                      others_false=("Restarting",))
+            return
+        if all(code == 0 for _, code in codes):
+            state.done = True
+            state.pods = []
+            self._set(name, state, "Succeeded", "PyTorchJobSucceeded",
+                      f"PyTorchJob {name} is successfully completed.", others_false=("Running",))
+
+    # -- pods ----------------------------------------------------------------------------------------------
+    def _secret(self, name: str, key: str) -> str:
+        secret = self.cluster.get("v1", "secrets", self.ns, name)
+        if secret is None or key not in secret.get("data", {}):
+            raise KeyError(f"secret {name}/{key} not found")
+        return base64.b64decode(secret["data"][key]).decode()
+
+    def _launch(self, name: str, job: dict[str, Any], state: JobState) -> None:
+        state.start_time = state.start_time or now_iso()
+        specs = job["spec"]["pytorchReplicaSpecs"]
+        nproc = job["spec"].get("nprocPerNode", "1")
+        nnodes = sum(int(s.get("replicas", 1)) for s in specs.values())
+        port = free_port()
+        node_rank = 0
+        for replica in ("Master", "Worker"):
+            if replica not in specs:
+                continue
+            for index in range(int(specs[replica].get("replicas", 1))):
+                state.pods.append(self._pod(name, specs[replica]["template"], replica, index, node_rank, nnodes,
+                                            nproc, port))
+                node_rank += 1
+
+    def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,
+             nproc: str, port: int) -> Pod:
+        pod_dir = self.workdir / job / f"{replica.lower()}-{index}-{time.monotonic_ns()}"
+        mounts: dict[str, Path] = {}
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        container = next(c for c in template["spec"]["containers"] if c["name"] == "pytorch")
+        for vm in container.get("volumeMounts", []):
+            vol = volumes[vm["name"]]
+            if "configMap" in vol:
+                cm = self.cluster.get("v1", "configmaps", self.ns, vol["configMap"]["name"])
+                target = pod_dir / "config"
+                target.mkdir(parents=True, exist_ok=True)
+                for key, value in (cm or {}).get("data", {}).items():
+                    (target / key).write_text(value)
+            elif "persistentVolumeClaim" in vol:
+                target = self.pvc_dir(job)
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target = pod_dir / vm["name"]
+                target.mkdir(parents=True, exist_ok=True)
+            mounts[vm["mountPath"]] = target
+
+        def local(value: str) -> str:
+            for mount, target in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+                if value == mount or value.startswith(mount + "/"):
+                    return str(target) + value[len(mount):]
+            return value
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "LEGISTRA_", "MLFLOW_"))}
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = local(e["value"])
+            else:
+                ref = e["valueFrom"]["secretKeyRef"]
+                env[e["name"]] = self._secret(ref["name"], ref["key"])
+        # What the training-operator injects for a torchrun entry point.
+        env.update({
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nnodes), "RANK": str(node_rank),
+            "PET_NNODES": str(nnodes), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(node_rank),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        })
+        cmd = [local(a) for a in container.get("command", []) + container.get("args", [])]
+        log = pod_dir / "pod.log"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                start_new_session=True)
+        return Pod(replica, index, proc, log)
+
+    def _kill(self, state: JobState) -> None:
+        for p in state.pods:
+            if p.proc.poll() is None:
+                try:
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.proc.wait()
+        state.pods = []
+
+    def kill_pod(self, job: str, replica: str = "Master") -> None:
+        """A node loss: the pod's processes die with a non-zero code; the restart path takes over."""
+        with self.lock:
+            for p in self.jobs[job].pods:
+                if p.replica == replica and p.proc.poll() is None:
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+
+    def logs(self, job: str) -> str:
+        out = []
+        for path in sorted((self.workdir / job).glob("*/pod.log")):
+            out.append(f"--- {path.parent.name}\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+
+class GarbageCollector:
+    """Kubernetes' owner-reference GC, which the emulator does not do: children of a deleted owner go."""
+
+    KINDS = (("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
+             ("legistra.io/v1alpha1", "trainingruns"))
+    OWNERS = {"TrainingRun": ("legistra.io/v1alpha1", "trainingruns"),
+              "TrainingSchedule": ("legistra.io/v1alpha1", "trainingschedules")}
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster, self.ns = cluster, namespace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> GarbageCollector:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for gv, plural in self.KINDS:
+                    for obj in self.cluster.list(gv, plural, self.ns):
+                        for ref in obj["metadata"].get("ownerReferences", []):
+                            ogv, oplural = self.OWNERS.get(ref["kind"], (None, None))
+                            if ogv is None:
+                                continue
+                            owner = self.cluster.get(ogv, oplural, self.ns, ref["name"])  # type: ignore[arg-type]
+                            if owner is None or owner["metadata"].get("uid") != ref.get("uid"):
+                                self.cluster.delete(gv, plural, self.ns, obj["metadata"]["name"])
+                                break
+            except Exception as exc:
+                print(f"gc: {exc!r}", file=sys.stderr)
+            time.sleep(0.3)
+
+
+class OperatorProcess:
+    """`legistra operator` as a real process against the emulator (so it can be killed and restarted)."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, env: dict[str, str], log: Path) -> None:
+        self.kubeconfig, self.ns, self.env, self.log = kubeconfig, namespace, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "LEGISTRA_METRICS_PORT": "0",
+               "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1"}
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns, "--standalone",
+             "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+            env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""The operator end to end: kopf handlers against kmock's KubernetesEmulator over HTTP, a stand-in Kubeflow
+training-operator running the replicas as local processes, a real MLflow server and S3 (moto)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import base_run
+from tests.k8s_harness import Cluster, FakeTrainingOperator, GarbageCollector, OperatorProcess
+
+pytestmark = pytest.mark.slow
+NS = "legal-ml"
+JOBS = ("kubeflow.org/v1", "pytorchjobs")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpoint: str) -> Iterator[dict[str, Any]]:
+    import boto3
+
+    root = tmp_path_factory.mktemp("cluster")
+    boto3.client("s3").create_bucket(Bucket="operator-models")
+    cluster = Cluster().start()
+    cluster.request("POST", f"/api/v1/namespaces/{NS}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
+        "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"testing").decode(),
+                 "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"testing").decode()}})
+    kubeflow = FakeTrainingOperator(cluster, NS, root / "pods").start()
+    gc = GarbageCollector(cluster, NS).start()
+    env = {
+        "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
+        "LEGISTRA_REGISTRY_URI": "s3://operator-models/registry",
+        "LEGISTRA_S3_ENDPOINT": s3_endpoint,
+        "LEGISTRA_S3_SECRET": "s3-creds",
+        "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}),
+    }
+    operator = OperatorProcess(cluster.kubeconfig(root / "kubeconfig", NS), NS, env, root / "operator.log").start()
+    yield {"cluster": cluster, "kubeflow": kubeflow, "operator": operator, "root": root}
+    operator.stop()
+    gc.stop()
+    kubeflow.stop()
+    cluster.stop()
+
+
+def training_run(name: str, tiny_models: dict[str, Path], **spec: Any) -> dict[str, Any]:
+    doc = base_run("risk-classification", tiny_models["bert"], name,
+                   resources={"nodes": 2, "gpusPerNode": 0}, **spec)
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["registry"].setdefault("promotion", {"metric": "eval_f1_macro"})
+    return doc
+
+
+def phase_of(world: dict[str, Any], name: str) -> str | None:
+    run = world["cluster"].run(NS, name)
+    return (run or {}).get("status", {}).get("phase")
+
+
+def wait_phase(world: dict[str, Any], name: str, *phases: str, timeout: float = 240) -> dict[str, Any]:
+    cluster: Cluster = world["cluster"]
+    try:
+        return dict(cluster.wait(lambda: (r := cluster.run(NS, name)) and r.get("status", {}).get("phase") in phases
+                                 and r, timeout, f"{name} to reach {phases}"))
+    except TimeoutError:
+        print(world["kubeflow"].logs(name))
+        print(Path(world["root"] / "operator.log").read_text()[-5000:])
+        raise
+
+
+def test_run_succeeds_with_metrics_mlflow_and_model_in_status(world: dict[str, Any], tiny_models: dict[str, Path],
+                                                             mlflow_server: str) -> None:
+    cluster: Cluster = world["cluster"]
+    cluster.apply_run(training_run("risk-ok", tiny_models))
+    running = wait_phase(world, "risk-ok", "Running", "Succeeded")
+    assert running["status"]["jobName"] == "risk-ok"
+    job = cluster.get(*JOBS, NS, "risk-ok")
+    assert job is not None
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master", "Worker"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == running["metadata"]["uid"]
+
+    done = wait_phase(world, "risk-ok", "Succeeded")
+    st = cluster.wait(lambda: (r := cluster.run(NS, "risk-ok")) and r["status"].get("model") and r["status"],
+                      60, "the model in status")
+    assert st["model"]["name"] == "risk-ok" and st["model"]["version"] == 1
+    assert st["model"]["uri"] == "s3://operator-models/registry/risk-ok/v1"
+    assert st["model"]["alias"] == "champion"
+    assert st["mlflow"]["runId"] and st["mlflow"]["url"].startswith(mlflow_server)
+    assert "eval_f1_macro" in st["metrics"] and st["keyMetric"].startswith("f1_macro=")
+    assert st["progress"]["percent"] == 100 and st["progress"]["step"] == 6
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 1
+    assert done["status"]["observedGeneration"] == 1
+    # The trainer in the "pods" ran as 2 nodes x 1 process, one MLflow run, logged by rank 0 alone.
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=mlflow_server).get_run(st["mlflow"]["runId"])
+    assert run.data.params["resolved.world_size"] == "2"
+    assert run.data.tags["legistra.run_key"] == done["metadata"]["uid"]
+
+
+def test_failing_replica_marks_the_run_failed_with_why(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    doc = training_run("risk-broken", tiny_models, data={"train": "/nonexistent/train.jsonl"},
+                       runPolicy={"backoffLimit": 1})
+    world["cluster"].apply_run(doc)
+    st = wait_phase(world, "risk-broken", "Failed")["status"]
+    assert "replica" in st["message"] and "failed" in st["message"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "PyTorchJobFailed"
+    assert world["kubeflow"].jobs["risk-broken"].restarts == 1  # backoffLimit honoured
+    assert "/nonexistent/train.jsonl: file not found" in world["kubeflow"].logs("risk-broken")
+
+
+def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    doc = training_run("risk-restart", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
+                       data={"maxSamples": 200})
+    cluster: Cluster = world["cluster"]
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    cluster.apply_run(doc)
+    ckpt = kubeflow.pvc_dir("risk-restart") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    cluster.wait(ckpt.exists, 240, "the first checkpoint")
+    kubeflow.kill_pod("risk-restart", "Worker")
+    restarting = cluster.wait(lambda: (r := cluster.run(NS, "risk-restart")) and
+                              any(c.get("reason") == "PyTorchJobRestarting" for c in
+                                  (cluster.get(*JOBS, NS, "risk-restart") or {}).get("status", {}).get("conditions", []))
+                              and r, 60, "the job to restart")
+    assert restarting
+    wait_phase(world, "risk-restart", "Succeeded")
+    result = json.loads((kubeflow.pvc_dir("risk-restart") / "output" / "result.json").read_text())
+    assert result["globalStep"] == 60
+    assert result["resumedFrom"] and "checkpoint-" in result["resumedFrom"]
+
+
+def test_suspend_then_resume(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    cluster: Cluster = world["cluster"]
+    doc = training_run("risk-suspend", tiny_models, runPolicy={"suspend": True})
+    cluster.apply_run(doc)
+    st = wait_phase(world, "risk-suspend", "Suspended")["status"]
+    assert "suspended" in st["message"]
+    job = cluster.get(*JOBS, NS, "risk-suspend")
+    assert job is not None and job["spec"]["runPolicy"]["suspend"] is True
+    assert not world["kubeflow"].jobs["risk-suspend"].pods
+    cluster.edit_spec(NS, "risk-suspend", {"runPolicy": {"suspend": False}})
+    wait_phase(world, "risk-suspend", "Running", "Succeeded")
+    st = wait_phase(world, "risk-suspend", "Succeeded")["status"]
+    assert not any(c["type"] == "SpecChangeRefused" and c["status"] == "True" for c in st["conditions"])
+
+
+def test_spec_change_after_start_is_refused(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    cluster: Cluster = world["cluster"]
+    cluster.apply_run(training_run("risk-edit", tiny_models, runPolicy={"suspend": True}))
+    wait_phase(world, "risk-edit", "Suspended")
+    cluster.edit_spec(NS, "risk-edit", {"training": {"learningRate": 0.5}})
+    cond = cluster.wait(lambda: next((c for c in (cluster.run(NS, "risk-edit") or {}).get("status", {})
+                                      .get("conditions", []) if c["type"] == "SpecChangeRefused"
+                                      and c["status"] == "True"), None), 30, "SpecChangeRefused")
+    assert "training.learningRate" in cond["message"] and cond["observedGeneration"] == 2
+    cm = cluster.get("v1", "configmaps", NS, "risk-edit-config")
+    assert cm is not None and json.loads(cm["data"]["run.json"])["spec"]["training"]["learningRate"] == 0.003
+
+
+def test_deletion_cascades_to_children(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    cluster: Cluster = world["cluster"]
+    cluster.apply_run(training_run("risk-delete", tiny_models, runPolicy={"suspend": True}))
+    wait_phase(world, "risk-delete", "Suspended")
+    cluster.delete("legistra.io/v1alpha1", "trainingruns", NS, "risk-delete")
+    cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-delete") is None
+                 and cluster.get("v1", "configmaps", NS, "risk-delete-config") is None
+                 and cluster.get("v1", "persistentvolumeclaims", NS, "risk-delete-checkpoints") is None,
+                 30, "the children to be collected")
+
+
+def test_invalid_spec_is_failed_without_a_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    """What the CRD schema would reject server-side; the emulator does not validate, the operator still must."""
+    doc = training_run("risk-invalid", tiny_models, training={"learningRate": -1, "batchSize": 0})
+    world["cluster"].apply_run(doc)
+    st = wait_phase(world, "risk-invalid", "Failed")["status"]
+    assert st["message"] == ("spec.training.learningRate: must be > 0 (got -1); "
+                             "spec.training.batchSize: must be >= 1 (got 0)")
+    assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "InvalidSpec"
+    assert world["cluster"].get(*JOBS, NS, "risk-invalid") is None
+    assert world["operator"].proc.poll() is None  # the operator did not crash
+
+
+def test_operator_killed_mid_run_creates_no_second_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    cluster: Cluster = world["cluster"]
+    operator: OperatorProcess = world["operator"]
+    before = cluster.creates("pytorchjobs")
+    cluster.apply_run(training_run("risk-crash", tiny_models, training={"maxSteps": 30, "batchSize": 2}))
+    wait_phase(world, "risk-crash", "Running", "Succeeded")
+    operator.kill()
+    operator.start()
+    st = wait_phase(world, "risk-crash", "Succeeded")["status"]
+    cluster.wait(lambda: (cluster.run(NS, "risk-crash") or {}).get("status", {}).get("model"), 60, "model in status")
+    assert cluster.creates("pytorchjobs") - before == 1  # one create ever, even across the restart
+    assert st["jobName"] == "risk-crash"
