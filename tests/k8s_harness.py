@@ -159,8 +159,8 @@ class Cluster:
 
     def creates(self, plural: str) -> int:
         """POST requests that reached the emulator for `plural` (to count duplicate creates)."""
-        return sum(1 for r in self.emulator.requests if r.method == "POST" and r.resource is not None
-                   and r.resource.plural == plural)
+        seen = list(self.emulator)  # the emulator is a view over every request it served
+        return sum(1 for r in seen if r.method == "POST" and r.resource is not None and r.resource.plural == plural)
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 240, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
