@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -406,9 +406,9 @@ class FakeTrainingOperator:
 class GarbageCollector:
     """Kubernetes' owner-reference GC, which the emulator does not do: children of a deleted owner go."""
 
-    KINDS = (("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
+    KINDS: ClassVar[tuple[tuple[str, str], ...]] = (("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
              ("legistra.io/v1alpha1", "trainingruns"))
-    OWNERS = {"TrainingRun": ("legistra.io/v1alpha1", "trainingruns"),
+    OWNERS: ClassVar[dict[str, tuple[str, str]]] = {"TrainingRun": ("legistra.io/v1alpha1", "trainingruns"),
               "TrainingSchedule": ("legistra.io/v1alpha1", "trainingschedules")}
 
     def __init__(self, cluster: Cluster, namespace: str) -> None:
