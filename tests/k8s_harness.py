@@ -180,6 +180,24 @@ class Pod:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    def kill(self) -> None:
+        """Like a container runtime: every process of the pod goes, whatever session torchrun gave it."""
+        marker = str(self.log.parent).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
 
 @dataclass
 class JobState:
@@ -381,12 +399,7 @@ class FakeTrainingOperator:
 
     def _kill(self, state: JobState) -> None:
         for p in state.pods:
-            if p.proc.poll() is None:
-                try:
-                    os.killpg(p.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.proc.wait()
+            p.kill()
         state.pods = []
 
     def kill_pod(self, job: str, replica: str = "Master") -> None:
@@ -394,7 +407,7 @@ class FakeTrainingOperator:
         with self.lock:
             for p in self.jobs[job].pods:
                 if p.replica == replica and p.proc.poll() is None:
-                    os.killpg(p.proc.pid, signal.SIGKILL)
+                    p.kill()
 
     def logs(self, job: str) -> str:
         out = []

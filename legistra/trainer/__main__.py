@@ -5,16 +5,23 @@ Reads only the config file and the environment that torchrun / PyTorchJob provid
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from pathlib import Path
 
-from legistra.api.validation import SpecError, parse_training_run
-from legistra.registry.registry import default_registry_uri
-from legistra.tracking.mlflow_tracker import default_tracking_uri
-from legistra.trainer.data import DataError
+PARENT_PID = os.getppid()  # first thing: see runtime.die_with_parent
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from legistra.trainer.runtime import die_with_parent  # noqa: E402
+
+die_with_parent(PARENT_PID)
+
+from legistra.api.validation import SpecError, parse_training_run  # noqa: E402
+from legistra.registry.registry import default_registry_uri  # noqa: E402
+from legistra.tracking.mlflow_tracker import default_tracking_uri  # noqa: E402
+from legistra.trainer.data import DataError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,13 @@ class DistInfo:
         )
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Ask Linux to kill this rank if its launcher dies, so a killed torchrun leaves no orphan ranks
-    (torchrun starts each rank in a session of its own, out of reach of a signal to the launcher's group)."""
+    (torchrun starts each rank in a session of its own, out of reach of a signal to the launcher's group).
+
+    `parent_pid` is read as early as possible at start-up: if the launcher died before the request was
+    made, the rank exits now instead of waiting forever at the rendezvous.
+    """
     if sys.platform != "linux":
         return
     import ctypes
@@ -39,7 +43,9 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    if os.getppid() != parent_pid:
+        os._exit(137)
 
 
 def setup_logging(dist: DistInfo) -> None:

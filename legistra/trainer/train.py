@@ -20,7 +20,7 @@ from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
 from legistra.api.validation import SpecError
 from legistra.trainer.data import LoadedData, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
-from legistra.trainer.runtime import DistInfo, die_with_parent, setup_logging, show_progress_bar
+from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
 from legistra.trainer.tasks import TaskHandler, handler_for
 
 log = logging.getLogger("legistra.trainer")
@@ -247,7 +247,6 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
 
     dist = DistInfo.from_env()
-    die_with_parent()
     setup_logging(dist)
     if paths.result.exists():
         # A pod restarted after the run finished: never train or register twice.
