@@ -166,11 +166,31 @@ def fill(template: str, rng: random.Random) -> str:
     )
 
 
+# Clauses whose risk turns on a number, not on wording: the model must read the notice period or the cap.
+NOTICE = ("Either party may terminate this Agreement upon {n} written notice to the other party, and {A} "
+          "shall cooperate in the orderly transition of the Services.")
+SHORT_NOTICE = ["two (2) days", "five (5) days", "seventy-two (72) hours", "one (1) business day"]
+LONG_NOTICE = ["thirty (30) days", "sixty (60) days", "ninety (90) days", "one hundred twenty (120) days"]
+CAP = "The total liability of {A} under this Agreement shall not exceed {c}."
+LOW_CAP = ["one hundred dollars ($100)", "the fees paid in the preceding month", "five hundred dollars ($500)"]
+FAIR_CAP = ["the fees paid in the preceding twelve (12) months", "two million dollars ($2,000,000)",
+            "three times (3x) the annual fees"]
+
+
 def risk_rows(rng: random.Random, n: int) -> list[dict[str, str]]:
     # Uneven classes (low is the majority) so the majority baseline is a real bar to clear.
     weights = {"low": 0.45, "medium": 0.3, "high": 0.25}
     rows = []
     for _ in range(n):
+        if rng.random() < 0.3:
+            if rng.random() < 0.5:
+                short = rng.random() < 0.5
+                text = NOTICE.replace("{n}", rng.choice(SHORT_NOTICE if short else LONG_NOTICE))
+            else:
+                short = rng.random() < 0.5
+                text = CAP.replace("{c}", rng.choice(LOW_CAP if short else FAIR_CAP))
+            rows.append({"text": fill(text, rng), "label": "high" if short else "medium"})
+            continue
         label = rng.choices(list(weights), weights=list(weights.values()))[0]
         rows.append({"text": fill(rng.choice(RISK[label]), rng), "label": label})
     return rows
