@@ -58,6 +58,9 @@ class Cluster:
 
     def __init__(self) -> None:
         self.url = ""
+        # kmock matches every request against its whole request history (quadratic over a long run), so
+        # the history is drained into these counters every few hundred milliseconds.
+        self.counts: dict[tuple[str, str, bool], int] = {}
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +83,32 @@ class Cluster:
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._ready.set()
-            await self._stop.wait()
+            while not self._stop.is_set():
+                self._drain()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 0.3)
+                except asyncio.TimeoutError:
+                    pass
+            self._drain()
+
+    def _drain(self) -> None:
+        """Runs in the emulator's loop: tally and forget the requests served so far."""
+        log = self.emulator._requests
+        served = log[:]
+        del log[: len(served)]
+        for r in served:
+            key = (str(r.method.value if hasattr(r.method, "value") else r.method),
+                   r.resource.plural if r.resource is not None else "",
+                   "urllib" in r.headers.get("User-Agent", ""))
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def requests(self, *, from_tests: bool | None = None, methods: tuple[str, ...] | None = None,
+                 plural: str | None = None) -> int:
+        """Requests served so far (up to the last drain, within ~0.3 s)."""
+        time.sleep(0.4)
+        return sum(n for (m, p, t), n in list(self.counts.items())
+                   if (from_tests is None or t == from_tests) and (methods is None or m in methods)
+                   and (plural is None or p == plural))
 
     def start(self) -> Cluster:
         self._thread.start()
@@ -159,8 +187,7 @@ class Cluster:
 
     def creates(self, plural: str) -> int:
         """POST requests that reached the emulator for `plural` (to count duplicate creates)."""
-        seen = list(self.emulator)  # the emulator is a view over every request it served
-        return sum(1 for r in seen if r.method == "POST" and r.resource is not None and r.resource.plural == plural)
+        return self.requests(methods=("POST",), plural=plural)
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 240, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

@@ -35,6 +35,9 @@ class State:
     settings: OperatorSettings
     reporter: MlflowReporter | None = None
     locks: ClassVar[dict[tuple[str, str], asyncio.Lock]] = {}
+    # The status this operator last wrote per run: watch bodies can lag behind our own writes.
+    written: ClassVar[dict[tuple[str, str], tuple[str, dict[str, Any]]]] = {}
+    tasks: ClassVar[list[asyncio.Task[None]]] = []
 
 
 def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -70,23 +73,38 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     uri = State.settings.mlflow_tracking_uri
     State.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
     metrics.start_server()
+    namespaces = watched_namespaces()
+    State.tasks = [
+        asyncio.create_task(resync_loop(namespaces, float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")))),
+        asyncio.create_task(schedule_loop(namespaces, float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")))),
+    ]
     log.info("legistra operator configured (trainer image %s, MLflow %s, registry %s)",
              State.settings.trainer_image, uri, State.settings.registry_uri)
 
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
+    for task in State.tasks:
+        task.cancel()
     await State.kube.close()
 
 
-async def _reconcile_run(body: dict[str, Any]) -> None:
+async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None) -> None:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     lock = State.locks.setdefault(key, asyncio.Lock())
     async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
+        uid, written = State.written.get(key, ("", None))
+        last = written if uid == meta.get("uid") else None
+        if job is None and last is not None and body.get("status") == last and \
+                last.get("observedGeneration") == meta.get("generation"):
+            return  # the echo of our own status write: nothing new (the resync loop re-checks anyway)
         started = time.monotonic()
         try:
-            outcome = await reconcile(State.kube, body, State.settings, State.reporter, _emit)
+            outcome = await reconcile(State.kube, body, State.settings, State.reporter, _emit,
+                                      job=job, last_status=last)
+            if outcome.status is not None:
+                State.written[key] = (meta.get("uid", ""), outcome.status)
         except ApiError as exc:
             # The client already retried transient errors; the resync timer is the next retry.
             metrics.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
@@ -102,33 +120,71 @@ async def _reconcile_run(body: dict[str, Any]) -> None:
 @kopf.on.event(GROUP, VERSION, "trainingruns")
 async def run_event(type: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
-        metrics.forget(((body.get("metadata") or {}).get("namespace", ""), body["metadata"]["name"]))
+        key = ((body.get("metadata") or {}).get("namespace", ""), body["metadata"]["name"])
+        metrics.forget(key)
+        State.written.pop(key, None)
+        State.locks.pop(key, None)
         return
     await _reconcile_run(dict(body))
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
-async def job_event(type: str, body: kopf.Body, **_: Any) -> None:
+async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
     """Mirror a job's status into its TrainingRun as soon as the training-operator changes it."""
-    if type == "DELETED":
-        return
+    if type == "DELETED" or not (body.get("status") or {}).get("conditions"):
+        return  # a job we just created has nothing to mirror yet
     owner = next((r for r in body["metadata"].get("ownerReferences", []) if r.get("kind") == "TrainingRun"), None)
     if owner is None:
         return
-    run = await State.kube.get("TrainingRun", body["metadata"]["namespace"], owner["name"])
+    key = (body["metadata"]["namespace"], owner["name"])
+    runs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["runs"]
+    found = list(runs.get(key, []))
+    run = found[0] if found else await State.kube.get("TrainingRun", key[0], key[1])
     if run is not None and run["metadata"].get("uid") == owner.get("uid"):
-        await _reconcile_run(run)
+        await _reconcile_run(dict(run), job=dict(body))
 
 
-@kopf.timer(GROUP, VERSION, "trainingruns", interval=float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")),
-            idle=5, field="status.phase", value=kopf.PRESENT)
-async def resync(body: kopf.Body, **_: Any) -> None:
-    """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow."""
-    if body.get("status", {}).get("phase") in ("Succeeded", "Failed") and body["status"].get("model"):
-        return
-    await _reconcile_run(dict(body))
+@kopf.index(GROUP, VERSION, "trainingruns")
+def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """In-memory copies of the TrainingRuns, so job events find their run without a GET."""
+    return {(namespace or "", name): dict(body)}
 
 
-@kopf.timer(GROUP, VERSION, "trainingschedules", interval=float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")))
-async def schedule_tick(body: kopf.Body, **_: Any) -> None:
-    await reconcile_schedule(State.kube, dict(body))
+async def resync_loop(namespaces: list[str | None], interval: float) -> None:
+    """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow.
+
+    One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
+    finalizer, which costs a write per run and blocks deletion whenever the operator is down.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        for ns in namespaces:
+            try:
+                runs = await State.kube.list("TrainingRun", ns)
+            except ApiError as exc:
+                log.warning("resync: cannot list TrainingRuns in %s: %s", ns or "all namespaces", exc)
+                continue
+            for run in runs:
+                st = run.get("status") or {}
+                if st.get("phase") in ("Succeeded", "Failed") and (st.get("model") or st.get("phase") == "Failed") \
+                        and st.get("observedGeneration") == run["metadata"].get("generation"):
+                    continue  # finished and fully reported
+                await _reconcile_run(run)
+
+
+async def schedule_loop(namespaces: list[str | None], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for ns in namespaces:
+            try:
+                for sched in await State.kube.list("TrainingSchedule", ns):
+                    await reconcile_schedule(State.kube, sched)
+            except ApiError as exc:
+                log.warning("schedules: %s", exc)
+            except Exception:  # a bad schedule must not stop the others, nor the loop
+                log.exception("schedules: tick failed")
+
+
+def watched_namespaces() -> list[str | None]:
+    raw = os.environ.get("LEGISTRA_WATCH_NAMESPACES", "")
+    return [n for n in raw.split(",") if n] or [None]

@@ -7,6 +7,8 @@ import logging
 
 def run_operator(namespaces: list[str], clusterwide: bool, standalone: bool, liveness: str | None,
                  verbose: bool = False) -> None:
+    import os
+
     import kopf
 
     import legistra.operator.handlers  # noqa: F401  (registers the handlers)
@@ -15,6 +17,7 @@ def run_operator(namespaces: list[str], clusterwide: bool, standalone: bool, liv
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiohttp.access", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ["LEGISTRA_WATCH_NAMESPACES"] = "" if clusterwide else ",".join(namespaces)
     kopf.run(
         standalone=standalone,
         namespaces=namespaces,

@@ -18,10 +18,12 @@ from typing import Any
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
 from legistra.operator.build import (
+    SPEC_HASH_ANNOTATION,
     OperatorSettings,
     build_children,
     config_name,
     refused_changes,
+    spec_hash,
 )
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
@@ -41,6 +43,7 @@ class Outcome:
     phase: str
     created: list[str]
     status_patched: bool
+    status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
 
 
 def primary_metric(run: TrainingRun) -> str:
@@ -58,11 +61,16 @@ async def reconcile(
     reporter: MlflowReporter | None = None,
     emit: EventSink | None = None,
     now: Callable[[], str] = now_iso,
+    *,
+    job: dict[str, Any] | None = None,
+    last_status: dict[str, Any] | None = None,
 ) -> Outcome:
+    """`job`: the PyTorchJob when the caller already has it (from its watch event), saving a GET.
+    `last_status`: the status this operator last wrote, when newer than `body`'s (a stale watch body)."""
     meta = body.get("metadata", {})
     ns, name = meta.get("namespace"), meta["name"]
     generation = meta.get("generation")
-    current = dict(body.get("status") or {})
+    current = dict(last_status if last_status is not None else body.get("status") or {})
     if meta.get("deletionTimestamp"):
         return Outcome(current.get("phase", ""), [], False)
 
@@ -79,7 +87,6 @@ async def reconcile(
         return Outcome("Failed", [], False)
 
     created: list[str] = []
-    job: dict[str, Any] | None = None
     refused: list[str] = []
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
             c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed")
@@ -87,7 +94,8 @@ async def reconcile(
         return Outcome("Failed", [], False)  # already refused this generation; a spec edit retries
 
     wanted_cm, wanted_pvc, wanted_job = build_children(run, settings)
-    job = await kube.get("PyTorchJob", ns, name)
+    if job is None:
+        job = await kube.get("PyTorchJob", ns, name)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
         for obj in (wanted_cm, wanted_pvc, wanted_job):
@@ -135,11 +143,18 @@ async def reconcile(
         patched = True
         if emit is not None:
             _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, patched)
+    return Outcome(new["phase"], created, patched, new)
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:
-    """Fields changed since the job was built (read from the ConfigMap the job runs with)."""
+    """Fields changed since the job was built (read from the ConfigMap the job runs with).
+
+    The job carries the hash of the spec it was built from; only when that differs is the ConfigMap
+    read to name the fields, so the common case costs no request.
+    """
+    applied_hash = job.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+    if applied_hash is not None and applied_hash == spec_hash(run.spec.wire()):
+        return []
     cm = await kube.get("ConfigMap", run.metadata.namespace or "", config_name(run))
     if cm is None:
         return []

@@ -184,7 +184,7 @@ def build_training_args(
         "load_best_model_at_end": t.early_stopping is not None,
         "optim": "adamw_torch_fused" if cuda else "adamw_torch",
         "use_cpu": not cuda,
-        "ddp_backend": None if cuda else "gloo",
+        "ddp_backend": "gloo" if not cuda and dist.world_size > 1 else None,
         "ddp_find_unused_parameters": False,
     }
     if handler.seq2seq:

@@ -1,0 +1,81 @@
+"""`make bench`: run the benchmarks, write JSON results (with the machine) and the report."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        import deepspeed
+        import peft
+
+        info.update(deepspeed=deepspeed.__version__, peft=peft.__version__)
+    except ImportError:
+        pass
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks")
+    ap.add_argument("--runs", type=int, default=1000, help="TrainingRuns for the operator benchmark")
+    ap.add_argument("--only", choices=["trainer", "operator"], default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    import torch
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    tag = f"{device}-{dt.date.today().isoformat()}"
+    if a.only in (None, "trainer"):
+        from benchmarks.trainer_throughput import run as run_trainer
+
+        rows = run_trainer(device, a.out, ["summarization", "classification"])
+        doc = {"machine": machine(), "device": device, "results": rows, "ratios": ratios(rows)}
+        (a.out / f"trainer-{tag}.json").write_text(json.dumps(doc, indent=2))
+        print(json.dumps(doc["ratios"], indent=2))
+    if a.only in (None, "operator"):
+        from benchmarks.operator_scale import run as run_operator
+
+        res = run_operator(a.runs, a.out / "operator-work")
+        doc = {"machine": machine(), "results": res}
+        (a.out / f"operator-{tag}.json").write_text(json.dumps(doc, indent=2))
+        print(json.dumps(res, indent=2))
+    from benchmarks.report import write_report
+
+    write_report(a.out, HERE / "README.md")
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for w in sorted({r["workload"] for r in rows}):
+        base = next(r for r in rows if r["workload"] == w and r["config"] == "baseline")
+        ours = next(r for r in rows if r["workload"] == w and r["config"] == "ours")
+        out[w] = {"tokens_per_second_ratio": ours["tokens_per_second"] / base["tokens_per_second"],
+                  "samples_per_second_ratio": ours["samples_per_second"] / base["samples_per_second"],
+                  "eval_loss_baseline": base["eval_loss"], "eval_loss_ours": ours["eval_loss"],
+                  "mfu_ours": ours.get("mfu")}
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Small versions of the benchmarks, so their code cannot rot (no speed is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_trainer_throughput_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.__main__ import ratios
+    from benchmarks.report import write_report
+    from benchmarks.trainer_throughput import run
+
+    monkeypatch.setenv("LEGISTRA_BENCH_STEPS", "6")
+    rows = run("cpu", tmp_path, ["classification", "summarization"])
+    assert {(r["workload"], r["config"]) for r in rows} == {
+        (w, c) for w in ("classification", "summarization") for c in ("baseline", "ours")}
+    for r in rows:
+        assert r["tokens_per_second"] > 0 and r["non_padding_tokens"] > 0 and r["model_flops_per_token"] > 0
+        assert r["mfu"] is None  # no peak on a CPU
+    q = ratios(rows)
+    assert set(q) == {"classification", "summarization"}
+    (tmp_path / "trainer-cpu-x.json").write_text(json.dumps({"machine": {"date": "d", "host_cpu": "x",
+        "cores": os.cpu_count(), "torch": "t", "transformers": "t", "gpu": None}, "device": "cpu",
+        "results": rows, "ratios": q}))
+    write_report(tmp_path, tmp_path / "README.md")
+    text = (tmp_path / "README.md").read_text()
+    assert "| classification | ours |" in text and (tmp_path / "throughput.png").exists()
+
+
+def test_operator_scale_smoke(tmp_path: Path) -> None:
+    from benchmarks.operator_scale import run
+
+    res = run(15, tmp_path / "op", timeout=120)
+    p1 = res["phase1_create"]
+    assert p1["reconciled"] == 15 and res["phase2_transitions"]["mirrored"] == 15
+    assert p1["api_writes_per_run"] == 4.0  # ConfigMap, PVC, PyTorchJob, one status patch
+    assert res["operator_peak_rss_mb"] > 0
+
+
+def test_lora_flops_formula() -> None:
+    from benchmarks.flops import StackFlops, peak_for, token_flops, utilisation
+
+    model, hardware = token_flops(StackFlops(frozen_params=100, lora_params=10, layers=0, width=0), attended=0)
+    assert model == 4 * 100 + 6 * 10 and hardware == model
+    _, with_recompute = token_flops(StackFlops(100, 10, 0, 0), 0, recompute=True)
+    assert with_recompute == model + 2 * 100 + 2 * 10
+    attn, _ = token_flops(StackFlops(0, 0, layers=2, width=8), attended=16)
+    assert attn == 12 * 2 * 16 * 8
+    assert peak_for("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_for("NVIDIA H100 PCIe") == 756e12
+    assert peak_for("cpu") is None and utilisation(1.0, None) is None
+    assert utilisation(494.7e12, 989.4e12) == pytest.approx(0.5)
