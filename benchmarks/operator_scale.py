@@ -48,7 +48,7 @@ def _operator_requests(cluster: Any) -> tuple[int, int]:
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run(n: int, workdir: Path, timeout: float = 300.0) -> dict[str, Any]:

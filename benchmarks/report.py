@@ -85,7 +85,8 @@ def write_report(results: Path, readme: Path) -> None:
         m = trainer["machine"]
         parts.append(f"Last run: {m['date']}, {trainer['device']} ({m.get('gpu') or m['host_cpu']}, "
                      f"{m['cores']} cores), torch {m['torch']}, transformers {m['transformers']}.\n")
-        parts.append("| workload | config | tokens/s | samples/s | eval loss | peak GPU GB | peak RSS GB | model TFLOP/s | MFU |")
+        parts.append("| workload | config | tokens/s | samples/s | eval loss | peak GPU GB | peak RSS GB "
+                     "| model TFLOP/s | MFU |")
         parts.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in trainer["results"]:
             gpu = f"{r['peak_gpu_memory_gb']:.1f}" if r.get("peak_gpu_memory_gb") is not None else "-"

@@ -48,26 +48,21 @@ def workload(name: str, device: str) -> dict[str, Any]:
 
 
 def build_model(w: dict[str, Any], big: bool) -> Any:
-    from transformers import (
-        BartConfig,
-        BartForConditionalGeneration,
-        BertConfig,
-        BertForSequenceClassification,
-    )
+    from transformers import BartConfig, BartForConditionalGeneration, BertConfig, BertForSequenceClassification
 
     if w["kind"] == "bart":
-        cfg = BartConfig(vocab_size=w["vocab"], max_position_embeddings=max(1024, w["max_len"]),
-                         **({} if big else {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-                                            "encoder_attention_heads": 4, "decoder_attention_heads": 4,
-                                            "encoder_ffn_dim": 256, "decoder_ffn_dim": 256}),
-                         **({"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
-                             "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096}
-                            if big else {}))
-        return BartForConditionalGeneration(cfg)
-    cfg = BertConfig(vocab_size=w["vocab"], num_labels=w["num_labels"], max_position_embeddings=512,
-                     **({} if big else {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                                        "intermediate_size": 256}))
-    return BertForSequenceClassification(cfg)
+        bart: dict[str, Any] = (
+            {"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
+             "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096}  # BART-large
+            if big else
+            {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+             "decoder_attention_heads": 4, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256})
+        bart.update(vocab_size=w["vocab"], max_position_embeddings=max(1024, w["max_len"]))
+        return BartForConditionalGeneration(BartConfig(**bart))
+    bert: dict[str, Any] = {} if big else {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                           "intermediate_size": 256}  # defaults are BERT-base
+    bert.update(vocab_size=w["vocab"], num_labels=w["num_labels"], max_position_embeddings=512)
+    return BertForSequenceClassification(BertConfig(**bert))
 
 
 def make_rows(w: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
@@ -77,11 +72,11 @@ def make_rows(w: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
     src = lengths(n, w["max_len"], w["median"], seed)
     rows = []
     for i, length in enumerate(src):
-        ids = [0] + rng.integers(5, w["vocab"], size=length - 2).tolist() + [2]
+        ids = [0, *rng.integers(5, w["vocab"], size=length - 2).tolist(), 2]
         row: dict[str, Any] = {"input_ids": ids}
         if w["kind"] == "bart":
             tl = lengths(1, w["target_len"], w["target_median"], seed + i + 1)[0]
-            row["labels"] = [0] + rng.integers(5, w["vocab"], size=tl - 2).tolist() + [2]
+            row["labels"] = [0, *rng.integers(5, w["vocab"], size=tl - 2).tolist(), 2]
         else:
             row["labels"] = int(rng.integers(0, w["num_labels"]))
         rows.append(row)
@@ -182,7 +177,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
                         logging_steps=1000, use_cpu=not cuda, disable_tqdm=True,
                         include_num_input_tokens_seen="non_padding")
         train_ds, eval_ds = pad_to_max(train_rows, w, pad), pad_to_max(eval_rows, w, pad)
-        collator = default_data_collator
+        collator: Any = default_data_collator
     else:
         precision = effective_precision(spec, cuda, cuda and torch.cuda.is_bf16_supported())
         paths = RunPaths(root=tmp, cache=tmp / "cache")
@@ -197,17 +192,18 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     times: list[float] = []
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+        tokens_at_warm = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
 
-        def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == warm:
                 self.tokens_at_warm = state.num_input_tokens_seen
 
     clock = Clock()
-    clock.tokens_at_warm = 0  # type: ignore[attr-defined]
     trainer_cls = Seq2SeqTrainer if w["kind"] == "bart" else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=collator, callbacks=[clock])
@@ -219,10 +215,10 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     end = time.perf_counter()
     measured = end - times[warm]
     state = trainer.state
-    tokens = state.num_input_tokens_seen - clock.tokens_at_warm  # type: ignore[attr-defined]
+    tokens = state.num_input_tokens_seen - clock.tokens_at_warm
     samples = (steps - warm) * 8
     eval_loss = float(trainer.evaluate()["eval_loss"])
-    result = {
+    result: dict[str, Any] = {
         "workload": workload_name, "config": config, "device": device, "steps_measured": steps - warm,
         "seconds": measured, "tokens_per_second": tokens / measured, "samples_per_second": samples / measured,
         "non_padding_tokens": int(tokens), "eval_loss": eval_loss,
@@ -232,7 +228,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
                                                                        ("bf16" if torch.cuda.is_bf16_supported()
                                                                         else "fp16")),
     }
-    result.update(_mfu(trainer.model, w, train_rows, result["tokens_per_second"], cuda))
+    result.update(_mfu(trainer.model, w, train_rows, tokens / measured, cuda))
     out.write_text(json.dumps(result, indent=2))
     import shutil
 
