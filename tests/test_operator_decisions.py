@@ -342,3 +342,18 @@ def test_crd_cel_t5_rule_matches_python_rule() -> None:
     assert pattern is not None and pattern.group(1) == T5_NAME.pattern
     for name in ["t5-base", "google/flan-t5-xl", "facebook/bart-large", "google/pegasus-x", "Salesforce/codet5-small"]:
         assert bool(re.search(pattern.group(1), name.lower())) == is_t5_family(name)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")) + sorted((ROOT / "manifests/samples").glob("[!k]*.yaml")),
+                         ids=lambda p: p.name)
+def test_cli_render_output_validates(path: Path) -> None:
+    from tests.conftest import legistra
+
+    if yaml.safe_load(path.read_text()).get("kind") != "TrainingRun":
+        pytest.skip("not a TrainingRun")
+    res = legistra("render", str(path), "-n", "legal-ml")
+    assert res.returncode == 0, res.stderr
+    docs = list(yaml.safe_load_all(res.stdout))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "PersistentVolumeClaim", "PyTorchJob"]
+    validate_job(docs[2])
+    assert json.loads(docs[0]["data"]["run.json"])["metadata"]["namespace"] == "legal-ml"

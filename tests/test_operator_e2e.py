@@ -199,3 +199,28 @@ def test_operator_killed_mid_run_creates_no_second_job(world: dict[str, Any], ti
     cluster.wait(lambda: (cluster.run(NS, "risk-crash") or {}).get("status", {}).get("model"), 60, "model in status")
     assert cluster.creates("pytorchjobs") - before == 1  # one create ever, even across the restart
     assert st["jobName"] == "risk-crash"
+
+
+def test_cli_submit_and_status(world: dict[str, Any], tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import yaml
+
+    from tests.conftest import legistra
+
+    doc = training_run("risk-cli", tiny_models, runPolicy={"suspend": True})
+    del doc["metadata"]["namespace"]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    kubeconfig = str(world["root"] / "kubeconfig")
+    res = legistra("submit", str(path), "--kubeconfig", kubeconfig)
+    assert res.returncode == 0 and "trainingrun.legistra.io/risk-cli created in legal-ml" in res.stdout, res.stderr
+    again = legistra("submit", str(path), "--kubeconfig", kubeconfig)
+    assert again.returncode == 0 and "already exists" in again.stdout
+    wait_phase(world, "risk-cli", "Suspended")
+    res = legistra("status", "risk-cli", "--kubeconfig", kubeconfig)
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[0] == "legal-ml/risk-cli  risk-classification  Suspended"
+    assert "Ready" in res.stdout and "JobSuspended" not in res.stdout.splitlines()[0]
+    res = legistra("status", "risk-cli", "--kubeconfig", kubeconfig, "--json")
+    assert json.loads(res.stdout)["phase"] == "Suspended"
+    missing = legistra("status", "nope", "--kubeconfig", kubeconfig)
+    assert missing.returncode == 1 and "not found in legal-ml" in missing.stderr

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from legistra.api.spec import TrainingRun
-from legistra.api.validation import SpecError, load_training_run
 
 
 def absolutize_data(run: TrainingRun, base: Path) -> TrainingRun:
@@ -76,13 +75,12 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def train_locally(args: argparse.Namespace) -> int:
-    try:
-        run = load_training_run(args.file)
-    except SpecError as exc:
-        print(f"{args.file}: invalid", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
+    from legistra.cli.main import load_or_report
+
+    loaded = load_or_report(args.file)
+    if loaded is None:
         return 2
+    run = loaded
     run = absolutize_data(run, Path(args.file).resolve().parent)
     state = Path(args.state_dir).resolve()
     run_dir = state / "runs" / run.metadata.name

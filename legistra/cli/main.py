@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, load_training_run
 
 
@@ -16,20 +17,25 @@ def _err(msg: str) -> int:
     return 1
 
 
+def load_or_report(path: str) -> TrainingRun | None:
+    """The TrainingRun in `path`, or None after printing every problem with its field path."""
+    try:
+        return load_training_run(path)
+    except SpecError as exc:
+        print(f"{path}: invalid", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+    except OSError as exc:
+        print(f"{path}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.files:
-        try:
-            run = load_training_run(path)
-        except SpecError as exc:
+        run = load_or_report(path)
+        if run is None:
             bad += 1
-            print(f"{path}: invalid", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
-            continue
-        except OSError as exc:
-            bad += 1
-            print(f"{path}: {exc.strerror}", file=sys.stderr)
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
     return 1 if bad else 0
@@ -128,12 +134,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from legistra.operator.build import OperatorSettings, build_children
 
-    try:
-        run = load_training_run(args.file)
-    except SpecError as exc:
-        print(f"{args.file}: invalid", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
+    run = load_or_report(args.file)
+    if run is None:
         return 2
     if args.namespace:
         run.metadata.namespace = args.namespace
@@ -141,7 +143,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     # The API server assigns the uid; a placeholder keeps owner references visible in the review.
     run.metadata.uid = run.metadata.uid or "<assigned-by-the-api-server>"
     docs = build_children(run, OperatorSettings.from_env())
-    print(yaml.safe_dump_all(docs, sort_keys=False, width=120), end="")
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        # run.json reads as a block, the way `kubectl get -o yaml` shows ConfigMap data
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    print(yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, width=120), end="")
     return 0
 
 
@@ -159,12 +170,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from legistra.cli.cluster import submit
 
-    try:
-        run = load_training_run(args.file)
-    except SpecError as exc:
-        print(f"{args.file}: invalid", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
+    run = load_or_report(args.file)
+    if run is None:
         return 2
     return asyncio.run(submit(run, args.namespace, args.kubeconfig))
 
