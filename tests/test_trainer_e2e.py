@@ -227,3 +227,16 @@ def test_train_with_tracking_api_on_a_datasetdict(tmp_path: Path, tiny_models: d
     assert (tmp_path / "nb" / "model" / "adapter_model.safetensors").exists()
     assert result.mlflow_run_id is not None
     assert any("loss" in h for h in result.history)
+
+
+def test_merged_model_is_registered_after_a_logit_check(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    doc = base_run("risk-classification", tiny_models["bert"], "merged", registry={"mergeAdapter": True})
+    result = train(tmp_path, doc, nproc=1)
+    manifest = Registry.open(str(tmp_path / "state" / "registry")).version("merged", 1).manifest
+    assert "merged/model.safetensors" in manifest["files"] and "adapter_model.safetensors" in manifest["files"]
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "state" / "registry" / "merged" / "v1" / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert result["model"]["version"] == 1
