@@ -26,12 +26,16 @@ from legistra.operator.build import (
 from legistra.operator.status import desired_status, invalid_status, job_state, key_metric, set_condition
 from tests.conftest import EXAMPLES, ROOT
 
-REFERENCE = ROOT.parent / "shared" / "reference" / "kubeflow.org_pytorchjobs.yaml"
+# The real Kubeflow training-operator v1.9 CRD, from the project's shared/ (beside the checkout in CI).
+REFERENCE = next((p for p in (ROOT.parent / "shared", ROOT / "shared")
+                  if (p / "reference" / "kubeflow.org_pytorchjobs.yaml").exists()),
+                 ROOT.parent / "shared") / "reference" / "kubeflow.org_pytorchjobs.yaml"
 NOW = "2026-11-25T10:00:00+00:00"
 
 
 @cache
 def pytorchjob_schema() -> dict[str, Any]:
+    assert REFERENCE.exists(), f"the reference PyTorchJob CRD is missing: {REFERENCE} (shared/ beside the checkout)"
     crd = yaml.safe_load(REFERENCE.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
