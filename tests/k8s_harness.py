@@ -488,13 +488,16 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, namespace: str, env: dict[str, str], log: Path) -> None:
         self.kubeconfig, self.ns, self.env, self.log = kubeconfig, namespace, env, log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "LEGISTRA_METRICS_PORT": "0",
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig),
+               "LEGISTRA_METRICS_PORT": str(self.metrics_port), "LEGISTRA_METRICS_ADDR": "127.0.0.1",
                "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1"}
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns, "--standalone",
-             "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
             env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         return self
 

@@ -224,3 +224,15 @@ def test_cli_submit_and_status(world: dict[str, Any], tiny_models: dict[str, Pat
     assert json.loads(res.stdout)["phase"] == "Suspended"
     missing = legistra("status", "nope", "--kubeconfig", kubeconfig)
     assert missing.returncode == 1 and "not found in legal-ml" in missing.stderr
+
+
+def test_liveness_and_prometheus_metrics(world: dict[str, Any]) -> None:
+    import urllib.request
+
+    operator: OperatorProcess = world["operator"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert "legistra_reconcile_seconds_count" in text
+    assert 'legistra_trainingruns{phase="Succeeded"}' in text

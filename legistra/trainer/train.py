@@ -339,6 +339,14 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         es = spec.training.early_stopping
         callbacks.append(EarlyStoppingCallback(es.patience, es.threshold))
 
+    if handler.seq2seq:
+        gen = spec.generation
+        config = model.generation_config  # PEFT forwards to the base model's
+        config.length_penalty = gen.length_penalty
+        config.no_repeat_ngram_size = gen.no_repeat_ngram_size
+        config.num_beams = gen.num_beams
+        config.max_new_tokens = gen.max_new_tokens
+        config.max_length = None
     trainer_cls = Seq2SeqTrainer if handler.seq2seq else Trainer
     trainer = trainer_cls(
         model=model,
@@ -406,7 +414,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         global_step=int(trainer.state.global_step),
         resumed_from=last,
         extra={"adapterCheck": adapter_check, "precision": precision, "worldSize": dist.world_size,
-               "zeroStage": zero_stage_of(ds_config)},
+               "zeroStage": zero_stage_of(ds_config), "tokenizationCached": cache_hit},
     )
     if metrics_cb.history:
         from legistra.tracking.plots import plot_curves
