@@ -6,6 +6,8 @@ import os
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from legistra.api.status import PHASES
+
 RUNS_BY_PHASE = Gauge("legistra_trainingruns", "TrainingRuns seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(
     "legistra_reconcile_seconds", "Duration of one TrainingRun reconcile",
@@ -28,7 +30,7 @@ def forget(key: tuple[str, str]) -> None:
 
 
 def _publish() -> None:
-    counts: dict[str, int] = {p: 0 for p in ("Pending", "Running", "Succeeded", "Failed", "Suspended")}
+    counts: dict[str, int] = dict.fromkeys(PHASES, 0)
     for phase in _phases.values():
         counts[phase] = counts.get(phase, 0) + 1
     for phase, n in counts.items():

@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-JOB_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-
 
 @dataclass(frozen=True)
 class JobState:
