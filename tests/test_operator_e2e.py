@@ -236,3 +236,25 @@ def test_liveness_and_prometheus_metrics(world: dict[str, Any]) -> None:
         text = resp.read().decode()
     assert "legistra_reconcile_seconds_count" in text
     assert 'legistra_trainingruns{phase="Succeeded"}' in text
+
+
+def test_forbidden_child_fails_the_run_with_the_api_message(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """A permanent API error (here RBAC's 403 on PyTorchJobs) ends in Failed with the reason, not retries."""
+    import kmock
+
+    cluster = Cluster().start()
+    cluster.emulator["post", kmock.resource("kubeflow.org", "v1", "pytorchjobs")] << 403 << {
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": 'pytorchjobs.kubeflow.org is forbidden: cannot create resource "pytorchjobs"'}
+    operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, {}, tmp_path / "operator.log").start()
+    try:
+        cluster.apply_run(training_run("risk-forbidden", tiny_models))
+        st = cluster.wait(lambda: (r := cluster.run(NS, "risk-forbidden")) and r.get("status", {}).get("phase")
+                          == "Failed" and r["status"], 60, "the run to fail")
+        failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "ChildCreateFailed"
+        assert "cannot create PyTorchJob risk-forbidden" in failed["message"] and "forbidden" in failed["message"]
+        assert operator.proc is not None and operator.proc.poll() is None
+    finally:
+        operator.stop()
+        cluster.stop()

@@ -83,15 +83,15 @@ async def reconcile(
             await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
             if emit:
                 emit(body, "Warning", "InvalidSpec", new["message"])
-            return Outcome("Failed", [], True)
-        return Outcome("Failed", [], False)
+            return Outcome("Failed", [], True, new)
+        return Outcome("Failed", [], False, new)
 
     created: list[str] = []
     refused: list[str] = []
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
             c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed")
             for c in current.get("conditions", [])):
-        return Outcome("Failed", [], False)  # already refused this generation; a spec edit retries
+        return Outcome("Failed", [], False, current)  # already refused this generation; a spec edit retries
 
     wanted_cm, wanted_pvc, wanted_job = build_children(run, settings)
     if job is None:
@@ -111,7 +111,7 @@ async def reconcile(
                     await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
                     if emit:
                         emit(body, "Warning", "ChildCreateFailed", problem)
-                return Outcome("Failed", created, True)
+                return Outcome("Failed", created, True, new)
             if was_created:
                 created.append(obj["kind"])
             if obj["kind"] == "PyTorchJob":
