@@ -244,3 +244,22 @@ def test_merged_model_is_registered_after_a_logit_check(tmp_path: Path, tiny_mod
         tmp_path / "state" / "registry" / "merged" / "v1" / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert result["model"]["version"] == 1
+
+
+def test_multi_label_classification(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """LexGLUE unfair_tos style: each clause may carry several unfair-term types (or none of a kind)."""
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "examples/data/risk_train.jsonl")
+            .read_text().splitlines()[:80]]
+    data = tmp_path / "multi.jsonl"
+    kinds = ["liability", "termination", "jurisdiction"]
+    with data.open("w") as fh:
+        for i, r in enumerate(rows):
+            labels = [k for j, k in enumerate(kinds) if (i >> j) & 1] or ["liability"]
+            fh.write(json.dumps({"text": r["text"], "label": labels}) + "\n")
+    doc = base_run("risk-classification", tiny_models["bert"], "multi", data={"train": str(data)},
+                   classification={"multiLabel": True})
+    del doc["spec"]["data"]["validation"]  # held out from train instead
+    result = train(tmp_path, doc, nproc=1)
+    assert {"eval_accuracy", "eval_f1_macro", "eval_f1_micro"} <= set(result["metrics"])
+    labels = json.loads((tmp_path / "state" / "runs" / "multi" / "model" / "legistra.json").read_text())["labels"]
+    assert labels == sorted(kinds)
