@@ -202,3 +202,13 @@ def test_deepspeed_offload_and_raw_and_off() -> None:
     assert out == raw and out is not raw
     assert deepspeed_config(DeepSpeedSpec()) is None
     assert zero_stage_of(None) == -1
+
+
+def test_hub_dataset_code_path_on_a_local_dataset_folder(tmp_path: Path) -> None:
+    """`hf://ID[:split]` goes through datasets.load_dataset; here the ID is a local folder (no hub offline)."""
+    folder = tmp_path / "unfair_tos"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": f"clause {i}", "label": "a" if i % 2 else "b"} for i in range(8)])
+    data = load_data("risk-classification", spec(f"hf://{folder}:train", validationSplit=0.25), tmp_path, seed=0)
+    assert len(data.train) == 6 and len(data.validation) == 2
+    assert data.sources["train"].startswith(f"hf://{folder}:train#fingerprint=")
