@@ -212,3 +212,22 @@ def test_hub_dataset_code_path_on_a_local_dataset_folder(tmp_path: Path) -> None
     data = load_data("risk-classification", spec(f"hf://{folder}:train", validationSplit=0.25), tmp_path, seed=0)
     assert len(data.train) == 6 and len(data.validation) == 2
     assert data.sources["train"].startswith(f"hf://{folder}:train#fingerprint=")
+
+
+def test_model_from_an_s3_prefix_is_downloaded_once(tmp_path: Path, s3_endpoint: str,
+                                                     tiny_models: dict[str, Path]) -> None:
+    import boto3
+    from transformers import AutoConfig
+
+    from legistra.api.spec import ModelSpec
+    from legistra.trainer.modeling import resolve_model
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="base-models")
+    for f in tiny_models["bert"].iterdir():
+        s3.upload_file(str(f), "base-models", f"legal/tiny-bert/{f.name}")
+    local = resolve_model(ModelSpec(name="s3://base-models/legal/tiny-bert"), tmp_path)
+    assert AutoConfig.from_pretrained(local).model_type == "bert"
+    assert resolve_model(ModelSpec(name="s3://base-models/legal/tiny-bert/"), tmp_path) == local  # cached
+    with pytest.raises(FileNotFoundError, match=r"spec\.model\.name: no objects under s3://base-models/nothing"):
+        resolve_model(ModelSpec(name="s3://base-models/nothing"), tmp_path)
