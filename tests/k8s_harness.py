@@ -200,6 +200,36 @@ class Cluster:
         raise TimeoutError(f"timed out waiting for {what}")
 
 
+class Poller:
+    """A daemon thread calling `tick()` every `interval` seconds until stopped; errors are reported, not fatal
+    (the test's waits will show the symptom)."""
+
+    interval = 0.2
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> Any:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:
+                print(f"{type(self).__name__}: {exc!r}", file=sys.stderr)
+            time.sleep(self.interval)
+
+
 @dataclass
 class Pod:
     replica: str
@@ -237,7 +267,7 @@ class JobState:
     start_time: str | None = None
 
 
-class FakeTrainingOperator:
+class FakeTrainingOperator(Poller):
     """Stands in for Kubeflow's training-operator: runs each replica of each PyTorchJob as processes.
 
     What it reproduces: the env it injects (MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*), the container's
@@ -248,19 +278,13 @@ class FakeTrainingOperator:
     """
 
     def __init__(self, cluster: Cluster, namespace: str, workdir: Path) -> None:
+        super().__init__()
         self.cluster, self.ns, self.workdir = cluster, namespace, workdir
         self.jobs: dict[str, JobState] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
         self.lock = threading.Lock()
 
-    def start(self) -> FakeTrainingOperator:
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().stop()
         for state in self.jobs.values():
             self._kill(state)
 
@@ -268,15 +292,7 @@ class FakeTrainingOperator:
         return self.workdir / job_name / "pvc"
 
     # -- the loop ----------------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._tick()
-            except Exception as exc:  # keep the stand-in alive; the test's waits will report the symptom
-                print(f"fake training-operator: {exc!r}", file=sys.stderr)
-            time.sleep(0.2)
-
-    def _tick(self) -> None:
+    def tick(self) -> None:
         jobs = {j["metadata"]["name"]: j for j in self.cluster.list("kubeflow.org/v1", "pytorchjobs", self.ns)}
         with self.lock:
             for name, state in list(self.jobs.items()):
@@ -443,7 +459,7 @@ class FakeTrainingOperator:
         return "\n".join(out)
 
 
-class GarbageCollector:
+class GarbageCollector(Poller):
     """Kubernetes' owner-reference GC, which the emulator does not do: children of a deleted owner go."""
 
     KINDS: ClassVar[tuple[tuple[str, str], ...]] = (("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
@@ -451,35 +467,23 @@ class GarbageCollector:
     OWNERS: ClassVar[dict[str, tuple[str, str]]] = {"TrainingRun": ("legistra.io/v1alpha1", "trainingruns"),
               "TrainingSchedule": ("legistra.io/v1alpha1", "trainingschedules")}
 
+    interval = 0.3
+
     def __init__(self, cluster: Cluster, namespace: str) -> None:
+        super().__init__()
         self.cluster, self.ns = cluster, namespace
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def start(self) -> GarbageCollector:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for gv, plural in self.KINDS:
-                    for obj in self.cluster.list(gv, plural, self.ns):
-                        for ref in obj["metadata"].get("ownerReferences", []):
-                            ogv, oplural = self.OWNERS.get(ref["kind"], (None, None))
-                            if ogv is None:
-                                continue
-                            owner = self.cluster.get(ogv, oplural, self.ns, ref["name"])  # type: ignore[arg-type]
-                            if owner is None or owner["metadata"].get("uid") != ref.get("uid"):
-                                self.cluster.delete(gv, plural, self.ns, obj["metadata"]["name"])
-                                break
-            except Exception as exc:
-                print(f"gc: {exc!r}", file=sys.stderr)
-            time.sleep(0.3)
+    def tick(self) -> None:
+        for gv, plural in self.KINDS:
+            for obj in self.cluster.list(gv, plural, self.ns):
+                for ref in obj["metadata"].get("ownerReferences", []):
+                    owner_kind = self.OWNERS.get(ref["kind"])
+                    if owner_kind is None:
+                        continue
+                    owner = self.cluster.get(*owner_kind, self.ns, ref["name"])
+                    if owner is None or owner["metadata"].get("uid") != ref.get("uid"):
+                        self.cluster.delete(gv, plural, self.ns, obj["metadata"]["name"])
+                        break
 
 
 class OperatorProcess:

@@ -1,7 +1,7 @@
-"""kopf handlers: thin wiring of events and timers to `reconcile`.
+"""kopf handlers: thin wiring of watch events, an index and one resync loop to `reconcile`.
 
-Only `on.event` and timers are used, never `on.create`/`on.update`: those are edge-triggered and make kopf
-write progress annotations on every run. Reconciling from state is idempotent, costs no extra writes and
+Only `on.event` is used, never `on.create`/`on.update`: those are edge-triggered and make kopf write
+progress annotations on every run. Reconciling from state is idempotent, costs no extra writes and
 survives missed events and operator restarts.
 """
 
@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 
 import kopf
 
+from legistra.api.spec import API_GROUP, API_VERSION
 from legistra.operator import metrics
 from legistra.operator.build import MANAGED_BY, OperatorSettings
 from legistra.operator.kube import ApiError, Kube, load_credentials
@@ -24,8 +25,6 @@ from legistra.operator.schedules import reconcile_schedule
 
 log = logging.getLogger("legistra.operator")
 
-GROUP, VERSION = "legistra.io", "v1alpha1"
-MANAGED = {k: v for k, v in MANAGED_BY.items()}
 
 
 class State:
@@ -106,7 +105,7 @@ async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None
             if outcome.status is not None:
                 State.written[key] = (meta.get("uid", ""), outcome.status)
         except ApiError as exc:
-            # The client already retried transient errors; the resync timer is the next retry.
+            # The client already retried transient errors; the resync loop is the next retry.
             metrics.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
             log.warning("%s/%s: reconcile failed, retried by the next resync: %s", key[0], key[1], exc)
             return
@@ -117,7 +116,7 @@ async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
 
 
-@kopf.on.event(GROUP, VERSION, "trainingruns")
+@kopf.on.event(API_GROUP, API_VERSION, "trainingruns")
 async def run_event(type: str, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         key = ((body.get("metadata") or {}).get("namespace", ""), body["metadata"]["name"])
@@ -128,7 +127,7 @@ async def run_event(type: str, body: kopf.Body, **_: Any) -> None:
     await _reconcile_run(dict(body))
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED)
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
 async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
     """Mirror a job's status into its TrainingRun as soon as the training-operator changes it."""
     if type == "DELETED" or not (body.get("status") or {}).get("conditions"):
@@ -144,7 +143,7 @@ async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
         await _reconcile_run(dict(run), job=dict(body))
 
 
-@kopf.index(GROUP, VERSION, "trainingruns")
+@kopf.index(API_GROUP, API_VERSION, "trainingruns")
 def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """In-memory copies of the TrainingRuns, so job events find their run without a GET."""
     return {(namespace or "", name): dict(body)}
@@ -166,8 +165,8 @@ async def resync_loop(namespaces: list[str | None], interval: float) -> None:
                 continue
             for run in runs:
                 st = run.get("status") or {}
-                if st.get("phase") in ("Succeeded", "Failed") and (st.get("model") or st.get("phase") == "Failed") \
-                        and st.get("observedGeneration") == run["metadata"].get("generation"):
+                finished = st.get("phase") == "Failed" or (st.get("phase") == "Succeeded" and st.get("model"))
+                if finished and st.get("observedGeneration") == run["metadata"].get("generation"):
                     continue  # finished and fully reported
                 await _reconcile_run(run)
 

@@ -8,6 +8,7 @@ creates a second job (creates are conflict-safe and the job name is the run name
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -27,7 +28,7 @@ from legistra.operator.build import (
 )
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
-from legistra.operator.status import changed, desired_status, invalid_status
+from legistra.operator.status import desired_status, invalid_status
 
 log = logging.getLogger("legistra.operator")
 
@@ -74,17 +75,21 @@ async def reconcile(
     if meta.get("deletionTimestamp"):
         return Outcome(current.get("phase", ""), [], False)
 
+    async def refuse(problems: list[str], reason: str, created: list[str]) -> Outcome:
+        """Failed with the precise problems, and no job (or no more children)."""
+        new = invalid_status(current, problems, now(), generation, reason=reason)
+        if new == current:
+            return Outcome("Failed", created, False, new)
+        await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+        if emit:
+            emit(body, "Warning", reason, new["message"])
+        return Outcome("Failed", created, True, new)
+
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
     except SpecError as exc:
         # The CRD schema lets through what CEL cannot express (or an older CRD is installed): refuse, no job.
-        new = invalid_status(current, exc.problems, now(), generation)
-        if changed(current, new):
-            await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
-            if emit:
-                emit(body, "Warning", "InvalidSpec", new["message"])
-            return Outcome("Failed", [], True, new)
-        return Outcome("Failed", [], False, new)
+        return await refuse(exc.problems, "InvalidSpec", [])
 
     created: list[str] = []
     refused: list[str] = []
@@ -93,12 +98,11 @@ async def reconcile(
             for c in current.get("conditions", [])):
         return Outcome("Failed", [], False, current)  # already refused this generation; a spec edit retries
 
-    wanted_cm, wanted_pvc, wanted_job = build_children(run, settings)
     if job is None:
         job = await kube.get("PyTorchJob", ns, name)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
-        for obj in (wanted_cm, wanted_pvc, wanted_job):
+        for obj in build_children(run, settings):
             try:
                 got, was_created = await kube.create_or_get(obj)
             except ApiError as exc:
@@ -106,12 +110,7 @@ async def reconcile(
                     raise
                 # Forbidden (RBAC), Invalid (admission webhook, quota), missing CRD: retrying will not help.
                 problem = f"cannot create {obj['kind']} {obj['metadata']['name']}: {exc.message}"
-                new = invalid_status(current, [problem], now(), generation, reason="ChildCreateFailed")
-                if changed(current, new):
-                    await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
-                    if emit:
-                        emit(body, "Warning", "ChildCreateFailed", problem)
-                return Outcome("Failed", created, True, new)
+                return await refuse([problem], "ChildCreateFailed", created)
             if was_created:
                 created.append(obj["kind"])
             if obj["kind"] == "PyTorchJob":
@@ -132,13 +131,14 @@ async def reconcile(
         experiment = run.spec.tracking.mlflow.experiment or run.spec.registry.model_name
         finished = any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True"
                        for c in (job.get("status") or {}).get("conditions", []))
-        report = reporter.read(experiment, run.metadata.uid, fresh=finished)
+        # MLflow's client is blocking: keep it off the event loop that serves every other run.
+        report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
 
     new = desired_status(current, job, generation=generation, now=now(),
                          suspended_in_spec=run.spec.run_policy.suspend, refused=refused, report=report,
                          metric=primary_metric(run))
     patched = False
-    if changed(current, new):
+    if new != current:
         await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
         patched = True
         if emit is not None:

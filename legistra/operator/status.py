@@ -152,7 +152,3 @@ def invalid_status(current: Mapping[str, Any], problems: Sequence[str], now: str
     return {**{k: v for k, v in current.items() if k != "conditions"}, "phase": "Failed", "message": message,
             "observedGeneration": generation, "conditions": conditions}
 
-
-def changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether a status patch is needed (ignores nothing: conditions keep their transition times)."""
-    return dict(old) != dict(new)

@@ -161,10 +161,6 @@ class MlflowTracker:
         if self.run_id:
             self._call("log_artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
-    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.run_id:
-            self._call("log_artifacts", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
-
 
 def _metric_key(key: str) -> str:
     # MLflow keys allow [A-Za-z0-9_-./ ]; HF sometimes emits others.

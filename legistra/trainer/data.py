@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from legistra.api.spec import DataSpec, Task
+from legistra.registry.registry import sha256_file
 
 Row = dict[str, Any]
 
@@ -75,14 +76,6 @@ def fetch(location: str, cache_dir: Path) -> Path:
         s3.download_file(bucket, key, str(tmp))
         os.replace(tmp, target)
     return target
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_jsonl(path: Path, label: str) -> Iterator[tuple[int, Row]]:
@@ -207,7 +200,7 @@ def _load_location(task: Task, location: str, spec: DataSpec, cache_dir: Path) -
     rows = [check_row(task, row, spec, location, line) for line, row in read_rows(path, fmt, location)]
     if not rows:
         raise DataError(location, None, None, "no rows")
-    return rows, f"{location}#sha256={file_sha256(path)}"
+    return rows, f"{location}#sha256={sha256_file(path)}"
 
 
 def _load_hub(task: Task, location: str, spec: DataSpec) -> tuple[list[Row], str]:

@@ -188,13 +188,8 @@ def build_training_args(
         "ddp_find_unused_parameters": False,
     }
     if handler.seq2seq:
-        g = spec.generation
-        kwargs.update(
-            predict_with_generate=True,
-            generation_max_length=g.max_new_tokens,
-            generation_num_beams=g.num_beams,
-        )
-        return Seq2SeqTrainingArguments(**kwargs)
+        # Generation settings live on the model's generation_config (set in run_training), in one place.
+        return Seq2SeqTrainingArguments(**kwargs, predict_with_generate=True)
     return TrainingArguments(**kwargs)
 
 
