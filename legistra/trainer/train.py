@@ -230,6 +230,21 @@ def init_process_group(dist: DistInfo, cuda: bool, deepspeed: bool) -> None:
         tdist.init_process_group(backend=backend)
 
 
+def leave_process_group(dist: DistInfo) -> None:
+    """Tear the process group down on every rank after the last collective, while the interpreter is whole.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed while still joinable and the rank dies
+    with SIGABRT ("terminate called without an active exception") although training succeeded. Only called on
+    success: a rank that failed mid-collective must not wait for peers that will never arrive. A single process
+    (a notebook) keeps whatever group it had.
+    """
+    import torch.distributed as tdist
+
+    if dist.world_size > 1 and tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> dict[str, Any] | None:
     """Train, evaluate, save and register. Returns the result on rank 0 (None on the other ranks)."""
     import torch
@@ -370,6 +385,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
             mlflow.log_dict(args.hf_deepspeed_config.config, "deepspeed_config.json")
         trainer.save_model(str(paths.model))  # every rank: ZeRO-3 gathers the shards collectively
         status = "FINISHED"
+        leave_process_group(dist)
     finally:
         if dist.is_main and status == "FAILED":
             if mlflow is not None:
