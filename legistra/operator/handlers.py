@@ -49,7 +49,10 @@ def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's defaults are unsafe at scale; every knob that matters is set explicitly.
-    settings.batching.worker_limit = int(os.environ.get("LEGISTRA_WORKER_LIMIT", "64"))
+    # One worker per object with events in flight. kopf keeps a worker alive `idle_timeout` after its last
+    # event (5 s by default), and a slot stays taken meanwhile: with 64 slots that capped a burst at ~13 runs/s.
+    settings.queueing.worker_limit = int(os.environ.get("LEGISTRA_WORKER_LIMIT", "256"))
+    settings.queueing.idle_timeout = float(os.environ.get("LEGISTRA_WORKER_IDLE_SECONDS", "1"))
     settings.watching.server_timeout = int(os.environ.get("LEGISTRA_WATCH_SERVER_TIMEOUT", "300"))
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
