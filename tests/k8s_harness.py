@@ -39,6 +39,8 @@ RESOURCES = {
     "legistra.io/v1alpha1/trainingruns": ("TrainingRun", True, {"status"}),
     "legistra.io/v1alpha1/trainingschedules": ("TrainingSchedule", True, {"status"}),
     "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, {"status"}),
+    "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, set()),
+    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False, set()),
 }
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 
@@ -64,6 +66,7 @@ def lean_emulator() -> Any:
 
     class LeanEmulator(kmock.KubernetesEmulator):
         counts: dict[tuple[str, str, bool], int]
+        writes_by_agent: dict[str, int]
 
         def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
             # kmock's own scan compares every stored object's resource (slow) before its name; the answer is the
@@ -94,6 +97,9 @@ def lean_emulator() -> Any:
                 key = (str(method), request.resource.plural if request.resource is not None else "",
                        "urllib" in request.headers.get("User-Agent", ""))
                 self.counts[key] = self.counts.get(key, 0) + 1
+                if key[0] != "GET":
+                    agent = request.headers.get("User-Agent", "")
+                    self.writes_by_agent[agent] = self.writes_by_agent.get(agent, 0) + 1
 
     return LeanEmulator
 
@@ -104,6 +110,7 @@ class Cluster:
     def __init__(self) -> None:
         self.url = ""
         self.counts: dict[tuple[str, str, bool], int] = {}
+        self.writes_by_agent: dict[str, int] = {}
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +127,7 @@ class Cluster:
         self._stop = asyncio.Event()
         emulator = lean_emulator()(strict=False)
         emulator.counts = self.counts
+        emulator.writes_by_agent = self.writes_by_agent
         for key, (kind, namespaced, subresources) in RESOURCES.items():
             emulator.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subresources)
@@ -135,6 +143,10 @@ class Cluster:
         return sum(n for (m, p, t), n in list(self.counts.items())
                    if (from_tests is None or t == from_tests) and (methods is None or m in methods)
                    and (plural is None or p == plural))
+
+    def writes_from(self, agent_part: str) -> int:
+        """Writes (anything but GET) by clients whose User-Agent contains `agent_part`."""
+        return sum(n for agent, n in list(self.writes_by_agent.items()) if agent_part in agent)
 
     def start(self) -> Cluster:
         self._thread.start()
@@ -515,8 +527,10 @@ class GarbageCollector(Poller):
 class OperatorProcess:
     """`legistra operator` as a real process against the emulator (so it can be killed and restarted)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, env: dict[str, str], log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, env: dict[str, str], log: Path,
+                 standalone: bool = True) -> None:
         self.kubeconfig, self.ns, self.env, self.log = kubeconfig, namespace, env, log
+        self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -526,7 +540,8 @@ class OperatorProcess:
                "LEGISTRA_METRICS_PORT": str(self.metrics_port), "LEGISTRA_METRICS_ADDR": "127.0.0.1",
                "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1"}
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns, "--standalone",
+            [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns,
+             *(["--standalone"] if self.standalone else []),
              "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
             env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         return self

@@ -8,17 +8,21 @@ survives missed events and operator restarts.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import random
 import time
 from typing import Any, ClassVar, cast
 
 import kopf
 
+from legistra import __version__
 from legistra.api.spec import API_GROUP, API_VERSION
 from legistra.operator import metrics
 from legistra.operator.build import MANAGED_BY, OperatorSettings
 from legistra.operator.kube import ApiError, Kube, load_credentials
+from legistra.operator.peering import is_leader, peering_objects, peering_priority
 from legistra.operator.reconcile import reconcile
 from legistra.operator.report import MlflowReporter
 from legistra.operator.schedules import reconcile_schedule
@@ -37,6 +41,24 @@ class State:
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
     written: ClassVar[dict[tuple[str, str], tuple[str, dict[str, Any]]]] = {}
     tasks: ClassVar[list[asyncio.Task[None]]] = []
+    # (peering objects, own priority) when several replicas share the work; None when standalone.
+    peering: tuple[list[dict[str, Any]], int] | None = None
+
+
+async def acting() -> bool:
+    """Whether this replica leads: kopf pauses only its own handlers, so our loops ask the same records."""
+    if State.peering is None:
+        return True
+    objects, priority = State.peering
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for obj in objects:
+        try:
+            found = await State.kube.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        except ApiError:
+            return False
+        if not is_leader((found or {}).get("status"), os.environ.get("POD_ID", ""), priority, now):
+            return False
+    return True
 
 
 def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -65,17 +87,26 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No namespace/CRD scanning: the operator watches exactly what it is told, and so needs no cluster-wide
     # RBAC on namespaces when it is namespace-scoped (least privilege).
     settings.scanning.disabled = True
-    peering = os.environ.get("LEGISTRA_PEERING")
-    if peering:
-        settings.peering.name = peering
-        settings.peering.mandatory = True
-        settings.peering.priority = int(os.environ.get("LEGISTRA_PEERING_PRIORITY", "0"))
     State.settings = OperatorSettings.from_env()
-    State.kube = Kube(load_credentials(os.environ.get("LEGISTRA_KUBECONFIG") or None))
+    State.kube = Kube(load_credentials(os.environ.get("LEGISTRA_KUBECONFIG") or None),
+                      agent=f"legistra-operator/{__version__} ({os.environ.get('POD_ID', 'standalone')})")
+    namespaces = watched_namespaces()
+    peering_name = os.environ.get("LEGISTRA_PEERING")
+    if peering_name and not settings.peering.standalone:
+        settings.peering.name = peering_name
+        settings.peering.mandatory = True
+        settings.peering.priority = peering_priority(os.environ.get("LEGISTRA_PEERING_PRIORITY"), time.time(),
+                                                     random.randrange(1000))
+        settings.peering.lifetime = int(os.environ.get("LEGISTRA_PEERING_LIFETIME", "60"))
+        State.peering = (peering_objects(peering_name, namespaces), settings.peering.priority)
+        for obj in State.peering[0]:  # kopf waits, paused, until these exist
+            if await State.kube.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) is None:
+                await State.kube.create_or_get(obj)
+        log.info("peering %r as %s with priority %d", peering_name, os.environ.get("POD_ID"),
+                 settings.peering.priority)
     uri = State.settings.mlflow_tracking_uri
     State.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
     metrics.start_server()
-    namespaces = watched_namespaces()
     State.tasks = [
         asyncio.create_task(resync_loop(namespaces, float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")))),
         asyncio.create_task(schedule_loop(namespaces, float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")))),
@@ -160,6 +191,8 @@ async def resync_loop(namespaces: list[str | None], interval: float) -> None:
     """
     while True:
         await asyncio.sleep(interval)
+        if not await acting():
+            continue
         for ns in namespaces:
             try:
                 runs = await State.kube.list("TrainingRun", ns)
@@ -177,6 +210,8 @@ async def resync_loop(namespaces: list[str | None], interval: float) -> None:
 async def schedule_loop(namespaces: list[str | None], interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
+        if not await acting():
+            continue
         for ns in namespaces:
             try:
                 for sched in await State.kube.list("TrainingSchedule", ns):

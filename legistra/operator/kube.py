@@ -21,8 +21,10 @@ import yaml
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
-# kind -> (API prefix, plural); all namespaced.
+# kind -> (API prefix, plural); a cluster-scoped kind is used without a namespace.
 RESOURCES: dict[str, tuple[str, str]] = {
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
+    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings"),
     "TrainingRun": ("/apis/legistra.io/v1alpha1", "trainingruns"),
     "TrainingSchedule": ("/apis/legistra.io/v1alpha1", "trainingschedules"),
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
@@ -107,8 +109,9 @@ def path_of(kind: str, namespace: str | None, name: str | None = None, subresour
 class Kube:
     """GET / POST / merge-PATCH / DELETE of namespaced objects; counts writes for the scale benchmark."""
 
-    def __init__(self, creds: Credentials, timeout_s: float = 30.0) -> None:
+    def __init__(self, creds: Credentials, timeout_s: float = 30.0, agent: str = "legistra") -> None:
         self.creds = creds
+        self.agent = agent  # the API server's audit log names who wrote what
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self.writes = 0
@@ -126,7 +129,7 @@ class Kube:
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            headers = {"Accept": "application/json"}
+            headers = {"Accept": "application/json", "User-Agent": self.agent}
             if self.creds.token:
                 headers["Authorization"] = f"Bearer {self.creds.token}"
             self._session = aiohttp.ClientSession(
@@ -195,7 +198,7 @@ class Kube:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        found = await self.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        found = await self.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         if found is None:
             raise ApiError(409, f"{obj['kind']} {obj['metadata']['name']} exists but cannot be read")
         return found, False
