@@ -126,8 +126,6 @@ class Tokenizer:
 def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str, Any]:
     import torch
     from transformers import (
-        DataCollatorForSeq2Seq,
-        DataCollatorWithPadding,
         Seq2SeqTrainer,
         Trainer,
         TrainerCallback,
@@ -186,8 +184,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
         args.disable_tqdm = True
         args.predict_with_generate = False
         train_ds, eval_ds = dynamic(train_rows), dynamic(eval_rows)
-        collator = (DataCollatorForSeq2Seq(tok, model=model, pad_to_multiple_of=8) if w["kind"] == "bart"
-                    else DataCollatorWithPadding(tok, pad_to_multiple_of=8))
+        collator = handler.collator(tok, model)  # the trainer's own, not a copy
 
     times: list[float] = []
 
