@@ -4,7 +4,7 @@
     the maximum length, default everything else — what a user writes from the seed guide.
 (b) ours: the arguments and collators our trainer uses (`build_training_args`, the task handlers):
     length-grouped batches with dynamic padding, bf16 where the GPU has it, fused AdamW, data-loader
-    workers, SDPA attention.
+    workers, SDPA attention; on a GPU also (b') the same with `training.compile` on.
 
 Each configuration runs in its own process (clean peak-memory numbers). On a GPU the workloads are a
 BART-large-sized summarizer (1024 input / 128 target tokens) and a BERT-base-sized classifier (512 tokens)
@@ -156,7 +156,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
                                                                      "maxLength": w["max_len"]},
         "training": {"batchSize": 8, "maxSteps": steps, "learningRate": 2e-4, "precision": "bf16" if big else "fp16",
                      "evaluation": "no", "dataloaderWorkers": 2 if big else 0, "loggingSteps": 1000,
-                     "saveSteps": 100000},
+                     "saveSteps": 100000, "compile": config == "ours-compile"},
         "lora": {"r": 16, "alpha": 32}, "registry": {"modelName": "bench"},
     })
     handler = handler_for(spec)
@@ -283,10 +283,15 @@ def _mfu(model: Any, w: dict[str, Any], rows: list[dict[str, Any]], tok_per_s: f
             "mfu": utilisation(achieved, peak)}
 
 
+def configs(device: str) -> tuple[str, ...]:
+    """torch.compile only where it can pay off: on a CPU its compile time would swamp a short run."""
+    return ("baseline", "ours", "ours-compile") if device == "gpu" else ("baseline", "ours")
+
+
 def run(device: str, out_dir: Path, workloads: list[str]) -> list[dict[str, Any]]:
     results = []
     for wname in workloads:
-        for config in ("baseline", "ours"):
+        for config in configs(device):
             out = out_dir / f"throughput-{wname}-{config}.json"
             cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--one", wname, config, "--device", device,
                    "--out", str(out)]

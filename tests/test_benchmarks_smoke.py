@@ -55,3 +55,21 @@ def test_lora_flops_formula() -> None:
     assert peak_for("NVIDIA H100 80GB HBM3") == 989.4e12 and peak_for("NVIDIA H100 PCIe") == 756e12
     assert peak_for("cpu") is None and utilisation(1.0, None) is None
     assert utilisation(494.7e12, 989.4e12) == pytest.approx(0.5)
+
+
+def test_gpu_runs_also_try_torch_compile_and_the_ratio_takes_our_best() -> None:
+    from benchmarks.__main__ import ratios
+    from benchmarks.trainer_throughput import configs
+
+    assert configs("cpu") == ("baseline", "ours")
+    assert configs("gpu") == ("baseline", "ours", "ours-compile")
+
+    def row(config: str, tps: float, loss: float) -> dict[str, object]:
+        return {"workload": "summarization", "config": config, "tokens_per_second": tps,
+                "samples_per_second": tps / 100, "eval_loss": loss, "mfu": tps / 1e6}
+
+    q = ratios([row("baseline", 100, 2.0), row("ours", 250, 1.9), row("ours-compile", 320, 1.95)])["summarization"]
+    assert q["config"] == "ours-compile" and q["tokens_per_second_ratio"] == pytest.approx(3.2)
+    assert q["eval_loss_ours"] == 1.95 and q["mfu_ours"] == pytest.approx(320 / 1e6)
+    q = ratios([row("baseline", 100, 2.0), row("ours", 250, 1.9), row("ours-compile", 200, 1.9)])["summarization"]
+    assert q["config"] == "ours" and q["tokens_per_second_ratio"] == pytest.approx(2.5)

@@ -96,6 +96,11 @@ class TrainingSpec(Spec):
     )
     early_stopping: EarlyStoppingSpec | None = Field(None, description="Stop when the metric stops improving.")
     dataloader_workers: int = Field(2, ge=0, le=64, description="Data-loader worker processes per rank.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model on GPUs (ignored on CPUs). Lengths vary per batch, so the first "
+        "steps recompile; measure with `make bench` before turning it on.",
+    )
 
 
 class ClassificationSpec(Spec):

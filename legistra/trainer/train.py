@@ -183,6 +183,7 @@ def build_training_args(
         "greater_is_better": handler.greater_is_better,
         "load_best_model_at_end": t.early_stopping is not None,
         "optim": "adamw_torch_fused" if cuda else "adamw_torch",
+        "torch_compile": t.compile and cuda,
         "use_cpu": not cuda,
         "ddp_backend": "gloo" if not cuda and dist.world_size > 1 else None,
         "ddp_find_unused_parameters": False,
@@ -271,6 +272,8 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     precision = effective_precision(spec, cuda, bf16_ok)
     if precision != spec.training.precision:
         log.warning("precision %s is not available on this device; using %s", spec.training.precision, precision)
+    if spec.training.compile and not cuda:
+        log.warning("training.compile is ignored without a GPU")
     ds_config = deepspeed_config(spec.deepspeed)
     init_process_group(dist, cuda, ds_config is not None)
 
