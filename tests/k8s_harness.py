@@ -334,7 +334,7 @@ class FakeTrainingOperator(Poller):
         jobs = {j["metadata"]["name"]: j for j in self.cluster.list("kubeflow.org/v1", "pytorchjobs", self.ns)}
         with self.lock:
             for name, state in list(self.jobs.items()):
-                if name not in jobs or jobs[name]["metadata"].get("uid", state.uid) != state.uid:
+                if name not in jobs or self._identity(name, jobs[name]) != state.uid:
                     self._kill(state)  # job deleted: its pods go with it
                     del self.jobs[name]
             for name, job in jobs.items():
@@ -357,8 +357,15 @@ class FakeTrainingOperator(Poller):
             status["completionTime"] = now_iso()
         self.cluster.patch("kubeflow.org/v1", "pytorchjobs", self.ns, name, {"status": status}, sub="status")
 
+    @staticmethod
+    def _identity(name: str, job: dict[str, Any]) -> str:
+        """A recreated job is a new object. kmock assigns no uids to the operator's objects, so a job deleted
+        and created again between two ticks is told apart by the attempt it was built for."""
+        meta = job["metadata"]
+        return str(meta.get("uid") or f"{name}#{(meta.get('annotations') or {}).get('legistra.io/attempt', '1')}")
+
     def _sync(self, name: str, job: dict[str, Any]) -> None:
-        uid = job["metadata"].get("uid") or name
+        uid = self._identity(name, job)
         state = self.jobs.get(name)
         if state is None:
             state = self.jobs[name] = JobState(uid=uid)

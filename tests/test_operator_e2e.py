@@ -106,7 +106,7 @@ def test_run_succeeds_with_metrics_mlflow_and_model_in_status(world: dict[str, A
 
 def test_failing_replica_marks_the_run_failed_with_why(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     doc = training_run("risk-broken", tiny_models, data={"train": "/nonexistent/train.jsonl"},
-                       runPolicy={"backoffLimit": 1})
+                       runPolicy={"backoffLimit": 1, "maxAttempts": 1})
     world["cluster"].apply_run(doc)
     st = wait_phase(world, "risk-broken", "Failed")["status"]
     assert "replica" in st["message"] and "failed" in st["message"]
@@ -134,6 +134,31 @@ def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_mod
     result = json.loads((kubeflow.pvc_dir("risk-restart") / "output" / "result.json").read_text())
     assert result["globalStep"] == 60
     assert result["resumedFrom"] and "checkpoint-" in result["resumedFrom"]
+
+
+def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, Any],
+                                                              tiny_models: dict[str, Path]) -> None:
+    # backoffLimit 0: the first killed pod fails the whole job, as a spent limit or an NCCL hang would.
+    doc = training_run("risk-retry", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
+                       data={"maxSamples": 200}, runPolicy={"backoffLimit": 0, "maxAttempts": 2,
+                                                            "retryDelaySeconds": 3})
+    cluster: Cluster = world["cluster"]
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    posts = cluster.creates("pytorchjobs")
+    cluster.apply_run(doc)
+    ckpt = kubeflow.pvc_dir("risk-retry") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    cluster.wait(ckpt.exists, 240, "the first checkpoint")
+    kubeflow.kill_pod("risk-retry", "Worker")
+    retrying = wait_phase(world, "risk-retry", "Retrying", timeout=60)["status"]
+    assert retrying["attempt"] == 1 and retrying["retryAt"]
+    assert retrying["message"].startswith("attempt 1 of 2 failed: PyTorchJob risk-retry is failed")
+    done = wait_phase(world, "risk-retry", "Succeeded")["status"]
+    assert done["attempt"] == 2 and "retryAt" not in done
+    job = cluster.get(*JOBS, NS, "risk-retry")
+    assert job is not None and job["metadata"]["annotations"]["legistra.io/attempt"] == "2"
+    assert cluster.creates("pytorchjobs") - posts == 2  # one job per attempt, never more
+    result = json.loads((kubeflow.pvc_dir("risk-retry") / "output" / "result.json").read_text())
+    assert result["globalStep"] == 60 and "checkpoint-" in (result["resumedFrom"] or "")
 
 
 def test_suspend_then_resume(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:

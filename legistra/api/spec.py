@@ -217,6 +217,15 @@ class RunPolicySpec(Spec):
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "None", description="Pods deleted when the job ends; None keeps logs."
     )
+    max_attempts: int = Field(
+        2, ge=1, le=20,
+        description="PyTorchJobs tried before the run fails. A job that ends Failed (backoffLimit spent, deadline "
+        "passed) is replaced by a new one that resumes from the last checkpoint. May be raised after a failure "
+        "to try again.",
+    )
+    retry_delay_seconds: int = Field(
+        60, ge=0, le=86400, description="Wait before the next attempt; doubles with each failed attempt."
+    )
 
 
 class TrainingRunSpec(Spec):

@@ -8,8 +8,8 @@ from pydantic import Field
 
 from legistra.api.spec import Spec
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-PHASES: tuple[str, ...] = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = ("Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended")
 
 
 class Condition(Spec):
@@ -42,7 +42,11 @@ class ModelRef(Spec):
 
 
 class TrainingRunStatus(Spec):
-    phase: Phase = Field("Pending", description="Pending, Running, Succeeded, Failed or Suspended.")
+    phase: Phase = Field(
+        "Pending", description="Pending, Running, Retrying (a job failed; the next attempt is scheduled), Succeeded, "
+        "Failed or Suspended.")
+    attempt: int | None = Field(None, ge=1, description="Which PyTorchJob attempt this is (see runPolicy.maxAttempts).")
+    retry_at: str | None = Field(None, description="When the next attempt starts, while Retrying (RFC 3339).")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions, Ready among them.")
     observed_generation: int | None = Field(None, description="Last spec generation the operator acted on.")
     job_name: str | None = Field(None, description="The PyTorchJob running this TrainingRun.")

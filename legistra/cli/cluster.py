@@ -35,8 +35,9 @@ async def submit(run: TrainingRun, namespace: str | None, kubeconfig: str | None
 
 def format_status(obj: dict[str, Any]) -> str:
     st = obj.get("status") or {}
+    attempt = int(st.get("attempt") or 1)
     lines = [f"{obj['metadata']['namespace']}/{obj['metadata']['name']}  {obj['spec']['task']}  "
-             f"{st.get('phase', 'Pending')}"]
+             f"{st.get('phase', 'Pending')}" + (f" (attempt {attempt})" if attempt > 1 else "")]
     if st.get("message"):
         lines.append(f"  {st['message']}")
     prog = st.get("progress")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from legistra.api.spec import GROUP_VERSION, TrainingRun
+from legistra.operator.attempts import ATTEMPT_ANNOTATION
 
 CONFIG_MOUNT = "/etc/legistra"
 OUTPUT_MOUNT = "/var/run/legistra"
@@ -53,10 +54,15 @@ class OperatorSettings:
         )
 
 
+# runPolicy fields that may change after the job started: they shape what the operator does, not the job.
+MUTABLE_RUN_POLICY = ("suspend", "maxAttempts", "retryDelaySeconds")
+
+
 def spec_hash(spec_wire: dict[str, Any]) -> str:
     """Hash of everything that shapes the job; the mutable fields are left out."""
     shaped = json.loads(json.dumps(spec_wire))
-    shaped.get("runPolicy", {}).pop("suspend", None)
+    for mutable in MUTABLE_RUN_POLICY:
+        shaped.get("runPolicy", {}).pop(mutable, None)
     return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -241,7 +247,7 @@ def pod_template(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]
     return {"metadata": {"labels": run_labels(run)}, "spec": pod}
 
 
-def build_pytorchjob(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+def build_pytorchjob(run: TrainingRun, settings: OperatorSettings, attempt: int = 1) -> dict[str, Any]:
     spec, r = run.spec, run.spec.resources
     template = pod_template(run, settings)
     replicas: dict[str, Any] = {
@@ -265,7 +271,7 @@ def build_pytorchjob(run: TrainingRun, settings: OperatorSettings) -> dict[str, 
         run_policy["schedulingPolicy"] = {"priorityClass": r.priority_class_name}
     extra_labels = {"kueue.x-k8s.io/queue-name": r.queue_name} if r.queue_name else None
     meta = _meta(run, run.metadata.name, extra_labels)
-    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.wire())}
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.wire()), ATTEMPT_ANNOTATION: str(attempt)}
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
@@ -278,9 +284,9 @@ def build_pytorchjob(run: TrainingRun, settings: OperatorSettings) -> dict[str, 
     }
 
 
-def build_children(run: TrainingRun, settings: OperatorSettings) -> list[dict[str, Any]]:
+def build_children(run: TrainingRun, settings: OperatorSettings, attempt: int = 1) -> list[dict[str, Any]]:
     """In creation order: the job last, so its pods never start without their config and volume."""
-    return [build_configmap(run), build_pvc(run, settings), build_pytorchjob(run, settings)]
+    return [build_configmap(run), build_pvc(run, settings), build_pytorchjob(run, settings, attempt)]
 
 
 def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -295,5 +301,5 @@ def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tupl
 
 def refused_changes(applied: dict[str, Any], desired: dict[str, Any]) -> list[str]:
     """Spec fields changed since the job was built that cannot be applied to a running job."""
-    allowed = {("runPolicy", "suspend")}
+    allowed = {("runPolicy", mutable) for mutable in MUTABLE_RUN_POLICY}
     return [".".join(p) for p in changed_paths(applied, desired) if p not in allowed]

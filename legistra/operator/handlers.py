@@ -122,14 +122,14 @@ async def shutdown(**_: Any) -> None:
     await State.kube.close()
 
 
-async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None) -> None:
+async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None, force: bool = False) -> None:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     lock = State.locks.setdefault(key, asyncio.Lock())
     async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
         uid, written = State.written.get(key, ("", None))
         last = written if uid == meta.get("uid") else None
-        if job is None and last is not None and body.get("status") == last and \
+        if not force and job is None and last is not None and body.get("status") == last and \
                 last.get("observedGeneration") == meta.get("generation"):
             return  # the echo of our own status write: nothing new (the resync loop re-checks anyway)
         started = time.monotonic()
@@ -163,18 +163,21 @@ async def run_event(type: str, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
 async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
-    """Mirror a job's status into its TrainingRun as soon as the training-operator changes it."""
-    if type == "DELETED" or not (body.get("status") or {}).get("conditions"):
+    """Mirror a job's status into its TrainingRun as soon as the training-operator changes it; when a job is
+    deleted (replaced by a new attempt, or by hand), let its run make the next one."""
+    deleted = type == "DELETED"
+    if not deleted and not (body.get("status") or {}).get("conditions"):
         return  # a job we just created has nothing to mirror yet
     owner = next((r for r in body["metadata"].get("ownerReferences", []) if r.get("kind") == "TrainingRun"), None)
     if owner is None:
         return
     key = (body["metadata"]["namespace"], owner["name"])
     runs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["runs"]
-    found = list(runs.get(key, []))
+    # After a job's deletion only a fresh read tells whether its run went too (a cascade): never the index.
+    found = [] if deleted else list(runs.get(key, []))
     run = found[0] if found else await State.kube.get("TrainingRun", key[0], key[1])
     if run is not None and run["metadata"].get("uid") == owner.get("uid"):
-        await _reconcile_run(dict(run), job=dict(body))
+        await _reconcile_run(dict(run), job=None if deleted else dict(body), force=deleted)
 
 
 @kopf.index(API_GROUP, API_VERSION, "trainingruns")

@@ -208,9 +208,11 @@ class Kube:
         return await self._request("PATCH", path_of(kind, namespace, name, subresource), dict(body),
                                    "application/merge-patch+json")
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> None:
+        body = ({"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+                if propagation else None)
         try:
-            await self._request("DELETE", path_of(kind, namespace, name))
+            await self._request("DELETE", path_of(kind, namespace, name), body)
         except ApiError as exc:
             if exc.status != 404:
                 raise

@@ -18,6 +18,7 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
+from legistra.operator.attempts import job_attempt, plan_attempt
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     OperatorSettings,
@@ -28,7 +29,7 @@ from legistra.operator.build import (
 )
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
-from legistra.operator.status import desired_status, invalid_status
+from legistra.operator.status import desired_status, invalid_status, job_state
 
 log = logging.getLogger("legistra.operator")
 
@@ -36,7 +37,11 @@ EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reas
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _iso(dt.datetime.now(dt.timezone.utc))
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -45,6 +50,11 @@ class Outcome:
     created: list[str]
     status_patched: bool
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
+
+
+def status_patch(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that turns `current` into `new`: fields `new` dropped are sent as null, or they would stay."""
+    return {**new, **{k: None for k in current if k not in new}}
 
 
 def primary_metric(run: TrainingRun) -> str:
@@ -63,6 +73,7 @@ async def reconcile(
     emit: EventSink | None = None,
     now: Callable[[], str] = now_iso,
     *,
+    now_dt: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     job: dict[str, Any] | None = None,
     last_status: dict[str, Any] | None = None,
 ) -> Outcome:
@@ -80,7 +91,7 @@ async def reconcile(
         new = invalid_status(current, problems, now(), generation, reason=reason)
         if new == current:
             return Outcome("Failed", created, False, new)
-        await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+        await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
         if emit:
             emit(body, "Warning", reason, new["message"])
         return Outcome("Failed", created, True, new)
@@ -98,11 +109,33 @@ async def reconcile(
             for c in current.get("conditions", [])):
         return Outcome("Failed", [], False, current)  # already refused this generation; a spec edit retries
 
+    rp = run.spec.run_policy
     if job is None:
         job = await kube.get("PyTorchJob", ns, name)
+    job_failed = job is not None and job_state(job, False).phase == "Failed"
+    plan = plan_attempt(current, job, job_failed, rp.max_attempts, rp.retry_delay_seconds, now_dt())
+    if plan.action == "finished":
+        return Outcome(str(current.get("phase", "")), [], False, current)  # e.g. its job expired by TTL
+    if plan.action in ("retry", "replace"):
+        # Status first: should the operator die right after, the job's older attempt number tells the next
+        # reconcile to replace it, and one failure is never retried twice.
+        new = desired_status(current, job, generation=generation, now=now(), suspended_in_spec=rp.suspend,
+                             metric=primary_metric(run), attempt=plan.attempt, max_attempts=rp.max_attempts,
+                             replacing=True)
+        if new != current:
+            await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
+            if emit is not None and plan.action == "retry":
+                emit(body, "Normal", "AttemptStarted", new["message"])
+            current = new
+        if job is not None:
+            if not job.get("metadata", {}).get("deletionTimestamp"):
+                # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
+                # which reuse their names, cannot start beside them. Its deletion event brings us back.
+                await kube.delete("PyTorchJob", ns, name, propagation="Foreground")
+            return Outcome(new["phase"], [], new is current, current)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
-        for obj in build_children(run, settings):
+        for obj in build_children(run, settings, plan.attempt):
             try:
                 got, was_created = await kube.create_or_get(obj)
             except ApiError as exc:
@@ -134,12 +167,14 @@ async def reconcile(
         # MLflow's client is blocking: keep it off the event loop that serves every other run.
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
 
-    new = desired_status(current, job, generation=generation, now=now(),
-                         suspended_in_spec=run.spec.run_policy.suspend, refused=refused, report=report,
-                         metric=primary_metric(run))
+    new = desired_status(current, job, generation=generation, now=now(), suspended_in_spec=rp.suspend,
+                         refused=refused, report=report, metric=primary_metric(run), attempt=plan.attempt,
+                         max_attempts=rp.max_attempts,
+                         retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
+                         replacing=job is not None and job_attempt(job) < plan.attempt)
     patched = False
     if new != current:
-        await kube.patch("TrainingRun", ns, name, {"status": new}, subresource="status")
+        await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
         patched = True
         if emit is not None:
             _emit_transitions(emit, body, current, new)

@@ -91,21 +91,47 @@ def desired_status(
     refused: Sequence[str] = (),
     report: Mapping[str, Any] | None = None,
     metric: str | None = None,
+    attempt: int = 1,
+    max_attempts: int = 1,
+    retry_at: str | None = None,
+    replacing: bool = False,
 ) -> dict[str, Any]:
-    """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model)."""
-    state = job_state(job, suspended_in_spec)
-    st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions",)}
+    """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
+
+    `attempt` of `max_attempts`: which PyTorchJob this is; `retry_at`: the failed job will be replaced then;
+    `replacing`: the job on hand belongs to an earlier attempt and is being deleted (nothing to mirror).
+    """
+    state = job_state(None if replacing else job, suspended_in_spec)
+    of = f"attempt {attempt} of {max_attempts}"
+    if replacing:
+        state = JobState("Pending", "AttemptStarting",
+                         f"{of}: replacing the failed PyTorchJob; training resumes from the last checkpoint")
+    elif state.phase == "Failed" and retry_at is not None:
+        state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
+                         f"starts at {retry_at} and resumes from the last checkpoint")
+    elif max_attempts > 1 and state.phase == "Failed":
+        state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
+    elif attempt > 1 and state.phase in ("Pending", "Running"):
+        state = JobState(state.phase, state.reason, f"{of}: {state.message}")
+    st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt")}
     conditions = list(current.get("conditions") or [])
     st["phase"] = state.phase
     st["message"] = state.message
     st["observedGeneration"] = generation
-    if job is not None:
+    st["attempt"] = attempt
+    if state.phase == "Retrying":
+        st["retryAt"] = retry_at
+    if replacing:
+        st.pop("completionTime", None)
+    elif job is not None:
         st["jobName"] = job.get("metadata", {}).get("name")
         js = job.get("status") or {}
-        if js.get("startTime"):
+        if js.get("startTime") and "startTime" not in st:  # the run started with its first attempt
             st["startTime"] = js["startTime"]
         if js.get("completionTime"):
             st["completionTime"] = js["completionTime"]
+        else:
+            st.pop("completionTime", None)
     if report:
         if report.get("progress"):
             prog = dict(report["progress"])
@@ -120,8 +146,8 @@ def desired_status(
         km = key_metric(report.get("metrics"), metric)
         if km:
             st["keyMetric"] = km
-    ready_reason = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}.get(
-        state.phase, "Progressing")
+    ready_reason = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended",
+                    "Retrying": "RetryScheduled"}.get(state.phase, "Progressing")
     conditions = set_condition(conditions, "Ready", "True" if state.phase == "Succeeded" else "False",
                                ready_reason, state.message, now, generation)
     conditions = set_condition(conditions, "JobCreated", "True" if job is not None else "False",
@@ -130,11 +156,15 @@ def desired_status(
                                now, generation)
     if state.phase == "Failed":
         conditions = set_condition(conditions, "Failed", "True", state.reason, state.message, now, generation)
+    elif any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+        # maxAttempts was raised after the run failed: a new attempt clears the verdict.
+        conditions = set_condition(conditions, "Failed", "False", "NewAttempt", state.message, now, generation)
     if refused:
         conditions = set_condition(
             conditions, "SpecChangeRefused", "True", "ImmutableAfterStart",
             "changes to " + ", ".join(refused) + " cannot be applied to a started run; only "
-            "spec.runPolicy.suspend can change. Create a new TrainingRun instead.", now, generation)
+            "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds can change. Create a new TrainingRun "
+            "instead.", now, generation)
     elif any(c["type"] == "SpecChangeRefused" for c in conditions):
         conditions = set_condition(conditions, "SpecChangeRefused", "False", "SpecMatchesJob",
                                    "the spec matches the running job", now, generation)

@@ -1,0 +1,79 @@
+"""Pure decision: retry a failed TrainingRun with a new PyTorchJob that resumes from the last checkpoint.
+
+The training-operator already restarts pods (`backoffLimit`), but a job can still end Failed: the limit
+is spent, `activeDeadlineSeconds` passed, or multi-node restarts hang on NCCL timeouts until the deadline
+(kubeflow/trainer#2000). A new job with the same name and the same checkpoint volume picks training up
+where the last checkpoint left it. `status.attempt` is the source of truth; each job carries the attempt it
+was built for, so a job left over from an earlier attempt is recognised (and replaced) after any crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ATTEMPT_ANNOTATION = "legistra.io/attempt"
+
+Action = Literal["keep", "create", "wait", "retry", "replace", "finished"]
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    """keep: mirror the job; create: make the job for `attempt`; wait: a retry is due at `retry_at`;
+    retry: start `attempt` now (the failed job goes first); replace: the job is from an earlier attempt;
+    finished: the run is over and its job is gone (e.g. ttlSecondsAfterFinished): change nothing."""
+
+    action: Action
+    attempt: int
+    retry_at: dt.datetime | None = None
+
+
+def job_attempt(job: Mapping[str, Any]) -> int:
+    raw = (job.get("metadata", {}).get("annotations") or {}).get(ATTEMPT_ANNOTATION, "1")
+    try:
+        return max(1, int(raw))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _failed_at(job: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed" and str(c.get("status")) == "True":
+            try:
+                at = dt.datetime.fromisoformat(str(c.get("lastTransitionTime")).replace("Z", "+00:00"))
+            except ValueError:
+                return now
+            return at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
+    return now
+
+
+def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
+    """Doubles with each failed attempt, capped at a day."""
+    return dt.timedelta(seconds=min(86_400, base_seconds * 2 ** max(0, failed_attempt - 1)))
+
+
+def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, job_failed: bool,
+                 max_attempts: int, delay_seconds: int, now: dt.datetime) -> AttemptPlan:
+    """`current`: the run's status; `job`: its PyTorchJob or None; `job_failed`: the job ended Failed."""
+    attempt = max(1, int(current.get("attempt") or 1))
+    phase = current.get("phase")
+    if job is None:
+        had_job = bool(current.get("jobName"))
+        if phase == "Succeeded" and had_job:
+            return AttemptPlan("finished", attempt)
+        if phase == "Failed" and had_job:
+            # The failed job was deleted (TTL, by hand): retry only if attempts remain (maxAttempts raised).
+            return AttemptPlan("retry", attempt + 1) if attempt < max_attempts else AttemptPlan("finished", attempt)
+        return AttemptPlan("create", attempt)
+    built_for = job_attempt(job)
+    if built_for < attempt:
+        return AttemptPlan("replace", attempt)
+    attempt = max(attempt, built_for)  # a status that lost its attempt (restored from a backup) follows the job
+    if not job_failed or attempt >= max_attempts:
+        return AttemptPlan("keep", attempt)
+    due = _failed_at(job, now) + retry_delay(delay_seconds, attempt)
+    if now < due:
+        return AttemptPlan("wait", attempt, due)
+    return AttemptPlan("retry", attempt + 1)
