@@ -20,10 +20,11 @@ CPU), batch 8, every sequence padded to the maximum length; **(b) ours** — the
 `legistra.trainer` (`build_training_args`, the task handlers): length-grouped batches with dynamic padding to
 a multiple of 8, bf16 where the GPU has it, fused AdamW, data-loader workers, SDPA attention; on a GPU also
 **ours-compile**, the same with `training.compile` (torch.compile), and the ratio table takes the faster of
-the two. Each configuration runs in its own process. Workloads on a GPU: a BART-large-sized summarizer (~400M
-parameters, 1024 input / 128 target tokens) and a BERT-base-sized classifier (512 tokens), random weights from
-their configs (same FLOPs); on a CPU, tiny versions of both, where only the ratio means anything. Throughput
-counts **non-padding tokens** (inputs, summed over the measured steps after warm-up).
+the two. Each configuration runs in its own process; on a CPU, where short runs are noisy, three times,
+interleaved, and the median counts (every repeat is in the JSON). Workloads on a GPU: a BART-large-sized
+summarizer (~400M parameters, 1024 input / 128 target tokens) and a BERT-base-sized classifier (512 tokens),
+random weights from their configs (same FLOPs); on a CPU, tiny versions of both, where only the ratio means
+anything. Throughput counts **non-padding tokens** (inputs, summed over the measured steps after warm-up).
 
 Model FLOPs per real token for LoRA: `4·N_frozen + 6·N_lora + 12·L·s·d` (frozen weights: forward plus the
 activation gradient only; adapters: forward plus both gradients; attention over the attended length s).

@@ -26,6 +26,8 @@ from typing import Any
 
 STEPS = {"gpu": 60, "cpu": 60}
 WARMUP = {"gpu": 10, "cpu": 6}
+# Short CPU runs are noisy (2.0x and 2.6x for the same code, minutes apart): interleave repeats, keep medians.
+REPEATS = {"gpu": 1, "cpu": 3}
 
 
 def lengths(n: int, max_len: int, median: float, seed: int) -> list[int]:
@@ -289,16 +291,25 @@ def configs(device: str) -> tuple[str, ...]:
 
 
 def run(device: str, out_dir: Path, workloads: list[str]) -> list[dict[str, Any]]:
+    """One row per workload and configuration: the repeat with the median tokens/s, with every repeat's figure."""
+    repeats = int(os.environ.get("LEGISTRA_BENCH_REPEATS", REPEATS[device]))
     results = []
     for wname in workloads:
-        for config in configs(device):
-            out = out_dir / f"throughput-{wname}-{config}.json"
-            cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--one", wname, config, "--device", device,
-                   "--out", str(out)]
-            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "LEGISTRA_PROGRESS": "log"}
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            results.append(json.loads(out.read_text()))
-            out.unlink()
+        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs(device)}
+        for _ in range(repeats):
+            for config in runs:  # interleaved, so a slow spell of the machine hits every configuration
+                out = out_dir / f"throughput-{wname}-{config}.json"
+                cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--one", wname, config,
+                       "--device", device, "--out", str(out)]
+                env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "LEGISTRA_PROGRESS": "log"}
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                runs[config].append(json.loads(out.read_text()))
+                out.unlink()
+        for rows in runs.values():
+            ordered = sorted(rows, key=lambda r: r["tokens_per_second"])
+            median = dict(ordered[len(ordered) // 2])
+            median["tokens_per_second_repeats"] = [r["tokens_per_second"] for r in rows]
+            results.append(median)
     return results
 
 

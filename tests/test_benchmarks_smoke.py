@@ -17,11 +17,13 @@ def test_trainer_throughput_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from benchmarks.trainer_throughput import run
 
     monkeypatch.setenv("LEGISTRA_BENCH_STEPS", "6")
+    monkeypatch.setenv("LEGISTRA_BENCH_REPEATS", "2")
     rows = run("cpu", tmp_path, ["classification", "summarization"])
     assert {(r["workload"], r["config"]) for r in rows} == {
         (w, c) for w in ("classification", "summarization") for c in ("baseline", "ours")}
     for r in rows:
         assert r["tokens_per_second"] > 0 and r["non_padding_tokens"] > 0 and r["model_flops_per_token"] > 0
+        assert len(r["tokens_per_second_repeats"]) == 2 and r["tokens_per_second"] in r["tokens_per_second_repeats"]
         assert r["mfu"] is None  # no peak on a CPU
     q = ratios(rows)
     assert set(q) == {"classification", "summarization"}
