@@ -129,6 +129,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     import torch
     from transformers import (
         Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
         Trainer,
         TrainerCallback,
         TrainingArguments,
@@ -167,11 +168,8 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     tmp = out.parent / f"tmp-{workload_name}-{config}"
 
     if config == "baseline":
-        args_cls = TrainingArguments
-        from transformers import Seq2SeqTrainingArguments
-
-        if w["kind"] == "bart":
-            args_cls = Seq2SeqTrainingArguments
+        precision = "fp16" if cuda else "fp32"
+        args_cls = Seq2SeqTrainingArguments if w["kind"] == "bart" else TrainingArguments
         args = args_cls(output_dir=str(tmp), per_device_train_batch_size=8, per_device_eval_batch_size=8,
                         max_steps=steps, learning_rate=2e-4, fp16=cuda, report_to="none", save_strategy="no",
                         logging_steps=1000, use_cpu=not cuda, disable_tqdm=True,
@@ -223,9 +221,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
         "non_padding_tokens": int(tokens), "eval_loss": eval_loss,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "peak_rss_gb": _rss_gb(),
-        "precision": "fp16" if (config == "baseline" and cuda) else ("fp32" if not cuda else
-                                                                       ("bf16" if torch.cuda.is_bf16_supported()
-                                                                        else "fp16")),
+        "precision": precision,
     }
     result.update(_mfu(trainer.model, w, train_rows, tokens / measured, cuda))
     out.write_text(json.dumps(result, indent=2))

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+from legistra.operator.attempts import ATTEMPT_ANNOTATION
+
 VENV_BIN = Path(sys.executable).parent
 
 RESOURCES = {
@@ -362,7 +364,7 @@ class FakeTrainingOperator(Poller):
         """A recreated job is a new object. kmock assigns no uids to the operator's objects, so a job deleted
         and created again between two ticks is told apart by the attempt it was built for."""
         meta = job["metadata"]
-        return str(meta.get("uid") or f"{name}#{(meta.get('annotations') or {}).get('legistra.io/attempt', '1')}")
+        return str(meta.get("uid") or f"{name}#{(meta.get('annotations') or {}).get(ATTEMPT_ANNOTATION, '1')}")
 
     def _sync(self, name: str, job: dict[str, Any]) -> None:
         uid = self._identity(name, job)

@@ -27,8 +27,7 @@ def job(attempt: int | None = 1, failed_seconds_ago: float | None = None, **stat
 
 
 def plan(current: dict[str, Any], j: dict[str, Any] | None, max_attempts: int = 3, delay: int = 60) -> AttemptPlan:
-    failed = j is not None and any(c["type"] == "Failed" for c in j["status"]["conditions"])
-    return plan_attempt(current, j, failed, max_attempts, delay, NOW)
+    return plan_attempt(current, j, max_attempts, delay, NOW)
 
 
 def test_first_attempt_is_created_and_then_mirrored() -> None:
@@ -144,7 +143,7 @@ def test_a_new_attempt_after_a_final_failure_clears_the_failed_condition() -> No
 
 
 def test_fields_a_status_drops_are_nulled_in_the_merge_patch() -> None:
-    from legistra.operator.reconcile import status_patch
+    from legistra.operator.kube import status_patch
 
     assert status_patch({"phase": "Retrying", "retryAt": "t", "attempt": 1}, {"phase": "Pending", "attempt": 2}) == \
         {"phase": "Pending", "attempt": 2, "retryAt": None}

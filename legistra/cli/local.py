@@ -80,8 +80,7 @@ def train_locally(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.file)
     if loaded is None:
         return 2
-    run = loaded
-    run = absolutize_data(run, Path(args.file).resolve().parent)
+    run = absolutize_data(loaded, Path(args.file).resolve().parent)
     state = Path(args.state_dir).resolve()
     run_dir = state / "runs" / run.metadata.name
     config_path = run_dir / "run.json"

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from legistra.operator.status import job_state
+
 ATTEMPT_ANNOTATION = "legistra.io/attempt"
 
 Action = Literal["keep", "create", "wait", "retry", "replace", "finished"]
@@ -54,9 +56,9 @@ def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(86_400, base_seconds * 2 ** max(0, failed_attempt - 1)))
 
 
-def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, job_failed: bool,
-                 max_attempts: int, delay_seconds: int, now: dt.datetime) -> AttemptPlan:
-    """`current`: the run's status; `job`: its PyTorchJob or None; `job_failed`: the job ended Failed."""
+def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_attempts: int,
+                 delay_seconds: int, now: dt.datetime) -> AttemptPlan:
+    """`current`: the run's status; `job`: its PyTorchJob or None."""
     attempt = max(1, int(current.get("attempt") or 1))
     phase = current.get("phase")
     if job is None:
@@ -71,7 +73,7 @@ def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, job_
     if built_for < attempt:
         return AttemptPlan("replace", attempt)
     attempt = max(attempt, built_for)  # a status that lost its attempt (restored from a backup) follows the job
-    if not job_failed or attempt >= max_attempts:
+    if job_state(job, False).phase != "Failed" or attempt >= max_attempts:
         return AttemptPlan("keep", attempt)
     due = _failed_at(job, now) + retry_delay(delay_seconds, attempt)
     if now < due:

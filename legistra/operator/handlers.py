@@ -13,6 +13,8 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import kopf
@@ -30,6 +32,14 @@ from legistra.operator.schedules import reconcile_schedule
 log = logging.getLogger("legistra.operator")
 
 
+@dataclass(frozen=True)
+class Peering:
+    """This replica's place among several: its peering objects, priority and identity (kopf's POD_ID)."""
+
+    objects: list[dict[str, Any]]
+    priority: int
+    identity: str
+
 
 class State:
     """Process-wide collaborators, set up once at startup."""
@@ -41,22 +51,21 @@ class State:
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
     written: ClassVar[dict[tuple[str, str], tuple[str, dict[str, Any]]]] = {}
     tasks: ClassVar[list[asyncio.Task[None]]] = []
-    # (peering objects, own priority) when several replicas share the work; None when standalone.
-    peering: tuple[list[dict[str, Any]], int] | None = None
+    peering: Peering | None = None  # None when standalone
 
 
 async def acting() -> bool:
     """Whether this replica leads: kopf pauses only its own handlers, so our loops ask the same records."""
-    if State.peering is None:
+    peering = State.peering
+    if peering is None:
         return True
-    objects, priority = State.peering
     now = datetime.datetime.now(datetime.timezone.utc)
-    for obj in objects:
+    for obj in peering.objects:
         try:
-            found = await State.kube.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            found = await State.kube.get_object(obj)
         except ApiError:
             return False
-        if not is_leader((found or {}).get("status"), os.environ.get("POD_ID", ""), priority, now):
+        if not is_leader((found or {}).get("status"), peering.identity, peering.priority, now):
             return False
     return True
 
@@ -98,18 +107,20 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.priority = peering_priority(os.environ.get("LEGISTRA_PEERING_PRIORITY"), time.time(),
                                                      random.randrange(1000))
         settings.peering.lifetime = int(os.environ.get("LEGISTRA_PEERING_LIFETIME", "60"))
-        State.peering = (peering_objects(peering_name, namespaces), settings.peering.priority)
-        for obj in State.peering[0]:  # kopf waits, paused, until these exist
-            if await State.kube.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) is None:
+        State.peering = Peering(peering_objects(peering_name, namespaces), settings.peering.priority,
+                                os.environ.get("POD_ID", ""))
+        for obj in State.peering.objects:  # kopf waits, paused, until these exist
+            if await State.kube.get_object(obj) is None:  # read first: restarts cost no write
                 await State.kube.create_or_get(obj)
-        log.info("peering %r as %s with priority %d", peering_name, os.environ.get("POD_ID"),
-                 settings.peering.priority)
+        log.info("peering %r as %s with priority %d", peering_name, State.peering.identity, State.peering.priority)
     uri = State.settings.mlflow_tracking_uri
     State.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
     metrics.start_server()
     State.tasks = [
-        asyncio.create_task(resync_loop(namespaces, float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")))),
-        asyncio.create_task(schedule_loop(namespaces, float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")))),
+        asyncio.create_task(every(float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")), namespaces, "resync",
+                                  resync)),
+        asyncio.create_task(every(float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")), namespaces, "schedules",
+                                  tick_schedules)),
     ]
     log.info("legistra operator configured (trainer image %s, MLflow %s, registry %s)",
              State.settings.trainer_image, uri, State.settings.registry_uri)
@@ -186,11 +197,11 @@ def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tu
     return {(namespace or "", name): dict(body)}
 
 
-async def resync_loop(namespaces: list[str | None], interval: float) -> None:
-    """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow.
+async def every(interval: float, namespaces: list[str | None], what: str,
+                work: Callable[[str | None], Awaitable[None]]) -> None:
+    """Run `work` for each watched namespace every `interval` seconds, on the leading replica only.
 
-    One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
-    finalizer, which costs a write per run and blocks deletion whenever the operator is down.
+    A failing namespace is logged and retried on the next tick; it never stops the loop or the others.
     """
     while True:
         await asyncio.sleep(interval)
@@ -198,31 +209,33 @@ async def resync_loop(namespaces: list[str | None], interval: float) -> None:
             continue
         for ns in namespaces:
             try:
-                runs = await State.kube.list("TrainingRun", ns)
+                await work(ns)
             except ApiError as exc:
-                log.warning("resync: cannot list TrainingRuns in %s: %s", ns or "all namespaces", exc)
-                continue
-            for run in runs:
-                st = run.get("status") or {}
-                finished = st.get("phase") == "Failed" or (st.get("phase") == "Succeeded" and st.get("model"))
-                if finished and st.get("observedGeneration") == run["metadata"].get("generation"):
-                    continue  # finished and fully reported
-                await _reconcile_run(run)
+                log.warning("%s in %s: %s", what, ns or "all namespaces", exc)
+            except Exception:
+                log.exception("%s in %s failed", what, ns or "all namespaces")
 
 
-async def schedule_loop(namespaces: list[str | None], interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        if not await acting():
-            continue
-        for ns in namespaces:
-            try:
-                for sched in await State.kube.list("TrainingSchedule", ns):
-                    await reconcile_schedule(State.kube, sched)
-            except ApiError as exc:
-                log.warning("schedules: %s", exc)
-            except Exception:  # a bad schedule must not stop the others, nor the loop
-                log.exception("schedules: tick failed")
+async def resync(ns: str | None) -> None:
+    """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow.
+
+    One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
+    finalizer, which costs a write per run and blocks deletion whenever the operator is down.
+    """
+    for run in await State.kube.list("TrainingRun", ns):
+        st = run.get("status") or {}
+        finished = st.get("phase") == "Failed" or (st.get("phase") == "Succeeded" and st.get("model"))
+        if finished and st.get("observedGeneration") == run["metadata"].get("generation"):
+            continue  # finished and fully reported
+        await _reconcile_run(run)
+
+
+async def tick_schedules(ns: str | None) -> None:
+    for sched in await State.kube.list("TrainingSchedule", ns):
+        try:
+            await reconcile_schedule(State.kube, sched)
+        except Exception:  # a bad schedule must not stop the others
+            log.exception("schedule %s/%s failed", sched["metadata"].get("namespace"), sched["metadata"]["name"])
 
 
 def watched_namespaces() -> list[str | None]:

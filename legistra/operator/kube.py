@@ -106,6 +106,11 @@ def path_of(kind: str, namespace: str | None, name: str | None = None, subresour
     return out
 
 
+def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that turns `current` into `new`: fields `new` dropped are sent as null, or they would stay."""
+    return {**new, **{k: None for k in current if k not in new}}
+
+
 class Kube:
     """GET / POST / merge-PATCH / DELETE of namespaced objects; counts writes for the scale benchmark."""
 
@@ -180,6 +185,10 @@ class Kube:
                 return None
             raise
 
+    async def get_object(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The live copy of the object a manifest names, or None."""
+        return await self.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
     async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
         path = path_of(kind, namespace)
         if label_selector:
@@ -198,7 +207,7 @@ class Kube:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        found = await self.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        found = await self.get_object(obj)
         if found is None:
             raise ApiError(409, f"{obj['kind']} {obj['metadata']['name']} exists but cannot be read")
         return found, False
@@ -207,6 +216,11 @@ class Kube:
                     subresource: str | None = None) -> dict[str, Any]:
         return await self._request("PATCH", path_of(kind, namespace, name, subresource), dict(body),
                                    "application/merge-patch+json")
+
+    async def patch_status(self, kind: str, namespace: str, name: str, current: Mapping[str, Any],
+                           new: Mapping[str, Any]) -> None:
+        """Replace the status subresource's `current` content by `new` (a merge patch with nulls)."""
+        await self.patch(kind, namespace, name, {"status": status_patch(current, new)}, subresource="status")
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> None:
         body = ({"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}

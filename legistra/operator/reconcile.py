@@ -36,8 +36,8 @@ log = logging.getLogger("legistra.operator")
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
 
 
-def now_iso() -> str:
-    return _iso(dt.datetime.now(dt.timezone.utc))
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -50,11 +50,6 @@ class Outcome:
     created: list[str]
     status_patched: bool
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
-
-
-def status_patch(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch that turns `current` into `new`: fields `new` dropped are sent as null, or they would stay."""
-    return {**new, **{k: None for k in current if k not in new}}
 
 
 def primary_metric(run: TrainingRun) -> str:
@@ -71,9 +66,8 @@ async def reconcile(
     settings: OperatorSettings,
     reporter: MlflowReporter | None = None,
     emit: EventSink | None = None,
-    now: Callable[[], str] = now_iso,
+    clock: Callable[[], dt.datetime] = utc_now,
     *,
-    now_dt: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     job: dict[str, Any] | None = None,
     last_status: dict[str, Any] | None = None,
 ) -> Outcome:
@@ -85,16 +79,23 @@ async def reconcile(
     current = dict(last_status if last_status is not None else body.get("status") or {})
     if meta.get("deletionTimestamp"):
         return Outcome(current.get("phase", ""), [], False)
+    at = clock()
+    now = _iso(at)  # one instant for every condition this pass writes
+
+    async def save(new: dict[str, Any]) -> bool:
+        """Write `new` over the current status; False when there was nothing to write."""
+        if new == current:
+            return False
+        await kube.patch_status("TrainingRun", ns, name, current, new)
+        return True
 
     async def refuse(problems: list[str], reason: str, created: list[str]) -> Outcome:
         """Failed with the precise problems, and no job (or no more children)."""
-        new = invalid_status(current, problems, now(), generation, reason=reason)
-        if new == current:
-            return Outcome("Failed", created, False, new)
-        await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
-        if emit:
+        new = invalid_status(current, problems, now, generation, reason=reason)
+        patched = await save(new)
+        if patched and emit:
             emit(body, "Warning", reason, new["message"])
-        return Outcome("Failed", created, True, new)
+        return Outcome("Failed", created, patched, new)
 
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -112,27 +113,25 @@ async def reconcile(
     rp = run.spec.run_policy
     if job is None:
         job = await kube.get("PyTorchJob", ns, name)
-    job_failed = job is not None and job_state(job, False).phase == "Failed"
-    plan = plan_attempt(current, job, job_failed, rp.max_attempts, rp.retry_delay_seconds, now_dt())
+    plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
     if plan.action == "finished":
         return Outcome(str(current.get("phase", "")), [], False, current)  # e.g. its job expired by TTL
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
-        new = desired_status(current, job, generation=generation, now=now(), suspended_in_spec=rp.suspend,
+        new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                              metric=primary_metric(run), attempt=plan.attempt, max_attempts=rp.max_attempts,
                              replacing=True)
-        if new != current:
-            await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
-            if emit is not None and plan.action == "retry":
-                emit(body, "Normal", "AttemptStarted", new["message"])
-            current = new
+        patched = await save(new)
+        if patched and emit is not None and plan.action == "retry":
+            emit(body, "Normal", "AttemptStarted", new["message"])
+        current = new
         if job is not None:
             if not job.get("metadata", {}).get("deletionTimestamp"):
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
                 await kube.delete("PyTorchJob", ns, name, propagation="Foreground")
-            return Outcome(new["phase"], [], new is current, current)
+            return Outcome(new["phase"], [], patched, new)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
         for obj in build_children(run, settings, plan.attempt):
@@ -155,29 +154,24 @@ async def reconcile(
             refused = [f"a PyTorchJob named {name} exists and is not owned by this TrainingRun"]
         else:
             refused = await _spec_drift(kube, run, job)
-            want_suspend = run.spec.run_policy.suspend
-            if bool(job.get("spec", {}).get("runPolicy", {}).get("suspend", False)) != want_suspend:
-                job = await kube.patch("PyTorchJob", ns, name, {"spec": {"runPolicy": {"suspend": want_suspend}}})
+            if bool(job.get("spec", {}).get("runPolicy", {}).get("suspend", False)) != rp.suspend:
+                job = await kube.patch("PyTorchJob", ns, name, {"spec": {"runPolicy": {"suspend": rp.suspend}}})
 
     report = None
     if reporter is not None and run.metadata.uid and job is not None:
         experiment = run.spec.tracking.mlflow.experiment or run.spec.registry.model_name
-        finished = any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True"
-                       for c in (job.get("status") or {}).get("conditions", []))
+        finished = job_state(job, False).phase in ("Succeeded", "Failed")
         # MLflow's client is blocking: keep it off the event loop that serves every other run.
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
 
-    new = desired_status(current, job, generation=generation, now=now(), suspended_in_spec=rp.suspend,
+    new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                          refused=refused, report=report, metric=primary_metric(run), attempt=plan.attempt,
                          max_attempts=rp.max_attempts,
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job is not None and job_attempt(job) < plan.attempt)
-    patched = False
-    if new != current:
-        await kube.patch("TrainingRun", ns, name, {"status": status_patch(current, new)}, subresource="status")
-        patched = True
-        if emit is not None:
-            _emit_transitions(emit, body, current, new)
+    patched = await save(new)
+    if patched and emit is not None:
+        _emit_transitions(emit, body, current, new)
     return Outcome(new["phase"], created, patched, new)
 
 

@@ -6,7 +6,9 @@ operator replicas, a restart, a re-applied schedule — can only ever create the
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -148,15 +150,21 @@ def data_sources_fingerprint(spec: TrainingScheduleSpec, head: Callable[[str], s
     return fingerprint_of(seen)
 
 
+@functools.cache
+def _s3() -> Any:
+    """One client for the process: building one costs far more than the HEAD it serves."""
+    import boto3
+
+    return boto3.client("s3")
+
+
 def s3_head(location: str) -> str | None:
     """ETag (and version id where versioning is on) of an s3:// object; None for anything else."""
     if not location.startswith("s3://"):
         return None
-    import boto3
-
     bucket, _, key = location[len("s3://"):].partition("/")
     try:
-        head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+        head = _s3().head_object(Bucket=bucket, Key=key)
     except Exception as exc:
         log.warning("cannot read %s for the data trigger: %s", location, exc)
         return None
@@ -171,7 +179,9 @@ async def reconcile_schedule(
     spec = TrainingScheduleSpec.model_validate(body["spec"])
     runs = await kube.list("TrainingRun", meta["namespace"], label_selector=f"{SCHEDULE_LABEL}={meta['name']}")
     runs = sorted(runs, key=lambda r: r["metadata"].get("creationTimestamp") or r["metadata"]["name"])
-    fp = data_sources_fingerprint(spec, head) if spec.data_trigger and spec.data_trigger.enabled else None
+    # HEAD requests block: off the event loop that serves every run.
+    fp = (await asyncio.to_thread(data_sources_fingerprint, spec, head)
+          if spec.data_trigger and spec.data_trigger.enabled else None)
     current = dict(body.get("status") or {})
     created_at = parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.timezone.utc)
     plan = plan_schedule(meta["name"], meta["namespace"], meta.get("uid", ""), spec, current, runs,
@@ -185,6 +195,5 @@ async def reconcile_schedule(
 
             metrics.SCHEDULE_RUNS.inc()
     if plan.status != current:
-        await kube.patch("TrainingSchedule", meta["namespace"], meta["name"], {"status": plan.status},
-                         subresource="status")
+        await kube.patch_status("TrainingSchedule", meta["namespace"], meta["name"], current, plan.status)
     return plan

@@ -101,18 +101,19 @@ def desired_status(
     `attempt` of `max_attempts`: which PyTorchJob this is; `retry_at`: the failed job will be replaced then;
     `replacing`: the job on hand belongs to an earlier attempt and is being deleted (nothing to mirror).
     """
-    state = job_state(None if replacing else job, suspended_in_spec)
     of = f"attempt {attempt} of {max_attempts}"
     if replacing:
         state = JobState("Pending", "AttemptStarting",
                          f"{of}: replacing the failed PyTorchJob; training resumes from the last checkpoint")
-    elif state.phase == "Failed" and retry_at is not None:
-        state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
-                         f"starts at {retry_at} and resumes from the last checkpoint")
-    elif max_attempts > 1 and state.phase == "Failed":
-        state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
-    elif attempt > 1 and state.phase in ("Pending", "Running"):
-        state = JobState(state.phase, state.reason, f"{of}: {state.message}")
+    else:
+        state = job_state(job, suspended_in_spec)
+        if state.phase == "Failed" and retry_at is not None:
+            state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
+                             f"starts at {retry_at} and resumes from the last checkpoint")
+        elif max_attempts > 1 and state.phase == "Failed":
+            state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
+        elif attempt > 1 and state.phase in ("Pending", "Running"):
+            state = JobState(state.phase, state.reason, f"{of}: {state.message}")
     st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt")}
     conditions = list(current.get("conditions") or [])
     st["phase"] = state.phase

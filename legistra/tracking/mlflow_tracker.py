@@ -136,14 +136,16 @@ class MlflowTracker:
             batch = items[i : i + 100]
             self._call("log_params", lambda b=batch: self.client.log_batch(self.run_id, params=b))  # type: ignore[misc]
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not self.run_id or not metrics:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, tags: Mapping[str, str] | None = None) -> None:
+        """Metrics at `step`, and any `tags` with them, in one request (this runs between training steps)."""
+        if not self.run_id or not (metrics or tags):
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         batch = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
-        self._call("log_metrics", lambda: self.client.log_batch(self.run_id, metrics=batch))
+        tag_batch = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        self._call("log_metrics", lambda: self.client.log_batch(self.run_id, metrics=batch, tags=tag_batch))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.run_id:

@@ -84,9 +84,8 @@ class MetricsCallback(TrainerCallback):
         self.history.append({"step": float(step), **metrics})
         progress = progress_of(state, metrics)
         if self.mlflow is not None:
-            self.mlflow.log_metrics(metrics, step)
-            # The operator mirrors this tag into the TrainingRun's .status.progress.
-            self.mlflow.set_tags({"legistra.progress": json.dumps(
+            # The operator mirrors the progress tag into the TrainingRun's .status.progress.
+            self.mlflow.log_metrics(metrics, step, tags={"legistra.progress": json.dumps(
                 {k: progress[k] for k in ("step", "totalSteps", "epoch") if k in progress})})
         if self.wandb is not None:
             self.wandb.log(metrics, step)
