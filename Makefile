@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Test-only: Argo CD / Flux object schemas (npm packages generated from their released CRDs).
+GITOPS := tests/gitops
+GITOPS_STAMP := $(GITOPS)/node_modules/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo test lint bench clean crds
@@ -15,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+$(GITOPS_STAMP): $(GITOPS)/package.json $(GITOPS)/package-lock.json
+	npm ci --prefix $(GITOPS) --no-audit --no-fund --loglevel=error
+	touch $(GITOPS_STAMP)
+
 # The main job: train the risk-classification example on this machine with real MiniLM weights,
 # tracked in a local MLflow store and registered in a local registry under .legistra/demo.
 demo: install
@@ -24,14 +31,14 @@ lint: install
 	$(BIN)/ruff check legistra tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint
+test: lint $(GITOPS_STAMP)
 	$(BIN)/pytest
 
 bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf .legistra .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .legistra .pytest_cache .mypy_cache .ruff_cache $(GITOPS)/node_modules
 
 crds: install
 	$(BIN)/python -m legistra.api.crd

@@ -158,3 +158,19 @@ def bucket(s3_endpoint: str) -> str:
     name = f"reg-{uuid.uuid4().hex[:16]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def apiserver() -> Iterator[Any]:
+    """A real kube-apiserver + etcd for the session (tests/apiserver.py); give each test its own namespace."""
+    from tests import apiserver as envtest
+
+    yield from envtest.start()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the docs-command test ran and what it could not run here, with the reasons."""
+    from tests import test_docs_commands
+
+    for line in test_docs_commands.SUMMARY:
+        terminalreporter.write_line(line)
