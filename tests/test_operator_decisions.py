@@ -16,13 +16,13 @@ from legistra.api.crd import CRD_DIRS, all_crds, render
 from legistra.api.validation import parse_training_run
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
-    OperatorSettings,
     build_children,
     build_pytorchjob,
     label_value,
     refused_changes,
     spec_hash,
 )
+from legistra.operator.config import JobDefaults
 from legistra.operator.status import desired_status, invalid_status, job_state, key_metric, set_condition
 from tests.conftest import EXAMPLES, ROOT
 
@@ -73,7 +73,7 @@ def run_doc(**spec: Any) -> dict[str, Any]:
     return base
 
 
-SETTINGS = OperatorSettings(trainer_image="registry.example/legistra-trainer:1.0", mlflow_tracking_uri="http://mlflow:5000",
+SETTINGS = JobDefaults(trainer_image="registry.example/legistra-trainer:1.0", mlflow_tracking_uri="http://mlflow:5000",
                             registry_uri="s3://models/registry", s3_endpoint="http://minio:9000", s3_secret="s3-creds",
                             checkpoint_storage_class="fast-rwx")
 
@@ -194,7 +194,7 @@ def test_label_values_are_valid() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_renders_a_valid_pytorchjob(path: Path) -> None:
     run = parse_training_run({**yaml.safe_load(path.read_text()), "metadata": {"name": "x", "uid": "u"}})
-    validate_job(build_children(run, OperatorSettings())[2])
+    validate_job(build_children(run, JobDefaults())[2])
 
 
 def test_invalid_job_is_caught_by_the_reference_schema() -> None:

@@ -32,7 +32,7 @@ def record(priority: int, seconds_ago: float, lifetime: int = 60) -> dict[str, A
 def test_an_older_replica_outranks_a_newer_one_and_same_second_starts_differ() -> None:
     assert peering_priority(None, 1_800_000_000, 5) > peering_priority(None, 1_800_000_001, 999)
     assert peering_priority(None, 1_800_000_000, 1) != peering_priority(None, 1_800_000_000, 2)
-    assert peering_priority("7", 1_800_000_000, 1) == 7
+    assert peering_priority(7, 1_800_000_000, 1) == 7
     assert peering_priority(None, 4_000_000_000 - 1, 0) > 0
 
 

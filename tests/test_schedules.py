@@ -154,7 +154,7 @@ def test_reconcile_schedule_against_the_emulator(cluster: Any, tmp_path: Path) -
     etag = {"value": "v1"}
 
     async def tick(now: dt.datetime) -> Any:
-        kube = Kube(load_credentials(str(cluster.kubeconfig(tmp_path / "kc", ns))))
+        kube = Kube(load_credentials(str(cluster.kubeconfig(tmp_path / "kc", ns)), {}))
         try:
             current = cluster.get("legistra.io/v1alpha1", "trainingschedules", ns, "weekly")
             return await reconcile_schedule(kube, current, now=lambda: now, head=lambda loc: etag["value"])

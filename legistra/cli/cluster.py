@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -12,7 +13,7 @@ from legistra.operator.kube import ApiError, Kube, load_credentials
 
 
 async def submit(run: TrainingRun, namespace: str | None, kubeconfig: str | None) -> int:
-    kube = Kube(load_credentials(kubeconfig))
+    kube = Kube(load_credentials(kubeconfig, os.environ))
     try:
         ns = namespace or run.metadata.namespace or kube.creds.namespace
         body = {"apiVersion": run.api_version, "kind": "TrainingRun",
@@ -58,7 +59,7 @@ def format_status(obj: dict[str, Any]) -> str:
 
 
 async def show_status(name: str, namespace: str | None, kubeconfig: str | None, as_json: bool, watch: bool) -> int:
-    kube = Kube(load_credentials(kubeconfig))
+    kube = Kube(load_credentials(kubeconfig, os.environ))
     try:
         ns = namespace or kube.creds.namespace
         last = None

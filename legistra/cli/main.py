@@ -132,7 +132,8 @@ def _alias_out(args: argparse.Namespace, rec: dict[str, Any]) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
-    from legistra.operator.build import OperatorSettings, build_children
+    from legistra.operator.build import build_children
+    from legistra.operator.config import JobDefaults
 
     run = load_or_report(args.file)
     if run is None:
@@ -142,7 +143,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     run.metadata.namespace = run.metadata.namespace or "default"
     # The API server assigns the uid; a placeholder keeps owner references visible in the review.
     run.metadata.uid = run.metadata.uid or "<assigned-by-the-api-server>"
-    docs = build_children(run, OperatorSettings.from_env())
+    docs = build_children(run, JobDefaults.from_env())
 
     class Dumper(yaml.SafeDumper):
         pass

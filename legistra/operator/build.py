@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from legistra.api.spec import GROUP_VERSION, TrainingRun
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
+from legistra.operator.config import JobDefaults
 
 CONFIG_MOUNT = "/etc/legistra"
 OUTPUT_MOUNT = "/var/run/legistra"
@@ -22,36 +21,6 @@ MASTER_PORT = 23456
 LABEL_PREFIX = "legistra.io"
 SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "legistra-operator"}
-
-
-@dataclass(frozen=True)
-class OperatorSettings:
-    """Cluster-wide defaults, from the operator's environment (set by the Helm chart)."""
-
-    trainer_image: str = "ghcr.io/legistra/legistra-trainer:0.1.0"
-    mlflow_tracking_uri: str | None = None
-    registry_uri: str | None = None
-    s3_endpoint: str | None = None
-    s3_secret: str | None = None  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    checkpoint_storage_class: str | None = None
-    checkpoint_size: str = "50Gi"
-    service_account: str | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
-        e = dict(os.environ if env is None else env)
-        return cls(
-            trainer_image=e.get("LEGISTRA_TRAINER_IMAGE", cls.trainer_image),
-            mlflow_tracking_uri=e.get("LEGISTRA_MLFLOW_TRACKING_URI") or None,
-            registry_uri=e.get("LEGISTRA_REGISTRY_URI") or None,
-            s3_endpoint=e.get("LEGISTRA_S3_ENDPOINT") or None,
-            s3_secret=e.get("LEGISTRA_S3_SECRET") or None,
-            checkpoint_storage_class=e.get("LEGISTRA_CHECKPOINT_STORAGE_CLASS") or None,
-            checkpoint_size=e.get("LEGISTRA_CHECKPOINT_SIZE", cls.checkpoint_size),
-            service_account=e.get("LEGISTRA_TRAINER_SERVICE_ACCOUNT") or None,
-            extra_env=json.loads(e.get("LEGISTRA_TRAINER_EXTRA_ENV", "{}")),
-        )
 
 
 # runPolicy fields that may change after the job started: they shape what the operator does, not the job.
@@ -127,15 +96,15 @@ def build_configmap(run: TrainingRun) -> dict[str, Any]:
     }
 
 
-def build_pvc(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+def build_pvc(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
     """Checkpoints outlive pods: a restarted pod resumes from here and loses at most one save interval."""
     spec: dict[str, Any] = {
         # Every rank writes its ZeRO shard: several nodes need a volume they can all mount.
         "accessModes": ["ReadWriteMany" if run.spec.resources.nodes > 1 else "ReadWriteOnce"],
-        "resources": {"requests": {"storage": settings.checkpoint_size}},
+        "resources": {"requests": {"storage": defaults.checkpoint_size}},
     }
-    if settings.checkpoint_storage_class:
-        spec["storageClassName"] = settings.checkpoint_storage_class
+    if defaults.checkpoint_storage_class:
+        spec["storageClassName"] = defaults.checkpoint_storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(run, pvc_name(run)), "spec": spec}
 
 
@@ -143,7 +112,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def trainer_env(run: TrainingRun, settings: OperatorSettings) -> list[dict[str, Any]]:
+def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     spec = run.spec
     env: list[dict[str, Any]] = [
         {"name": "LEGISTRA_OUTPUT_DIR", "value": f"{OUTPUT_MOUNT}/output"},
@@ -154,24 +123,24 @@ def trainer_env(run: TrainingRun, settings: OperatorSettings) -> list[dict[str, 
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
     ]
-    tracking = spec.tracking.mlflow.tracking_uri or settings.mlflow_tracking_uri
+    tracking = spec.tracking.mlflow.tracking_uri or defaults.mlflow_tracking_uri
     if tracking:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking})
-    registry = spec.registry.uri or settings.registry_uri
+    registry = spec.registry.uri or defaults.registry_uri
     if registry:
         env.append({"name": "LEGISTRA_REGISTRY_URI", "value": registry})
-    if settings.s3_endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint})
-    if settings.s3_secret:
-        env.append(_secret_env("AWS_ACCESS_KEY_ID", settings.s3_secret, "AWS_ACCESS_KEY_ID"))
-        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", settings.s3_secret, "AWS_SECRET_ACCESS_KEY"))
+    if defaults.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": defaults.s3_endpoint})
+    if defaults.s3_secret:
+        env.append(_secret_env("AWS_ACCESS_KEY_ID", defaults.s3_secret, "AWS_ACCESS_KEY_ID"))
+        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", defaults.s3_secret, "AWS_SECRET_ACCESS_KEY"))
     wandb = spec.tracking.wandb
     if wandb is not None:
         if wandb.api_key_secret is not None:
             env.append(_secret_env("WANDB_API_KEY", wandb.api_key_secret.name, wandb.api_key_secret.key))
         else:
             env.append({"name": "WANDB_MODE", "value": "offline"})
-    env.extend({"name": k, "value": v} for k, v in sorted(settings.extra_env.items()))
+    env.extend({"name": k, "value": v} for k, v in sorted(defaults.extra_env.items()))
     return env
 
 
@@ -187,18 +156,18 @@ def _resources(run: TrainingRun) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)} if limits else {}
 
 
-def pod_template(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]:
+def pod_template(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
     r = run.spec.resources
     container: dict[str, Any] = {
         "name": "pytorch",  # the training-operator finds the container by this name
-        "image": r.image or settings.trainer_image,
+        "image": r.image or defaults.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         # torchrun reads PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / ... injected by the training-operator.
         # Spec values never reach a shell: the trainer reads them from the mounted run.json.
         "command": ["torchrun"],
         "args": ["-m", "legistra.trainer", "--config", f"{CONFIG_MOUNT}/run.json",
                  "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"],
-        "env": trainer_env(run, settings),
+        "env": trainer_env(run, defaults),
         "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}],
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
@@ -235,7 +204,7 @@ def pod_template(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    sa = r.service_account_name or settings.service_account
+    sa = r.service_account_name or defaults.service_account
     if sa:
         pod["serviceAccountName"] = sa
     if r.node_selector:
@@ -247,9 +216,9 @@ def pod_template(run: TrainingRun, settings: OperatorSettings) -> dict[str, Any]
     return {"metadata": {"labels": run_labels(run)}, "spec": pod}
 
 
-def build_pytorchjob(run: TrainingRun, settings: OperatorSettings, attempt: int = 1) -> dict[str, Any]:
+def build_pytorchjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) -> dict[str, Any]:
     spec, r = run.spec, run.spec.resources
-    template = pod_template(run, settings)
+    template = pod_template(run, defaults)
     replicas: dict[str, Any] = {
         # OnFailure: a crashed rank restarts in place and resumes from the last checkpoint on the PVC.
         # (ExitCode ignores backoffLimit: kubeflow/trainer#2045.)
@@ -284,9 +253,9 @@ def build_pytorchjob(run: TrainingRun, settings: OperatorSettings, attempt: int 
     }
 
 
-def build_children(run: TrainingRun, settings: OperatorSettings, attempt: int = 1) -> list[dict[str, Any]]:
+def build_children(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) -> list[dict[str, Any]]:
     """In creation order: the job last, so its pods never start without their config and volume."""
-    return [build_configmap(run), build_pvc(run, settings), build_pytorchjob(run, settings, attempt)]
+    return [build_configmap(run), build_pvc(run, defaults), build_pytorchjob(run, defaults, attempt)]
 
 
 def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

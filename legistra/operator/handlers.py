@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import kopf
 
-from legistra import __version__
 from legistra.api.spec import API_GROUP, API_VERSION
-from legistra.operator import metrics
-from legistra.operator.build import MANAGED_BY, OperatorSettings
+from legistra.operator import prometheus
+from legistra.operator.build import MANAGED_BY
+from legistra.operator.config import OperatorConfig
 from legistra.operator.kube import ApiError, Kube, load_credentials
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
 from legistra.operator.reconcile import reconcile
@@ -41,28 +40,33 @@ class Peering:
     identity: str
 
 
-class State:
-    """Process-wide collaborators, set up once at startup."""
+@dataclass
+class Runtime:
+    """The operator's collaborators, built once at start-up from its config and kept in kopf's memo."""
 
+    config: OperatorConfig
     kube: Kube
-    settings: OperatorSettings
     reporter: MlflowReporter | None = None
-    locks: ClassVar[dict[tuple[str, str], asyncio.Lock]] = {}
-    # The status this operator last wrote per run: watch bodies can lag behind our own writes.
-    written: ClassVar[dict[tuple[str, str], tuple[str, dict[str, Any]]]] = {}
-    tasks: ClassVar[list[asyncio.Task[None]]] = []
     peering: Peering | None = None  # None when standalone
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    # The status this operator last wrote per run: watch bodies can lag behind our own writes.
+    written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-async def acting() -> bool:
+def runtime_of(memo: Any) -> Runtime:
+    return cast(Runtime, memo.runtime)
+
+
+async def acting(rt: Runtime) -> bool:
     """Whether this replica leads: kopf pauses only its own handlers, so our loops ask the same records."""
-    peering = State.peering
+    peering = rt.peering
     if peering is None:
         return True
     now = datetime.datetime.now(datetime.timezone.utc)
     for obj in peering.objects:
         try:
-            found = await State.kube.get_object(obj)
+            found = await rt.kube.get_object(obj)
         except ApiError:
             return False
         if not is_leader((found or {}).get("status"), peering.identity, peering.priority, now):
@@ -78,13 +82,14 @@ def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = memo.config
     # kopf's defaults are unsafe at scale; every knob that matters is set explicitly.
     # One worker per object with events in flight. kopf keeps a worker alive `idle_timeout` after its last
     # event (5 s by default), and a slot stays taken meanwhile: with 64 slots that capped a burst at ~13 runs/s.
-    settings.queueing.worker_limit = int(os.environ.get("LEGISTRA_WORKER_LIMIT", "256"))
-    settings.queueing.idle_timeout = float(os.environ.get("LEGISTRA_WORKER_IDLE_SECONDS", "1"))
-    settings.watching.server_timeout = int(os.environ.get("LEGISTRA_WATCH_SERVER_TIMEOUT", "300"))
+    settings.queueing.worker_limit = config.worker_limit
+    settings.queueing.idle_timeout = config.worker_idle_seconds
+    settings.watching.server_timeout = config.watch_server_timeout
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
@@ -96,84 +101,81 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No namespace/CRD scanning: the operator watches exactly what it is told, and so needs no cluster-wide
     # RBAC on namespaces when it is namespace-scoped (least privilege).
     settings.scanning.disabled = True
-    State.settings = OperatorSettings.from_env()
-    State.kube = Kube(load_credentials(os.environ.get("LEGISTRA_KUBECONFIG") or None),
-                      agent=f"legistra-operator/{__version__} ({os.environ.get('POD_ID', 'standalone')})")
-    namespaces = watched_namespaces()
-    peering_name = os.environ.get("LEGISTRA_PEERING")
-    if peering_name and not settings.peering.standalone:
-        settings.peering.name = peering_name
+    rt = Runtime(config, Kube(load_credentials(config.kubeconfig, config.kube_env), agent=config.agent))
+    memo.runtime = rt
+    if config.peering and not settings.peering.standalone:
+        settings.peering.name = config.peering
         settings.peering.mandatory = True
-        settings.peering.priority = peering_priority(os.environ.get("LEGISTRA_PEERING_PRIORITY"), time.time(),
-                                                     random.randrange(1000))
-        settings.peering.lifetime = int(os.environ.get("LEGISTRA_PEERING_LIFETIME", "60"))
-        State.peering = Peering(peering_objects(peering_name, namespaces), settings.peering.priority,
-                                os.environ.get("POD_ID", ""))
-        for obj in State.peering.objects:  # kopf waits, paused, until these exist
-            if await State.kube.get_object(obj) is None:  # read first: restarts cost no write
-                await State.kube.create_or_get(obj)
-        log.info("peering %r as %s with priority %d", peering_name, State.peering.identity, State.peering.priority)
-    uri = State.settings.mlflow_tracking_uri
-    State.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
-    metrics.start_server()
-    State.tasks = [
-        asyncio.create_task(every(float(os.environ.get("LEGISTRA_RESYNC_SECONDS", "30")), namespaces, "resync",
-                                  resync)),
-        asyncio.create_task(every(float(os.environ.get("LEGISTRA_SCHEDULE_TICK", "20")), namespaces, "schedules",
-                                  tick_schedules)),
+        settings.peering.priority = peering_priority(config.peering_priority, time.time(), random.randrange(1000))
+        settings.peering.lifetime = config.peering_lifetime
+        rt.peering = Peering(peering_objects(config.peering, config.watched), settings.peering.priority,
+                             config.pod_id)
+        for obj in rt.peering.objects:  # kopf waits, paused, until these exist
+            if await rt.kube.get_object(obj) is None:  # read first: restarts cost no write
+                await rt.kube.create_or_get(obj)
+        log.info("peering %r as %s with priority %d", config.peering, rt.peering.identity, rt.peering.priority)
+    uri = config.jobs.mlflow_tracking_uri
+    rt.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
+    prometheus.start_server(config.metrics_port, config.metrics_addr)
+    rt.tasks = [
+        asyncio.create_task(every(rt, config.resync_seconds, "resync", resync)),
+        asyncio.create_task(every(rt, config.schedule_tick_seconds, "schedules", tick_schedules)),
     ]
     log.info("legistra operator configured (trainer image %s, MLflow %s, registry %s)",
-             State.settings.trainer_image, uri, State.settings.registry_uri)
+             config.jobs.trainer_image, uri, config.jobs.registry_uri)
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: Any) -> None:
-    for task in State.tasks:
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    rt = runtime_of(memo)
+    for task in rt.tasks:
         task.cancel()
-    await State.kube.close()
+    await rt.kube.close()
 
 
-async def _reconcile_run(body: dict[str, Any], job: dict[str, Any] | None = None, force: bool = False) -> None:
+async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None = None,
+                         force: bool = False) -> None:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
-    lock = State.locks.setdefault(key, asyncio.Lock())
+    lock = rt.locks.setdefault(key, asyncio.Lock())
     async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
-        uid, written = State.written.get(key, ("", None))
+        uid, written = rt.written.get(key, ("", None))
         last = written if uid == meta.get("uid") else None
         if not force and job is None and last is not None and body.get("status") == last and \
                 last.get("observedGeneration") == meta.get("generation"):
             return  # the echo of our own status write: nothing new (the resync loop re-checks anyway)
         started = time.monotonic()
         try:
-            outcome = await reconcile(State.kube, body, State.settings, State.reporter, _emit,
+            outcome = await reconcile(rt.kube, body, rt.config.jobs, rt.reporter, _emit,
                                       job=job, last_status=last)
             if outcome.status is not None:
-                State.written[key] = (meta.get("uid", ""), outcome.status)
+                rt.written[key] = (meta.get("uid", ""), outcome.status)
         except ApiError as exc:
             # The client already retried transient errors; the resync loop is the next retry.
-            metrics.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
+            prometheus.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
             log.warning("%s/%s: reconcile failed, retried by the next resync: %s", key[0], key[1], exc)
             return
         finally:
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        metrics.observe_phase(key, outcome.phase)
+            prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        prometheus.observe_phase(key, outcome.phase)
         if outcome.created:
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "trainingruns")
-async def run_event(type: str, body: kopf.Body, **_: Any) -> None:
+async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rt = runtime_of(memo)
     if type == "DELETED":
         key = ((body.get("metadata") or {}).get("namespace", ""), body["metadata"]["name"])
-        metrics.forget(key)
-        State.written.pop(key, None)
-        State.locks.pop(key, None)
+        prometheus.forget(key)
+        rt.written.pop(key, None)
+        rt.locks.pop(key, None)
         return
-    await _reconcile_run(dict(body))
+    await _reconcile_run(rt, dict(body))
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
-async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Mirror a job's status into its TrainingRun as soon as the training-operator changes it; when a job is
     deleted (replaced by a new attempt, or by hand), let its run make the next one."""
     deleted = type == "DELETED"
@@ -186,9 +188,10 @@ async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
     runs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["runs"]
     # After a job's deletion only a fresh read tells whether its run went too (a cascade): never the index.
     found = [] if deleted else list(runs.get(key, []))
-    run = found[0] if found else await State.kube.get("TrainingRun", key[0], key[1])
+    rt = runtime_of(memo)
+    run = found[0] if found else await rt.kube.get("TrainingRun", key[0], key[1])
     if run is not None and run["metadata"].get("uid") == owner.get("uid"):
-        await _reconcile_run(dict(run), job=None if deleted else dict(body), force=deleted)
+        await _reconcile_run(rt, dict(run), job=None if deleted else dict(body), force=deleted)
 
 
 @kopf.index(API_GROUP, API_VERSION, "trainingruns")
@@ -197,47 +200,42 @@ def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tu
     return {(namespace or "", name): dict(body)}
 
 
-async def every(interval: float, namespaces: list[str | None], what: str,
-                work: Callable[[str | None], Awaitable[None]]) -> None:
+async def every(rt: Runtime, interval: float, what: str,
+                work: Callable[[Runtime, str | None], Awaitable[None]]) -> None:
     """Run `work` for each watched namespace every `interval` seconds, on the leading replica only.
 
     A failing namespace is logged and retried on the next tick; it never stops the loop or the others.
     """
     while True:
         await asyncio.sleep(interval)
-        if not await acting():
+        if not await acting(rt):
             continue
-        for ns in namespaces:
+        for ns in rt.config.watched:
             try:
-                await work(ns)
+                await work(rt, ns)
             except ApiError as exc:
                 log.warning("%s in %s: %s", what, ns or "all namespaces", exc)
             except Exception:
                 log.exception("%s in %s failed", what, ns or "all namespaces")
 
 
-async def resync(ns: str | None) -> None:
+async def resync(rt: Runtime, ns: str | None) -> None:
     """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow.
 
     One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
-    for run in await State.kube.list("TrainingRun", ns):
+    for run in await rt.kube.list("TrainingRun", ns):
         st = run.get("status") or {}
         finished = st.get("phase") == "Failed" or (st.get("phase") == "Succeeded" and st.get("model"))
         if finished and st.get("observedGeneration") == run["metadata"].get("generation"):
             continue  # finished and fully reported
-        await _reconcile_run(run)
+        await _reconcile_run(rt, run)
 
 
-async def tick_schedules(ns: str | None) -> None:
-    for sched in await State.kube.list("TrainingSchedule", ns):
+async def tick_schedules(rt: Runtime, ns: str | None) -> None:
+    for sched in await rt.kube.list("TrainingSchedule", ns):
         try:
-            await reconcile_schedule(State.kube, sched)
+            await reconcile_schedule(rt.kube, sched)
         except Exception:  # a bad schedule must not stop the others
             log.exception("schedule %s/%s failed", sched["metadata"].get("namespace"), sched["metadata"]["name"])
-
-
-def watched_namespaces() -> list[str | None]:
-    raw = os.environ.get("LEGISTRA_WATCH_NAMESPACES", "")
-    return [n for n in raw.split(",") if n] or [None]

@@ -69,17 +69,21 @@ def _materialize(data_b64: str | None, path: str | None, suffix: str) -> str | N
     return name
 
 
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
+# What the credential loader reads from the environment (the operator captures these in its config).
+CREDENTIAL_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")
+
+
+def load_credentials(kubeconfig: str | None, env: Mapping[str, str]) -> Credentials:
     """In-cluster when a service account is mounted, else the current context of the kubeconfig."""
-    if kubeconfig is None and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if kubeconfig is None and (SA_DIR / "token").exists() and env.get("KUBERNETES_SERVICE_HOST"):
+        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
         return Credentials(
             server=f"https://{host}:{port}",
             token=(SA_DIR / "token").read_text().strip(),
             ca_file=str(SA_DIR / "ca.crt"),
             namespace=(SA_DIR / "namespace").read_text().strip(),
         )
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube/config")
+    path = kubeconfig or env.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube/config")
     cfg = yaml.safe_load(Path(path).read_text())
     ctx_name = cfg.get("current-context")
     ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)

@@ -12,9 +12,6 @@ schedules) follow the same rule from the same peering records.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import random
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,19 +19,14 @@ from typing import Any
 _EPOCH_END = 4_000_000_000
 
 
-def own_identity(env: Mapping[str, str]) -> str:
-    """What this replica calls itself in the peering records; kopf reads the same `POD_ID`."""
-    return env.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
-
-
-def peering_priority(explicit: str | None, started: float, tie_break: int) -> int:
+def peering_priority(explicit: int | None, started: float, tie_break: int) -> int:
     """An explicit priority wins; otherwise earlier start -> higher priority, so leadership is stable.
 
     `tie_break` (0-999) separates replicas started within the same second, which would otherwise share a
     priority and pause each other.
     """
-    if explicit:
-        return int(explicit)
+    if explicit is not None:
+        return explicit
     return (_EPOCH_END - int(started)) * 1000 + tie_break % 1000
 
 

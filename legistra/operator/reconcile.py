@@ -21,12 +21,12 @@ from legistra.api.validation import SpecError, parse_training_run
 from legistra.operator.attempts import job_attempt, plan_attempt
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
-    OperatorSettings,
     build_children,
     config_name,
     refused_changes,
     spec_hash,
 )
+from legistra.operator.config import JobDefaults
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
 from legistra.operator.status import desired_status, invalid_status, job_state
@@ -63,7 +63,7 @@ def primary_metric(run: TrainingRun) -> str:
 async def reconcile(
     kube: Kube,
     body: dict[str, Any],
-    settings: OperatorSettings,
+    defaults: JobDefaults,
     reporter: MlflowReporter | None = None,
     emit: EventSink | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
@@ -134,7 +134,7 @@ async def reconcile(
             return Outcome(new["phase"], [], patched, new)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
-        for obj in build_children(run, settings, plan.attempt):
+        for obj in build_children(run, defaults, plan.attempt):
             try:
                 got, was_created = await kube.create_or_get(obj)
             except ApiError as exc:

@@ -191,9 +191,9 @@ async def reconcile_schedule(
     if plan.create is not None:
         _, created = await kube.create_or_get(plan.create)
         if created:
-            from legistra.operator import metrics
+            from legistra.operator import prometheus
 
-            metrics.SCHEDULE_RUNS.inc()
+            prometheus.SCHEDULE_RUNS.inc()
     if plan.status != current:
         await kube.patch_status("TrainingSchedule", meta["namespace"], meta["name"], current, plan.status)
     return plan

@@ -1,8 +1,7 @@
-"""Prometheus metrics of the operator: runs by phase, reconcile duration, errors."""
+"""The operator's Prometheus metrics (runs by phase, reconcile duration, errors); the trainer's evaluation metrics
+are `legistra.trainer.metrics`."""
 
 from __future__ import annotations
-
-import os
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -37,7 +36,6 @@ def _publish() -> None:
         RUNS_BY_PHASE.labels(phase=phase).set(n)
 
 
-def start_server() -> None:
-    port = int(os.environ.get("LEGISTRA_METRICS_PORT", "9090"))
+def start_server(port: int, addr: str) -> None:
     if port > 0:
-        start_http_server(port, addr=os.environ.get("LEGISTRA_METRICS_ADDR", "0.0.0.0"))
+        start_http_server(port, addr=addr)

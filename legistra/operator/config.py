@@ -1,0 +1,182 @@
+"""The operator's configuration: every setting, its environment variable, default, Helm value and meaning.
+
+Loaded once in `legistra operator` (`OperatorConfig.from_env`), kept in kopf's memo and passed explicitly to
+what needs it; nothing else in the operator reads the environment. The Helm chart's Deployment, the kustomize
+Deployment and the settings table in docs/operator.md are checked against this module by
+tests/test_operator_config.py (the table is printed by `python -m legistra.operator.config`).
+
+Named `OperatorConfig` so that it never meets kopf's own `kopf.OperatorSettings`, which it fills in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import socket
+import sys
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from legistra.operator.kube import CREDENTIAL_ENV
+
+
+def setting(env: str, default: Any, doc: str, helm: str | None = None) -> Any:
+    """A field read from `env`; `helm` names the chart value that sets it (None: not exposed in values.yaml)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "helm": helm})
+
+
+def _base_type(hint: Any) -> tuple[Any, bool]:
+    """(the type under an Optional, whether None is allowed)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
+        return args[0], True
+    return hint, False
+
+
+def _parse(kind: Any, raw: str, env: str) -> Any:
+    try:
+        if get_origin(kind) is dict:
+            value = json.loads(raw or "{}")
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return {str(k): str(v) for k, v in value.items()}
+        if kind in (int, float):
+            return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env}={raw!r}: {exc}") from None
+    return raw
+
+
+def _from_env(cls: Any, env: Mapping[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f.metadata.get("env")
+        if name is None or name not in env:
+            continue
+        kind, optional = _base_type(hints[f.name])
+        raw = env[name]
+        if raw == "" and optional:
+            values[f.name] = None  # Helm renders unset values as ""
+        elif raw != "" or get_origin(kind) is dict:
+            values[f.name] = _parse(kind, raw, name)
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """Cluster-wide defaults for the jobs the operator builds (a run's spec wins where it sets the same thing)."""
+
+    trainer_image: str = setting("LEGISTRA_TRAINER_IMAGE", "ghcr.io/legistra/legistra-trainer:0.1.0",
+                                 "image of the training pods when a run sets no spec.resources.image",
+                                 "trainer.image")
+    mlflow_tracking_uri: str | None = setting("LEGISTRA_MLFLOW_TRACKING_URI", None,
+                                              "MLflow server for runs that set none; also where progress is read",
+                                              "mlflow.trackingUri")
+    registry_uri: str | None = setting("LEGISTRA_REGISTRY_URI", None,
+                                       "model registry root (s3://bucket/prefix) for runs that set none",
+                                       "registry.uri")
+    s3_endpoint: str | None = setting("LEGISTRA_S3_ENDPOINT", None,
+                                      "S3-compatible endpoint handed to training pods (empty: AWS)", "s3.endpoint")
+    s3_secret: str | None = setting("LEGISTRA_S3_SECRET", None,
+                                    "Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for training pods",
+                                    "s3.secretName")
+    checkpoint_storage_class: str | None = setting("LEGISTRA_CHECKPOINT_STORAGE_CLASS", None,
+                                                   "storage class of checkpoint volumes (RWX for multi-node runs)",
+                                                   "checkpoints.storageClassName")
+    checkpoint_size: str = setting("LEGISTRA_CHECKPOINT_SIZE", "50Gi", "size of each checkpoint volume",
+                                   "checkpoints.size")
+    service_account: str | None = setting("LEGISTRA_TRAINER_SERVICE_ACCOUNT", None,
+                                          "ServiceAccount of training pods when a run sets none",
+                                          "trainer.serviceAccountName")
+    extra_env: dict[str, str] = field(default_factory=dict, metadata={
+        "env": "LEGISTRA_TRAINER_EXTRA_ENV", "doc": "plain env for every training pod, as a JSON object",
+        "helm": "trainer.extraEnv"})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> JobDefaults:
+        defaults: JobDefaults = _from_env(cls, os.environ if env is None else env)
+        return defaults
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything `legistra operator` is told, from its command line and its environment."""
+
+    jobs: JobDefaults = field(default_factory=JobDefaults)
+    # From the command line: the namespaces watched (empty: the whole cluster).
+    namespaces: tuple[str, ...] = ()
+    kubeconfig: str | None = setting("LEGISTRA_KUBECONFIG", None,
+                                     "kubeconfig to use instead of the in-cluster service account (development)")
+    pod_id: str = setting("POD_ID", "", "this replica's name in peering records and the User-Agent "
+                          "(the pod name; a host-pid name when unset)")
+    peering: str | None = setting("LEGISTRA_PEERING", None,
+                                  "kopf peering name: replicas sharing it run as hot standby (unset: standalone)")
+    peering_priority: int | None = setting("LEGISTRA_PEERING_PRIORITY", None,
+                                           "fixed peering priority (default: from the start time, oldest leads)")
+    peering_lifetime: int = setting("LEGISTRA_PEERING_LIFETIME", 60,
+                                    "seconds a silent replica keeps its leadership before a standby takes over")
+    worker_limit: int = setting("LEGISTRA_WORKER_LIMIT", 256, "kopf workers (objects reconciled at once)",
+                                "operator.workerLimit")
+    worker_idle_seconds: float = setting("LEGISTRA_WORKER_IDLE_SECONDS", 1.0,
+                                         "seconds a kopf worker lingers after its object's last event")
+    watch_server_timeout: int = setting("LEGISTRA_WATCH_SERVER_TIMEOUT", 300,
+                                        "seconds before the API server ends a watch (it is then re-opened)",
+                                        "operator.watchServerTimeout")
+    resync_seconds: float = setting("LEGISTRA_RESYNC_SECONDS", 30.0,
+                                    "period of the resync loop over unfinished runs (progress from MLflow)",
+                                    "operator.resyncSeconds")
+    schedule_tick_seconds: float = setting("LEGISTRA_SCHEDULE_TICK", 20.0, "period of the TrainingSchedule loop")
+    metrics_port: int = setting("LEGISTRA_METRICS_PORT", 9090, "Prometheus /metrics port (0: off)",
+                                "metrics.port")
+    metrics_addr: str = setting("LEGISTRA_METRICS_ADDR", "0.0.0.0", "address the /metrics server binds")
+    # What Kubernetes and kubectl conventions put in the environment for the credential loader.
+    kube_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, namespaces: tuple[str, ...] = (), env: Mapping[str, str] | None = None) -> OperatorConfig:
+        source = os.environ if env is None else env
+        loaded: OperatorConfig = _from_env(cls, source)
+        pod_id = loaded.pod_id or f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
+        return dataclasses.replace(loaded, jobs=JobDefaults.from_env(source), namespaces=tuple(namespaces),
+                                   pod_id=pod_id, kube_env={k: source[k] for k in CREDENTIAL_ENV if k in source})
+
+    @property
+    def watched(self) -> list[str | None]:
+        """Namespaces for the operator's own loops; [None] is the whole cluster."""
+        return list(self.namespaces) or [None]
+
+    @property
+    def agent(self) -> str:
+        from legistra import __version__
+
+        return f"legistra-operator/{__version__} ({self.pod_id or 'standalone'})"
+
+
+def settings_table() -> str:
+    """The Markdown table of every environment setting (docs/operator.md embeds it; a test keeps it current)."""
+    rows = ["| environment | default | Helm value | what |", "| --- | --- | --- | --- |"]
+    for cls in (OperatorConfig, JobDefaults):
+        for f in dataclasses.fields(cls):
+            if "env" not in f.metadata:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            shown = "" if default in (None, "", {}) else json.dumps(default) if isinstance(default, dict) else default
+            helm = f"`{f.metadata['helm']}`" if f.metadata["helm"] else ""
+            rows.append(f"| `{f.metadata['env']}` | {f'`{shown}`' if shown != '' else ''} | {helm} "
+                        f"| {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+def env_settings() -> dict[str, dataclasses.Field[Any]]:
+    """Environment variable -> its field, over both classes."""
+    return {f.metadata["env"]: f for cls in (OperatorConfig, JobDefaults) for f in dataclasses.fields(cls)
+            if "env" in f.metadata}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table() + "\n")

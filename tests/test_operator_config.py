@@ -1,0 +1,110 @@
+"""The operator's one configuration: parsing, and the Helm chart, kustomize Deployment and docs checked against it."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import reduce
+from typing import Any
+
+import pytest
+import yaml
+
+from legistra.operator.config import JobDefaults, OperatorConfig, env_settings, settings_table
+from tests.conftest import ROOT
+from tests.test_shipping import objects, render
+
+
+def test_from_env_parses_types_and_treats_empty_as_unset() -> None:
+    config = OperatorConfig.from_env(("legal-ml",), {
+        "LEGISTRA_WORKER_LIMIT": "32", "LEGISTRA_RESYNC_SECONDS": "2.5", "LEGISTRA_PEERING_PRIORITY": "7",
+        "LEGISTRA_REGISTRY_URI": "", "LEGISTRA_TRAINER_EXTRA_ENV": '{"NCCL_DEBUG": "WARN"}',
+        "LEGISTRA_TRAINER_IMAGE": "", "POD_ID": "op-0", "KUBECONFIG": "/k", "UNRELATED": "x"})
+    assert config.worker_limit == 32 and config.resync_seconds == 2.5 and config.peering_priority == 7
+    assert config.jobs.registry_uri is None  # Helm renders an unset value as ""
+    assert config.jobs.trainer_image == JobDefaults().trainer_image  # "" never replaces a required default
+    assert config.jobs.extra_env == {"NCCL_DEBUG": "WARN"}
+    assert config.namespaces == ("legal-ml",) and config.watched == ["legal-ml"]
+    assert config.pod_id == "op-0" and "op-0" in config.agent
+    assert config.kube_env == {"KUBECONFIG": "/k"}
+    assert OperatorConfig.from_env((), {}).watched == [None]
+    assert OperatorConfig.from_env((), {}).pod_id  # a generated name when the pod has none
+
+
+@pytest.mark.parametrize(("env", "value"), [("LEGISTRA_WORKER_LIMIT", "many"),
+                                             ("LEGISTRA_TRAINER_EXTRA_ENV", "[1, 2]"),
+                                             ("LEGISTRA_METRICS_PORT", "9090.5")])
+def test_a_malformed_setting_names_its_variable(env: str, value: str) -> None:
+    with pytest.raises(ValueError, match=env):
+        OperatorConfig.from_env((), {env: value})
+
+
+def deployment_env(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def ours(name: str) -> bool:
+    return name.startswith("LEGISTRA_") or name == "POD_ID"
+
+
+# Distinct values of the shape values.schema.json accepts, one per setting.
+SHAPED: dict[str, Any] = {
+    "LEGISTRA_TRAINER_EXTRA_ENV": lambda i: {"K": f"v{i}"},
+    "LEGISTRA_CHECKPOINT_SIZE": lambda i: f"{i}Gi",
+    "LEGISTRA_REGISTRY_URI": lambda i: f"s3://bucket-{i}/registry",
+    "LEGISTRA_S3_ENDPOINT": lambda i: f"http://minio-{i}:9000",
+    "LEGISTRA_MLFLOW_TRACKING_URI": lambda i: f"http://mlflow-{i}:5000",
+    **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
+                                         "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS")},
+}
+
+
+def test_helm_sets_each_setting_from_its_documented_value() -> None:
+    known = env_settings()
+    env = deployment_env(render())
+    assert {n for n in env if ours(n)} <= set(known), "the chart sets an environment variable the operator ignores"
+    values: dict[str, Any] = {}
+    expected: dict[str, str] = {}
+    for i, (name, f) in enumerate(sorted(known.items())):
+        path = f.metadata["helm"]
+        if path is None:
+            continue
+        value: Any = SHAPED.get(name, (lambda i: f"value-{i}"))(i)
+        *parents, leaf = path.split(".")
+        reduce(lambda d, k: d.setdefault(k, {}), parents, values)[leaf] = value
+        expected[name] = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
+    got = deployment_env(render(values))
+    for name, want in expected.items():
+        assert got[name]["value"] == want, f"{name} is not set from .Values.{known[name].metadata['helm']}"
+
+
+def test_kustomize_deployment_sets_only_known_settings() -> None:
+    env = deployment_env(objects((ROOT / "manifests/base/deployment.yaml").read_text()))
+    assert {n for n in env if ours(n)} <= set(env_settings())
+    config = OperatorConfig.from_env(("x",), {k: v["value"] for k, v in env.items() if "value" in v})
+    assert config.peering == "legistra-operator" and config.jobs.s3_secret == "legistra-s3"
+
+
+def test_docs_settings_table_is_generated_from_the_config() -> None:
+    text = (ROOT / "docs" / "operator.md").read_text()
+    block = re.search(r"<!-- settings:begin -->\n(.*?)\n<!-- settings:end -->", text, flags=re.S)
+    assert block, "docs/operator.md lost its settings table markers"
+    assert block.group(1) == settings_table(), "regenerate with `python -m legistra.operator.config`"
+
+
+def test_only_the_config_module_reads_the_environment() -> None:
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in sorted((ROOT / "legistra" / "operator").glob("*.py"))
+                 if p.name != "config.py"
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if "os.environ" in line or "getenv" in line]
+    assert offenders == []
+
+
+def test_values_yaml_documents_every_helm_setting() -> None:
+    values = yaml.safe_load((ROOT / "helm/legistra-operator/values.yaml").read_text())
+    for name, f in env_settings().items():
+        if f.metadata["helm"]:
+            node: Any = values
+            for key in f.metadata["helm"].split("."):
+                assert isinstance(node, dict) and key in node, f"{name}: values.yaml has no {f.metadata['helm']}"
+                node = node[key]
