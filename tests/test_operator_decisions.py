@@ -170,10 +170,10 @@ def test_cpu_only_run_has_one_process_and_no_gpu_limit() -> None:
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
 
 
-def test_suspend_is_the_only_mutable_field() -> None:
+def test_only_the_mutable_run_policy_fields_may_change_after_start() -> None:
     a = parse_training_run(run_doc()).spec.wire()
     b = copy.deepcopy(a)
-    b["runPolicy"]["suspend"] = True
+    b["runPolicy"].update(suspend=True, maxAttempts=5, retryDelaySeconds=600)
     assert refused_changes(a, b) == [] and spec_hash(a) == spec_hash(b)
     c = copy.deepcopy(a)
     c["training"]["learningRate"] = 1e-4

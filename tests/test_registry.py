@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -222,7 +223,8 @@ def test_promotion_gate(direction: str, cand: float | None, inc: float | None, i
     im = None if inc is None else {"eval_f1": inc}
     d = decide("eval_f1", direction, "champion", cm, im, inc_version)  # type: ignore[arg-type]
     assert (d.promote, d.reason) == (promote, reason)
-    assert d.as_dict()["candidate"] == (cand if cand is None or cand == cand else d.candidate)
+    finite = cand is not None and math.isfinite(cand)
+    assert d.as_dict()["candidate"] == (cand if finite else None) and d.as_dict()["incumbent"] == inc
 
 
 def test_promotion_gate_accepts_metric_without_eval_prefix() -> None:

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from legistra.api.schedule import TrainingScheduleSpec
-from legistra.operator.schedules import (
+from legistra.operator.schedule_plan import (
     SCHEDULE_LABEL,
     data_sources_fingerprint,
     latest_tick,
     plan_schedule,
-    reconcile_schedule,
     run_name,
 )
+from legistra.operator.schedules import reconcile_schedule
 
 UTC = dt.timezone.utc
 CREATED = dt.datetime(2026, 11, 1, 0, 0, tzinfo=UTC)

@@ -251,3 +251,29 @@ def test_argocd_health_from_real_status_documents() -> None:
 def test_argocd_configmap_embeds_the_same_lua() -> None:
     cm = yaml.safe_load((ROOT / "manifests/gitops/argocd/argocd-cm-health.yaml").read_text())
     assert cm["data"]["resource.customizations.health.legistra.io_TrainingRun"] == LUA.read_text()
+
+
+# -- docs that name files ----------------------------------------------------------------------------------
+
+
+def named_paths(text: str) -> set[str]:
+    return set(re.findall(r"`((?:legistra|tests|manifests|helm|docs|examples|benchmarks)/[\w./-]*)`", text))
+
+
+def test_readme_layout_table_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## Commands")]
+    named = named_paths(layout)
+    for path in named:
+        assert (ROOT / path).exists(), f"README layout names {path}, which does not exist"
+    packages = {f"legistra/{p.name}/" for p in (ROOT / "legistra").iterdir() if (p / "__init__.py").exists()}
+    modules = {f"legistra/{p.name}" for p in (ROOT / "legistra").glob("*.py") if p.name != "__init__.py"}
+    assert packages | modules <= named, f"missing from the README layout: {sorted((packages | modules) - named)}"
+
+
+def test_contributing_names_only_files_that_exist() -> None:
+    text = (ROOT / "docs" / "contributing.md").read_text()
+    named = named_paths(text)
+    assert len(named) > 20
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert missing == []

@@ -207,7 +207,7 @@ def test_train_with_tracking_api_on_a_datasetdict(tmp_path: Path, tiny_models: d
     import datasets
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from legistra.trainer.api import train_with_tracking
+    from legistra.trainer.notebook import train_with_tracking
 
     rows = [json.loads(line) for line in (Path(__file__).parent.parent / "examples/data/risk_train.jsonl")
             .read_text().splitlines()[:48]]

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from legistra.api.schedule import TrainingScheduleSpec, TrainingScheduleStatus
 from legistra.api.spec import API_GROUP, API_VERSION, T5_NAME, TrainingRunSpec
 from legistra.api.status import TrainingRunStatus
 
@@ -159,10 +160,23 @@ def training_run_crd() -> dict[str, Any]:
     )
 
 
+def training_schedule_crd() -> dict[str, Any]:
+    return crd(
+        "TrainingSchedule", "trainingschedules", TrainingScheduleSpec, TrainingScheduleStatus,
+        short_names=["tsched"],
+        description="Creates TrainingRuns from a template on a cron schedule, optionally only when data changed.",
+        printer_columns=[
+            {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+            {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+            {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+            {"name": "Run", "type": "string", "jsonPath": ".status.lastRunName"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for manifests/crds/ and the Helm chart."""
-    from legistra.api.schedule import training_schedule_crd
-
     return {
         "legistra.io_trainingruns.yaml": training_run_crd(),
         "legistra.io_trainingschedules.yaml": training_schedule_crd(),

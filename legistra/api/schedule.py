@@ -57,20 +57,3 @@ class TrainingSchedule(BaseModel):
     metadata: dict[str, Any]
     spec: TrainingScheduleSpec
     status: dict[str, Any] | None = None
-
-
-def training_schedule_crd() -> dict[str, Any]:
-    from legistra.api.crd import crd
-
-    return crd(
-        "TrainingSchedule", "trainingschedules", TrainingScheduleSpec, TrainingScheduleStatus,
-        short_names=["tsched"],
-        description="Creates TrainingRuns from a template on a cron schedule, optionally only when data changed.",
-        printer_columns=[
-            {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
-            {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
-            {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
-            {"name": "Run", "type": "string", "jsonPath": ".status.lastRunName"},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
-    )

@@ -9,7 +9,6 @@ from pydantic import Field
 from legistra.api.spec import Spec
 
 Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
-PHASES: tuple[str, ...] = ("Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended")
 
 
 class Condition(Spec):

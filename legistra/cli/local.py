@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from legistra.api.spec import TrainingRun
+from legistra.cli.specfile import load_or_report
+from legistra.contract import ENV_REGISTRY_URI, ENV_TRACKING_URI, run_document
 
 
 def absolutize_data(run: TrainingRun, base: Path) -> TrainingRun:
@@ -27,12 +29,6 @@ def absolutize_data(run: TrainingRun, base: Path) -> TrainingRun:
     spec.data.validation = fix(spec.data.validation)
     spec.model.name = fix(spec.model.name) or spec.model.name
     return run.model_copy(update={"spec": spec})
-
-
-def run_document(run: TrainingRun) -> dict[str, Any]:
-    """The resolved config the trainer reads: the TrainingRun with every default filled in."""
-    meta = {k: v for k, v in run.metadata.model_dump(exclude_none=True).items() if k in ("name", "namespace", "uid")}
-    return {"apiVersion": run.api_version, "kind": run.kind, "metadata": meta, "spec": run.spec.wire()}
 
 
 def default_nproc(run: TrainingRun) -> int:
@@ -75,8 +71,6 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def train_locally(args: argparse.Namespace) -> int:
-    from legistra.cli.main import load_or_report
-
     loaded = load_or_report(args.file)
     if loaded is None:
         return 2
@@ -110,9 +104,9 @@ def train_locally(args: argparse.Namespace) -> int:
     nproc = args.nproc or default_nproc(run)
     env = dict(os.environ)
     if args.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = args.tracking_uri
+        env[ENV_TRACKING_URI] = args.tracking_uri
     if args.registry:
-        env["LEGISTRA_REGISTRY_URI"] = args.registry
+        env[ENV_REGISTRY_URI] = args.registry
     env.setdefault("LEGISTRA_PROGRESS", "bar" if sys.stderr.isatty() else "log")
     env.setdefault("LEGISTRA_MLFLOW_ARTIFACT_ROOT", str(state / "mlartifacts"))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

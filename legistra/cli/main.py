@@ -8,26 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from legistra.api.spec import TrainingRun
-from legistra.api.validation import SpecError, load_training_run
+from legistra.cli.specfile import load_or_report
 
 
 def _err(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 1
-
-
-def load_or_report(path: str) -> TrainingRun | None:
-    """The TrainingRun in `path`, or None after printing every problem with its field path."""
-    try:
-        return load_training_run(path)
-    except SpecError as exc:
-        print(f"{path}: invalid", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-    except OSError as exc:
-        print(f"{path}: {exc.strerror}", file=sys.stderr)
-    return None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -60,9 +46,10 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from legistra.registry.registry import Registry, default_registry_uri
+    from legistra.contract import configured_uris, registry_uri
+    from legistra.registry.registry import Registry
 
-    return Registry.open(args.registry or default_registry_uri(Path(args.state_dir)))
+    return Registry.open(str(registry_uri(None, args.registry or configured_uris()[1], Path(args.state_dir))))
 
 
 def _print(obj: Any, as_json: bool, table: list[list[str]] | None = None) -> None:

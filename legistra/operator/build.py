@@ -12,6 +12,14 @@ import re
 from typing import Any
 
 from legistra.api.spec import GROUP_VERSION, TrainingRun
+from legistra.contract import (
+    ENV_REGISTRY_URI,
+    ENV_TRACKING_URI,
+    MUTABLE_RUN_POLICY,
+    registry_uri,
+    run_document,
+    tracking_uri,
+)
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
 from legistra.operator.config import JobDefaults
 
@@ -21,10 +29,6 @@ MASTER_PORT = 23456
 LABEL_PREFIX = "legistra.io"
 SPEC_HASH_ANNOTATION = f"{LABEL_PREFIX}/spec-hash"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "legistra-operator"}
-
-
-# runPolicy fields that may change after the job started: they shape what the operator does, not the job.
-MUTABLE_RUN_POLICY = ("suspend", "maxAttempts", "retryDelaySeconds")
 
 
 def spec_hash(spec_wire: dict[str, Any]) -> str:
@@ -80,19 +84,12 @@ def pvc_name(run: TrainingRun) -> str:
     return f"{run.metadata.name}-checkpoints"
 
 
-def resolved_config(run: TrainingRun) -> dict[str, Any]:
-    """The trainer's run.json: the TrainingRun with every default filled in (no status, no secrets)."""
-    meta = {k: v for k, v in (("name", run.metadata.name), ("namespace", run.metadata.namespace),
-                              ("uid", run.metadata.uid)) if v}
-    return {"apiVersion": run.api_version, "kind": run.kind, "metadata": meta, "spec": run.spec.wire()}
-
-
 def build_configmap(run: TrainingRun) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(run, config_name(run)),
-        "data": {"run.json": json.dumps(resolved_config(run), indent=2, sort_keys=True)},
+        "data": {"run.json": json.dumps(run_document(run), indent=2, sort_keys=True)},
     }
 
 
@@ -123,12 +120,12 @@ def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
     ]
-    tracking = spec.tracking.mlflow.tracking_uri or defaults.mlflow_tracking_uri
+    tracking = tracking_uri(spec, defaults.mlflow_tracking_uri)
     if tracking:
-        env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking})
-    registry = spec.registry.uri or defaults.registry_uri
+        env.append({"name": ENV_TRACKING_URI, "value": tracking})
+    registry = registry_uri(spec, defaults.registry_uri)
     if registry:
-        env.append({"name": "LEGISTRA_REGISTRY_URI", "value": registry})
+        env.append({"name": ENV_REGISTRY_URI, "value": registry})
     if defaults.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": defaults.s3_endpoint})
     if defaults.s3_secret:

@@ -116,15 +116,13 @@ def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
 
 
 class Kube:
-    """GET / POST / merge-PATCH / DELETE of namespaced objects; counts writes for the scale benchmark."""
+    """GET / POST / merge-PATCH / DELETE of namespaced objects."""
 
     def __init__(self, creds: Credentials, timeout_s: float = 30.0, agent: str = "legistra") -> None:
         self.creds = creds
         self.agent = agent  # the API server's audit log names who wrote what
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self.writes = 0
-        self.reads = 0
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.creds.server.startswith("https"):
@@ -170,10 +168,6 @@ class Kube:
 
     async def _once(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
         s = await self.session()
-        if method == "GET":
-            self.reads += 1
-        else:
-            self.writes += 1
         async with s.request(method, path, json=body, headers={"Content-Type": content_type}) as resp:
             if resp.status >= 400:
                 text = await resp.text()

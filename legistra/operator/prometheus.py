@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from legistra.api.status import PHASES
+from legistra.contract import PHASES
 
 RUNS_BY_PHASE = Gauge("legistra_trainingruns", "TrainingRuns seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(

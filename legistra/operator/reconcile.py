@@ -18,6 +18,7 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
+from legistra.contract import experiment_name, primary_metric
 from legistra.operator.attempts import job_attempt, plan_attempt
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
@@ -48,16 +49,7 @@ def _iso(t: dt.datetime) -> str:
 class Outcome:
     phase: str
     created: list[str]
-    status_patched: bool
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
-
-
-def primary_metric(run: TrainingRun) -> str:
-    if run.spec.registry.promotion is not None:
-        return run.spec.registry.promotion.metric
-    if run.spec.training.metric_for_best_model:
-        return run.spec.training.metric_for_best_model
-    return {"risk-classification": "f1_macro", "clause-extraction": "f1", "summarization": "rougeL"}[run.spec.task]
 
 
 async def reconcile(
@@ -78,7 +70,7 @@ async def reconcile(
     generation = meta.get("generation")
     current = dict(last_status if last_status is not None else body.get("status") or {})
     if meta.get("deletionTimestamp"):
-        return Outcome(current.get("phase", ""), [], False)
+        return Outcome(current.get("phase", ""), [])
     at = clock()
     now = _iso(at)  # one instant for every condition this pass writes
 
@@ -95,7 +87,7 @@ async def reconcile(
         patched = await save(new)
         if patched and emit:
             emit(body, "Warning", reason, new["message"])
-        return Outcome("Failed", created, patched, new)
+        return Outcome("Failed", created, new)
 
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -108,20 +100,20 @@ async def reconcile(
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
             c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed")
             for c in current.get("conditions", [])):
-        return Outcome("Failed", [], False, current)  # already refused this generation; a spec edit retries
+        return Outcome("Failed", [], current)  # already refused this generation; a spec edit retries
 
     rp = run.spec.run_policy
     if job is None:
         job = await kube.get("PyTorchJob", ns, name)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
     if plan.action == "finished":
-        return Outcome(str(current.get("phase", "")), [], False, current)  # e.g. its job expired by TTL
+        return Outcome(str(current.get("phase", "")), [], current)  # e.g. its job expired by TTL
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
         new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
-                             metric=primary_metric(run), attempt=plan.attempt, max_attempts=rp.max_attempts,
-                             replacing=True)
+                             metric=primary_metric(run.spec), attempt=plan.attempt,
+                             max_attempts=rp.max_attempts, replacing=True)
         patched = await save(new)
         if patched and emit is not None and plan.action == "retry":
             emit(body, "Normal", "AttemptStarted", new["message"])
@@ -131,7 +123,7 @@ async def reconcile(
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
                 await kube.delete("PyTorchJob", ns, name, propagation="Foreground")
-            return Outcome(new["phase"], [], patched, new)
+            return Outcome(new["phase"], [], new)
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
         for obj in build_children(run, defaults, plan.attempt):
@@ -159,20 +151,20 @@ async def reconcile(
 
     report = None
     if reporter is not None and run.metadata.uid and job is not None:
-        experiment = run.spec.tracking.mlflow.experiment or run.spec.registry.model_name
+        experiment = experiment_name(run.spec)
         finished = job_state(job, False).phase in ("Succeeded", "Failed")
         # MLflow's client is blocking: keep it off the event loop that serves every other run.
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
 
     new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
-                         refused=refused, report=report, metric=primary_metric(run), attempt=plan.attempt,
+                         refused=refused, report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
                          max_attempts=rp.max_attempts,
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job is not None and job_attempt(job) < plan.attempt)
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, patched, new)
+    return Outcome(new["phase"], created, new)
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:

@@ -13,7 +13,15 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-RUN_KEY_TAG = "legistra.run_key"
+from legistra.contract import (
+    FINAL_PREFIX,
+    TAG_MODEL,
+    TAG_MODEL_ALIAS,
+    TAG_MODEL_URI,
+    TAG_MODEL_VERSION,
+    TAG_PROGRESS,
+    TAG_RUN_KEY,
+)
 
 
 def _call(base: str, path: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
@@ -35,20 +43,20 @@ def report_from_run(run: dict[str, Any], base: str) -> dict[str, Any]:
         "mlflow": {"runId": info.get("run_id"), "experimentId": info.get("experiment_id"),
                    "url": f"{base.rstrip('/')}/#/experiments/{info.get('experiment_id')}/runs/{info.get('run_id')}"},
     }
-    if "legistra.progress" in tags:
+    if TAG_PROGRESS in tags:
         try:
-            out["progress"] = json.loads(tags["legistra.progress"])
+            out["progress"] = json.loads(tags[TAG_PROGRESS])
         except json.JSONDecodeError:
             pass
-    finals = {k.removeprefix("final/"): v for k, v in metrics.items() if k.startswith("final/")}
+    finals = {k.removeprefix(FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(FINAL_PREFIX)}
     evals = finals or {k: v for k, v in metrics.items() if k.startswith("eval_") and "/" not in k}
     if evals:
         out["metrics"] = evals
-    if "legistra.model_version" in tags:
-        model: dict[str, Any] = {"name": tags.get("legistra.model"), "version": int(tags["legistra.model_version"]),
-                                 "uri": tags.get("legistra.model_uri")}
-        if tags.get("legistra.model_alias"):
-            model["alias"] = tags["legistra.model_alias"]
+    if TAG_MODEL_VERSION in tags:
+        model: dict[str, Any] = {"name": tags.get(TAG_MODEL), "version": int(tags[TAG_MODEL_VERSION]),
+                                 "uri": tags.get(TAG_MODEL_URI)}
+        if tags.get(TAG_MODEL_ALIAS):
+            model["alias"] = tags[TAG_MODEL_ALIAS]
         out["model"] = model
     return out
 
@@ -82,7 +90,7 @@ class MlflowReporter:
         if exp_id is not None:
             try:
                 found = _call(self.base, "runs/search", {
-                    "experiment_ids": [exp_id], "filter": f"tags.`{RUN_KEY_TAG}` = '{run_key}'", "max_results": 1})
+                    "experiment_ids": [exp_id], "filter": f"tags.`{TAG_RUN_KEY}` = '{run_key}'", "max_results": 1})
                 runs = found.get("runs", [])
                 report = report_from_run(runs[0], self.base) if runs else None
             except Exception:

@@ -6,6 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from legistra.contract import MUTABLE_RUN_POLICY
+
+# As users write them: "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds".
+MUTABLE_FIELDS = "spec.runPolicy." + ", ".join(MUTABLE_RUN_POLICY[:-1]) + " and " + MUTABLE_RUN_POLICY[-1]
+
 
 @dataclass(frozen=True)
 class JobState:
@@ -164,8 +169,7 @@ def desired_status(
         conditions = set_condition(
             conditions, "SpecChangeRefused", "True", "ImmutableAfterStart",
             "changes to " + ", ".join(refused) + " cannot be applied to a started run; only "
-            "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds can change. Create a new TrainingRun "
-            "instead.", now, generation)
+            f"{MUTABLE_FIELDS} can change. Create a new TrainingRun instead.", now, generation)
     elif any(c["type"] == "SpecChangeRefused" for c in conditions):
         conditions = set_condition(conditions, "SpecChangeRefused", "False", "SpecMatchesJob",
                                    "the spec matches the running job", now, generation)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -49,10 +48,6 @@ class ModelVersion:
     version: int
     uri: str
     manifest: dict[str, Any]
-
-
-def default_registry_uri(state_dir: Path) -> str:
-    return os.environ.get("LEGISTRA_REGISTRY_URI") or str((state_dir / "registry").resolve())
 
 
 def sha256_file(path: Path) -> str:
@@ -88,8 +83,6 @@ class Registry:
         model: str,
         src: Path,
         metadata: Mapping[str, Any] | None = None,
-        *,
-        on_uploaded: Callable[[], None] | None = None,
     ) -> ModelVersion:
         """Register the files under `src` as the next version of `model`."""
         if not NAME.match(model):
@@ -105,8 +98,6 @@ class Registry:
             rel = path.relative_to(src).as_posix()
             checksums[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
             self.store.put_file(f"{staging}/{rel}", path)
-        if on_uploaded is not None:
-            on_uploaded()
         version = self._claim(model)
         prefix = f"{model}/v{version}"
         for rel in checksums:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from legistra import s3
+
 
 class NotFound(KeyError):
     pass
@@ -32,7 +34,6 @@ class Store(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def get(self, key: str) -> tuple[bytes, str]: ...
     def get_file(self, key: str, dest: Path) -> None: ...
-    def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def list_dirs(self, prefix: str) -> list[str]: ...
     def copy(self, src: str, dst: str) -> None: ...
@@ -41,9 +42,8 @@ class Store(Protocol):
 
 
 def open_store(uri: str) -> Store:
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        return S3Store(bucket, prefix)
+    if s3.is_s3(uri):
+        return S3Store(*s3.parse_s3_uri(uri))
     return LocalStore(Path(uri.removeprefix("file://")))
 
 
@@ -131,9 +131,6 @@ class LocalStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
     def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -163,12 +160,10 @@ class S3Store:
     """S3 through boto3; the endpoint, region and credentials come from the standard AWS variables."""
 
     def __init__(self, bucket: str, prefix: str = "") -> None:
-        import boto3
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.s3: Any = boto3.client("s3")
+        self.s3: Any = s3.client()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -213,15 +208,6 @@ class S3Store:
         except Exception as exc:
             if self._code(exc) in ("NoSuchKey", "404"):
                 raise NotFound(key) from None
-            raise
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except Exception as exc:
-            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return False
             raise
 
     def _pages(self, prefix: str, **kw: Any) -> Iterator[dict[str, Any]]:

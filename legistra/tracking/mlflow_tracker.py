@@ -15,15 +15,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from legistra.contract import TAG_RUN_KEY
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RUN_KEY_TAG = "legistra.run_key"
 MAX_PARAM_LEN = 6000
-
-
-def default_tracking_uri(state_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(state_dir / 'mlflow.db').resolve()}"
 
 
 class MlflowTracker:
@@ -100,14 +97,14 @@ class MlflowTracker:
                 run = client.get_run(wanted)
                 return str(run.info.run_id)
             found = client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{self.run_key}'", max_results=1
+                [self.experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{self.run_key}'", max_results=1
             )
             if found:
                 run_id = str(found[0].info.run_id)
                 client.update_run(run_id, status="RUNNING")
                 return run_id
             run = client.create_run(
-                self.experiment_id, run_name=self.run_name, tags={RUN_KEY_TAG: self.run_key, **(tags or {})}
+                self.experiment_id, run_name=self.run_name, tags={TAG_RUN_KEY: self.run_key, **(tags or {})}
             )
             return str(run.info.run_id)
 

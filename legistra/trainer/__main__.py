@@ -19,8 +19,7 @@ from legistra.trainer.runtime import die_with_parent  # noqa: E402
 die_with_parent(PARENT_PID)
 
 from legistra.api.validation import SpecError, parse_training_run  # noqa: E402
-from legistra.registry.registry import default_registry_uri  # noqa: E402
-from legistra.tracking.mlflow_tracker import default_tracking_uri  # noqa: E402
+from legistra.contract import configured_uris, registry_uri, tracking_uri  # noqa: E402
 from legistra.trainer.data import DataError  # noqa: E402
 
 
@@ -45,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state = args.state_dir or args.output_dir
     paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get("LEGISTRA_CACHE_DIR", state / "cache")))
+    configured_tracking, configured_registry = configured_uris()
     settings = RunSettings(
-        tracking_uri=default_tracking_uri(state),
-        registry_uri=default_registry_uri(state),
+        tracking_uri=str(tracking_uri(run.spec, configured_tracking, state)),
+        registry_uri=str(registry_uri(run.spec, configured_registry, state)),
         mlflow_artifact_root=os.environ.get("LEGISTRA_MLFLOW_ARTIFACT_ROOT"),
     )
     try:

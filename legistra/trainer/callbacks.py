@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from legistra.contract import TAG_PROGRESS
 from legistra.tracking.mlflow_tracker import MlflowTracker
 from legistra.tracking.wandb_tracker import WandbTracker
 
@@ -48,9 +48,8 @@ class MetricsCallback(TrainerCallback):
         self,
         mlflow: MlflowTracker | None,
         wandb: WandbTracker | None,
-        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
-        self.mlflow, self.wandb, self.on_progress = mlflow, wandb, on_progress
+        self.mlflow, self.wandb = mlflow, wandb
         self.history: list[dict[str, float]] = []
         self._t0 = time.monotonic()
         self._last_tokens = 0
@@ -85,12 +84,10 @@ class MetricsCallback(TrainerCallback):
         progress = progress_of(state, metrics)
         if self.mlflow is not None:
             # The operator mirrors the progress tag into the TrainingRun's .status.progress.
-            self.mlflow.log_metrics(metrics, step, tags={"legistra.progress": json.dumps(
+            self.mlflow.log_metrics(metrics, step, tags={TAG_PROGRESS: json.dumps(
                 {k: progress[k] for k in ("step", "totalSteps", "epoch") if k in progress})})
         if self.wandb is not None:
             self.wandb.log(metrics, step)
-        if self.on_progress is not None:
-            self.on_progress(progress)
 
 
 def progress_of(state: TrainerState, metrics: dict[str, float]) -> Progress:

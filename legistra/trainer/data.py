@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from legistra import s3
 from legistra.api.spec import DataSpec, Task
 from legistra.registry.registry import sha256_file
 
@@ -58,14 +59,12 @@ def fetch(location: str, cache_dir: Path) -> Path:
     """A local path for `location`, downloading s3:// objects once into the cache (keyed by ETag)."""
     if location.startswith("file://"):
         return Path(location[len("file://") :])
-    if not location.startswith("s3://"):
+    if not s3.is_s3(location):
         return Path(location)
-    import boto3  # imported here so readers of local files need no AWS setup
-
-    bucket, _, key = location[len("s3://") :].partition("/")
-    s3 = boto3.client("s3")
+    bucket, key = s3.parse_s3_uri(location)
+    s3c = s3.client()
     try:
-        head = s3.head_object(Bucket=bucket, Key=key)
+        head = s3c.head_object(Bucket=bucket, Key=key)
     except Exception as exc:  # boto raises a family of ClientErrors; report them all the same way
         raise DataError(location, None, None, f"cannot read S3 object: {exc}") from None
     etag = str(head["ETag"]).strip('"')
@@ -73,7 +72,7 @@ def fetch(location: str, cache_dir: Path) -> Path:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(target.suffix + ".part")
-        s3.download_file(bucket, key, str(tmp))
+        s3c.download_file(bucket, key, str(tmp))
         os.replace(tmp, target)
     return target
 
@@ -191,7 +190,7 @@ def check_row(task: Task, row: Row, spec: DataSpec, label: str, line: int) -> Ro
 
 
 def _load_location(task: Task, location: str, spec: DataSpec, cache_dir: Path) -> tuple[list[Row], str]:
-    if location.startswith("hf://") or not (location.startswith("s3://") or _is_local(location)):
+    if location.startswith("hf://") or not (s3.is_s3(location) or _is_local(location)):
         return _load_hub(task, location, spec)
     path = fetch(location, cache_dir)
     if not path.exists():

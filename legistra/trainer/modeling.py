@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from legistra import s3
 from legistra.api.spec import LoraSpec, ModelSpec, Task
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ PEFT_TASK_TYPE: dict[Task, str] = {
 def resolve_model(spec: ModelSpec, cache_dir: Path) -> str:
     """A local directory or hub id that `from_pretrained` can load."""
     name = spec.name
-    if name.startswith("s3://"):
+    if s3.is_s3(name):
         return str(download_s3_prefix(name, cache_dir / "models"))
     if Path(name).exists():
         return name
@@ -68,17 +69,15 @@ def resolve_model(spec: ModelSpec, cache_dir: Path) -> str:
 
 
 def download_s3_prefix(uri: str, cache_root: Path) -> Path:
-    import boto3
-
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    bucket, prefix = s3.parse_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/"
     target = cache_root / bucket / prefix.strip("/")
     marker = target / ".complete"
     if marker.exists():
         return target
-    s3 = boto3.client("s3")
+    s3c = s3.client()
     found = False
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in s3c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix) :]
             if not rel:
@@ -86,7 +85,7 @@ def download_s3_prefix(uri: str, cache_root: Path) -> Path:
             found = True
             dest = target / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(dest))
+            s3c.download_file(bucket, obj["Key"], str(dest))
     if not found:
         raise FileNotFoundError(f"spec.model.name: no objects under {uri}")
     marker.touch()

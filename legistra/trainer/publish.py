@@ -9,10 +9,20 @@ from typing import Any
 
 from legistra import __version__
 from legistra.api.spec import TrainingRun
+from legistra.contract import (
+    TAG_BASE_MODEL,
+    TAG_MODEL,
+    TAG_MODEL_ALIAS,
+    TAG_MODEL_URI,
+    TAG_MODEL_VERSION,
+    TAG_PROMOTION,
+    TAG_REGISTRY_VERSION,
+    TAG_TASK,
+)
 from legistra.registry.promotion import decide
 from legistra.registry.registry import Registry, RegistryError
+from legistra.tracking.mlflow_models import register_mlflow_version, set_mlflow_alias
 from legistra.tracking.mlflow_tracker import MlflowTracker
-from legistra.tracking.model_registry import register_mlflow_version, set_mlflow_alias
 
 log = logging.getLogger("legistra.trainer")
 
@@ -47,7 +57,7 @@ def publish(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     spec = run.spec
-    registry = Registry.open(spec.registry.uri or settings.registry_uri)
+    registry = Registry.open(settings.registry_uri)
     name = spec.registry.model_name
     metadata = {
         "baseModel": {"name": spec.model.name, "revision": spec.model.revision},
@@ -97,22 +107,21 @@ def publish(
     if mlflow.enabled and mlflow.run_id:
         mlflow_version = register_mlflow_version(
             mlflow.tracking_uri, name, version.uri, mlflow.run_id,
-            tags={"legistra.version": str(version.version), "legistra.base_model": spec.model.name,
-                  "legistra.task": spec.task},
+            tags={TAG_REGISTRY_VERSION: str(version.version), TAG_BASE_MODEL: spec.model.name,
+                  TAG_TASK: spec.task},
         )
         result["model"]["mlflowVersion"] = mlflow_version
-        mlflow.set_tags({"legistra.model": name, "legistra.model_version": str(version.version),
-                         "legistra.model_uri": version.uri})
+        mlflow.set_tags({TAG_MODEL: name, TAG_MODEL_VERSION: str(version.version), TAG_MODEL_URI: version.uri})
 
     if decision is not None and gate is not None:
         if decision.promote:
             registry.set_alias(name, gate.alias, version.version, reason=decision.reason)
             result["model"]["alias"] = gate.alias
-            mlflow.set_tags({"legistra.model_alias": gate.alias})
+            mlflow.set_tags({TAG_MODEL_ALIAS: gate.alias})
             if mlflow.enabled:
                 set_mlflow_alias(mlflow.tracking_uri, name, gate.alias, version.version)
         result["promotion"] = decision.as_dict()
         mlflow.log_dict(decision.as_dict(), "promotion.json")
-        mlflow.set_tags({"legistra.promotion": "promoted" if decision.promote else "rejected"})
+        mlflow.set_tags({TAG_PROMOTION: "promoted" if decision.promote else "rejected"})
     return result
 

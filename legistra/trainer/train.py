@@ -11,13 +11,22 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from legistra import __version__
 from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
 from legistra.api.validation import SpecError
+from legistra.contract import (
+    DEFAULT_METRIC,
+    FINAL_PREFIX,
+    TAG_BASE_MODEL,
+    TAG_CODE_VERSION,
+    TAG_TASK,
+    TAG_TRAINING_RUN,
+    experiment_name,
+)
 from legistra.trainer.data import LoadedData, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
 from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
@@ -50,13 +59,12 @@ class RunPaths:
 
 @dataclass
 class RunSettings:
-    """Runtime settings that do not belong in the spec: locations given by the environment or the CLI."""
+    """Runtime settings that do not belong in the spec, resolved once (`legistra.contract.tracking_uri` and
+    `registry_uri`: the spec's, else the environment's, else the local state folder)."""
 
     tracking_uri: str
     registry_uri: str
     mlflow_artifact_root: str | None = None
-    status_sink: Any = None  # callable(progress dict) on rank 0; the operator path patches .status with it
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 def run_key(run: TrainingRun) -> str:
@@ -144,7 +152,7 @@ def build_training_args(
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     t = spec.training
-    metric = t.metric_for_best_model or handler.default_metric
+    metric = t.metric_for_best_model or DEFAULT_METRIC[spec.task]
     kwargs: dict[str, Any] = {
         "output_dir": str(paths.checkpoints),
         "per_device_train_batch_size": t.batch_size,
@@ -307,11 +315,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
 
     mlflow: MlflowTracker | None = None
     wandb: WandbTracker | None = None
-    experiment = spec.tracking.mlflow.experiment or spec.registry.model_name
+    experiment = experiment_name(spec)
     key = run_key(run)
     if dist.is_main:
         mlflow = MlflowTracker(
-            spec.tracking.mlflow.tracking_uri or settings.tracking_uri,
+            settings.tracking_uri,
             experiment,
             key,
             run.metadata.name,
@@ -319,11 +327,10 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         )
         mlflow.start(
             tags={
-                "legistra.task": spec.task,
-                "legistra.base_model": spec.model.name,
-                "legistra.training_run": f"{run.metadata.namespace or 'local'}/{run.metadata.name}",
-                "legistra.code_version": __version__,
-                **settings.extra_tags,
+                TAG_TASK: spec.task,
+                TAG_BASE_MODEL: spec.model.name,
+                TAG_TRAINING_RUN: f"{run.metadata.namespace or 'local'}/{run.metadata.name}",
+                TAG_CODE_VERSION: __version__,
             }
         )
         params = public_params({"spec": spec.wire()})
@@ -346,7 +353,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
             wandb = WandbTracker(spec.tracking.wandb, key[:64].replace("/", "-"), run.metadata.name, paths.root)
             wandb.start(params)
 
-    metrics_cb = MetricsCallback(mlflow, wandb, settings.status_sink)
+    metrics_cb = MetricsCallback(mlflow, wandb)
     callbacks: list[Any] = [metrics_cb, LogLineCallback()] if not show_progress_bar() else [metrics_cb]
     if spec.training.early_stopping is not None:
         es = spec.training.early_stopping
@@ -436,13 +443,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         png = plot_curves(metrics_cb.history, paths.root / "training_curves.png", run.metadata.name)
         if png is not None:
             mlflow.log_artifact(png)
-    mlflow.log_metrics({f"final/{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
+    mlflow.log_metrics({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
     mlflow.end("FINISHED")
     if wandb is not None:
-        wandb.log({f"final/{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
+        wandb.log({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
         wandb.finish()
     result["wallSeconds"] = round(time.time() - started, 1)
     paths.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    if settings.status_sink is not None:
-        settings.status_sink({"result": result})
     return result

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from legistra.contract import DEFAULT_METRIC
 from legistra.trainer.data import DataError, Row
 from legistra.trainer.metrics import classification_metrics, majority_baseline, multilabel_metrics
 from legistra.trainer.tasks.base import TaskHandler
@@ -13,7 +14,7 @@ from legistra.trainer.tasks.base import TaskHandler
 
 class RiskClassification(TaskHandler):
     name = "risk-classification"
-    default_metric = "f1_macro"
+    default_metric = DEFAULT_METRIC["risk-classification"]
 
     @property
     def multi_label(self) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from legistra.contract import DEFAULT_METRIC
 from legistra.trainer.data import DataError, Row
 from legistra.trainer.metrics import Span, bio_decode, span_metrics
 from legistra.trainer.tasks.base import TaskHandler
@@ -28,7 +29,7 @@ def token_tags(offsets: list[tuple[int, int]], spans: list[dict[str, Any]], tag_
 
 class ClauseExtraction(TaskHandler):
     name = "clause-extraction"
-    default_metric = "f1"
+    default_metric = DEFAULT_METRIC["clause-extraction"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from legistra.api.spec import is_t5_family
+from legistra.contract import DEFAULT_METRIC
 from legistra.trainer.data import Row
 from legistra.trainer.metrics import rouge_scores
 from legistra.trainer.tasks.base import TaskHandler
@@ -14,7 +15,7 @@ from legistra.trainer.tasks.base import TaskHandler
 
 class Summarization(TaskHandler):
     name = "summarization"
-    default_metric = "rougeL"
+    default_metric = DEFAULT_METRIC["summarization"]
     seq2seq = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 """The notebook API: fine-tune an in-memory model on a `datasets.DatasetDict` with LoRA and tracking.
 
-    from legistra.trainer.api import train_with_tracking
+    from legistra.trainer.notebook import train_with_tracking
     result = train_with_tracking(model, tokenizer, dataset, "out/", learning_rate=2e-4, num_train_epochs=3)
 
 It shares the LoRA defaults, metrics, tracking and checkpoint resume of the TrainingRun path; what it does
@@ -100,7 +100,8 @@ def train_with_tracking(
     )
     from transformers.trainer_utils import get_last_checkpoint
 
-    from legistra.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
+    from legistra.contract import FINAL_PREFIX, TAG_SOURCE, TAG_TASK, configured_uris, tracking_uri
+    from legistra.tracking.mlflow_tracker import MlflowTracker
     from legistra.tracking.wandb_tracker import WandbTracker
     from legistra.trainer.callbacks import MetricsCallback
     from legistra.trainer.modeling import apply_lora
@@ -137,9 +138,9 @@ def train_with_tracking(
 
     mlflow = None
     if use_mlflow:
-        mlflow = MlflowTracker(default_tracking_uri(Path(".legistra")), experiment, f"notebook-{out.resolve()}",
-                               out.name or "notebook")
-        mlflow.start(tags={"legistra.task": task, "legistra.source": "train_with_tracking"})
+        mlflow = MlflowTracker(str(tracking_uri(None, configured_uris()[0], Path(".legistra"))), experiment,
+                               f"notebook-{out.resolve()}", out.name or "notebook")
+        mlflow.start(tags={TAG_TASK: task, TAG_SOURCE: "train_with_tracking"})
         mlflow.log_params({k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))})
     wandb = None
     if use_wandb:
@@ -176,7 +177,7 @@ def train_with_tracking(
         trainer.save_model(str(out / "model"))
         tokenizer.save_pretrained(str(out / "model"))
         if mlflow is not None:
-            mlflow.log_metrics({f"final/{k}": v for k, v in metrics.items()}, trainer.state.global_step)
+            mlflow.log_metrics({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, trainer.state.global_step)
         status = "FINISHED"
     finally:
         if mlflow is not None:

@@ -1,9 +1,12 @@
-"""Mirror registry versions into MLflow's model registry (version linked to its run, same alias)."""
+"""The MLflow mirror of our registry: each registry version as an MLflow model version (linked to its run),
+and the same aliases. Our registry (`legistra.registry`) is the source of truth; `trainer/publish.py` drives both."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+
+from legistra.contract import TAG_REGISTRY_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +17,6 @@ def register_mlflow_version(
     source: str,
     run_id: str | None,
     tags: Mapping[str, str],
-    alias: str | None = None,
 ) -> str | None:
     """Create the MLflow model version; returns its number, or None if MLflow is unreachable."""
     try:
@@ -28,8 +30,6 @@ def register_mlflow_version(
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags))
-        if alias:
-            client.set_registered_model_alias(name, alias, mv.version)
         return str(mv.version)
     except Exception as exc:  # the registry copy is the source of truth; MLflow's is a convenience view
         log.error("could not register %s in MLflow's model registry: %s", name, exc)
@@ -43,7 +43,7 @@ def set_mlflow_alias(tracking_uri: str, name: str, alias: str, registry_version:
 
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         for mv in client.search_model_versions(f"name = '{name}'"):
-            if mv.tags.get("legistra.version") == str(registry_version):
+            if mv.tags.get(TAG_REGISTRY_VERSION) == str(registry_version):
                 client.set_registered_model_alias(name, alias, mv.version)
                 return
     except Exception as exc:

@@ -1,0 +1,104 @@
+"""The trainer <-> operator contract: what one writes and the other reads, in one place.
+
+The trainer runs in pods the operator built and reports back only through MLflow (no RBAC for pods); the
+operator reads that report over MLflow's REST API (`operator/report.py`). Both sides, the CLI and the notebook
+API import every name, rule and document shape they share from here, the way MLflow keeps its tag names in
+`mlflow_tags.py`. Nothing here imports torch, MLflow or kopf.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_args
+
+from legistra.api.spec import Task, TrainingRun, TrainingRunSpec
+from legistra.api.status import Phase
+
+# -- MLflow run tags (rank 0 writes them; the operator and `legistra` read them) ---------------------------
+TAG_RUN_KEY = "legistra.run_key"  # the TrainingRun uid on a cluster (name + spec hash locally): finds the run again
+TAG_PROGRESS = "legistra.progress"  # JSON {step, totalSteps, epoch}, kept current while training
+TAG_TASK = "legistra.task"
+TAG_BASE_MODEL = "legistra.base_model"
+TAG_TRAINING_RUN = "legistra.training_run"  # namespace/name
+TAG_CODE_VERSION = "legistra.code_version"
+TAG_SOURCE = "legistra.source"  # set by the notebook API
+TAG_MODEL = "legistra.model"  # the registered model: name, version, uri, alias (when promoted)
+TAG_MODEL_VERSION = "legistra.model_version"
+TAG_MODEL_URI = "legistra.model_uri"
+TAG_MODEL_ALIAS = "legistra.model_alias"
+TAG_PROMOTION = "legistra.promotion"  # promoted | rejected
+# Tag on MLflow model versions: which registry version an MLflow model version mirrors.
+TAG_REGISTRY_VERSION = "legistra.version"
+
+# Final evaluation metrics are logged again under this prefix once training ends; `status.metrics` is read
+# from them (from the latest eval_* metrics while there are none yet).
+FINAL_PREFIX = "final/"
+
+# -- Phases of a TrainingRun (the schema's Literal is the one definition) -----------------------------------
+PHASES: tuple[str, ...] = get_args(Phase)
+
+# -- Defaults both sides must agree on ------------------------------------------------------------------------
+DEFAULT_METRIC: dict[str, str] = {
+    "risk-classification": "f1_macro",
+    "clause-extraction": "f1",
+    "summarization": "rougeL",
+}
+assert set(DEFAULT_METRIC) == set(get_args(Task)), "every task needs a default metric"
+
+# runPolicy fields that may change after the job started: they steer the operator, not the job, so they are
+# left out of the spec hash and never refused as drift.
+MUTABLE_RUN_POLICY: tuple[str, ...] = ("suspend", "maxAttempts", "retryDelaySeconds")
+
+
+def experiment_name(spec: TrainingRunSpec) -> str:
+    """The MLflow experiment of a run: the spec's, else the registered model's name."""
+    return spec.tracking.mlflow.experiment or spec.registry.model_name
+
+
+def primary_metric(spec: TrainingRunSpec) -> str:
+    """The metric a run is judged by: the promotion gate's, else metricForBestModel, else the task's default."""
+    if spec.registry.promotion is not None:
+        return spec.registry.promotion.metric
+    return spec.training.metric_for_best_model or DEFAULT_METRIC[spec.task]
+
+
+def run_document(run: TrainingRun) -> dict[str, Any]:
+    """run.json, the trainer's only input: the TrainingRun with every default filled in (no status, no secrets).
+
+    The operator puts it in the job's ConfigMap; `legistra train` writes it beside the local run.
+    """
+    meta = {k: v for k, v in (("name", run.metadata.name), ("namespace", run.metadata.namespace),
+                              ("uid", run.metadata.uid)) if v}
+    return {"apiVersion": run.api_version, "kind": run.kind, "metadata": meta, "spec": run.spec.wire()}
+
+
+# -- Where tracking and models go: spec -> operator / environment -> local default ---------------------------
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_REGISTRY_URI = "LEGISTRA_REGISTRY_URI"
+
+
+def tracking_uri(spec: TrainingRunSpec | None, configured: str | None,
+                 state_dir: Path | None = None) -> str | None:
+    """The MLflow tracking URI a run uses: its spec's, else the configured one (operator setting or
+    $MLFLOW_TRACKING_URI), else a sqlite store under `state_dir` (local runs), else None (no tracking)."""
+    chosen = (spec.tracking.mlflow.tracking_uri if spec is not None else None) or configured
+    if chosen:
+        return chosen
+    return f"sqlite:///{(state_dir / 'mlflow.db').resolve()}" if state_dir is not None else None
+
+
+def registry_uri(spec: TrainingRunSpec | None, configured: str | None, state_dir: Path | None = None) -> str | None:
+    """The registry root a run publishes to: its spec's, else the configured one (operator setting, a CLI flag
+    or $LEGISTRA_REGISTRY_URI), else the folder under `state_dir` (local runs), else None."""
+    chosen = (spec.registry.uri if spec is not None else None) or configured
+    if chosen:
+        return chosen
+    return str((state_dir / "registry").resolve()) if state_dir is not None else None
+
+
+def configured_uris(env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(tracking, registry) as the environment configures them for the trainer and the CLI."""
+    source = os.environ if env is None else env
+    return source.get(ENV_TRACKING_URI) or None, source.get(ENV_REGISTRY_URI) or None
