@@ -170,6 +170,17 @@ def test_cpu_only_run_has_one_process_and_no_gpu_limit() -> None:
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
 
 
+def test_fields_added_by_an_operator_upgrade_are_not_a_spec_change() -> None:
+    """run.json written before `training.compile` existed: the current schema's default is not an edit."""
+    desired = parse_training_run(run_doc()).spec.wire()
+    older = copy.deepcopy(desired)
+    del older["training"]["compile"]
+    del older["data"]["format"]
+    assert refused_changes(older, desired) == []
+    older["training"]["learningRate"] = 0.5  # a real edit is still refused
+    assert refused_changes(older, desired) == ["training.learningRate"]
+
+
 def test_only_the_mutable_run_policy_fields_may_change_after_start() -> None:
     a = parse_training_run(run_doc()).spec.wire()
     b = copy.deepcopy(a)

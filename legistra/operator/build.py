@@ -11,7 +11,9 @@ import json
 import re
 from typing import Any
 
-from legistra.api.spec import GROUP_VERSION, TrainingRun
+from pydantic import ValidationError
+
+from legistra.api.spec import GROUP_VERSION, TrainingRun, TrainingRunSpec
 from legistra.contract import (
     ENV_REGISTRY_URI,
     ENV_TRACKING_URI,
@@ -265,7 +267,19 @@ def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tupl
     return [] if old == new else [prefix]
 
 
+def as_current_schema(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec written by an earlier operator version, as the current schema reads it: fields added since
+    then get their defaults, so an upgrade never looks like a user's edit. A spec the current schema cannot
+    read is compared as it is."""
+    try:
+        return TrainingRunSpec.model_validate(spec).wire()
+    except ValidationError:
+        return spec
+
+
 def refused_changes(applied: dict[str, Any], desired: dict[str, Any]) -> list[str]:
-    """Spec fields changed since the job was built that cannot be applied to a running job."""
+    """Spec fields changed since the job was built that cannot be applied to a running job.
+
+    `applied` is the spec in the job's run.json, possibly written by an older operator."""
     allowed = {("runPolicy", mutable) for mutable in MUTABLE_RUN_POLICY}
-    return [".".join(p) for p in changed_paths(applied, desired) if p not in allowed]
+    return [".".join(p) for p in changed_paths(as_current_schema(applied), desired) if p not in allowed]
