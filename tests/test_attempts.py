@@ -9,7 +9,7 @@ import pytest
 
 from legistra.operator.attempts import ATTEMPT_ANNOTATION, AttemptPlan, job_attempt, plan_attempt, retry_delay
 from legistra.operator.build import refused_changes, spec_hash
-from legistra.operator.status import desired_status
+from tests.status_schema import desired_status
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 

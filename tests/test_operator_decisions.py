@@ -23,8 +23,9 @@ from legistra.operator.build import (
     spec_hash,
 )
 from legistra.operator.config import JobDefaults
-from legistra.operator.status import desired_status, invalid_status, job_state, key_metric, set_condition
+from legistra.operator.status import job_state, key_metric, set_condition
 from tests.conftest import EXAMPLES, ROOT
+from tests.status_schema import desired_status, invalid_status
 
 # The real Kubeflow training-operator v1.9 CRD, from the project's shared/ (beside the checkout in CI).
 REFERENCE = next((p for p in (ROOT.parent / "shared", ROOT / "shared")
@@ -373,3 +374,18 @@ def test_cli_render_output_validates(path: Path) -> None:
     assert [d["kind"] for d in docs] == ["ConfigMap", "PersistentVolumeClaim", "PyTorchJob"]
     validate_job(docs[2])
     assert json.loads(docs[0]["data"]["run.json"])["metadata"]["namespace"] == "legal-ml"
+
+
+def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
+    from tests.status_schema import status_schema
+
+    now = "2026-11-25T10:00:00Z"
+    job = {"metadata": {"name": "r"}, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    statuses = [
+        desired_status({}, None, generation=1, now=now, suspended_in_spec=False),
+        desired_status({}, job, generation=1, now=now, suspended_in_spec=False, refused=["lora.r"]),
+        invalid_status({}, ["spec.x: bad"], now, 1),
+    ]
+    written = {c["type"] for s in statuses for c in s["conditions"]}
+    documented = set(status_schema()["properties"]["conditions"]["items"]["properties"]["type"]["enum"])
+    assert written == documented

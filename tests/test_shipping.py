@@ -224,7 +224,7 @@ def run_with(status: dict[str, Any] | None, generation: int = 1) -> dict[str, An
 
 
 def test_argocd_health_from_real_status_documents() -> None:
-    from legistra.operator.status import desired_status, invalid_status
+    from tests.status_schema import desired_status, invalid_status
 
     def job(*types: str) -> dict[str, Any]:
         return {"metadata": {"name": "r"}, "status": {"conditions": [

@@ -8,11 +8,13 @@ from pydantic import Field
 
 from legistra.api.spec import Spec
 
+# The condition types the operator writes (the phase says Running / Succeeded / Suspended).
+ConditionType = Literal["Ready", "JobCreated", "Failed", "SpecChangeRefused"]
 Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(Spec):
-    type: str = Field(description="Ready, JobCreated, Running, Succeeded, Failed, Suspended, SpecChangeRefused.")
+    type: ConditionType = Field(description="Ready (for Argo CD / Flux), JobCreated, Failed or SpecChangeRefused.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field("", description="Human-readable detail.")
