@@ -230,3 +230,33 @@ def test_promotion_gate(direction: str, cand: float | None, inc: float | None, i
 def test_promotion_gate_accepts_metric_without_eval_prefix() -> None:
     d = decide("f1_macro", "maximize", "champion", {"eval_f1_macro": 0.9}, {"eval_f1_macro": 0.8}, 1)
     assert d.promote and d.candidate == 0.9 and d.incumbent == 0.8
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_concurrent_promotions_always_end_on_the_best(registry: Registry, tmp_path: Path, seed: int) -> None:
+    """8 runs of one model publish at once with distinct metrics: whatever the interleaving, the alias ends on
+    the best, every version exists, and each move in the alias history was an improvement."""
+    import random
+
+    rnd = random.Random(seed)
+    scores = [round(0.1 + 0.1 * i, 2) for i in range(8)]
+    rnd.shuffle(scores)
+    delays = [rnd.random() * 0.05 for _ in scores]
+
+    def publish(i: int) -> tuple[int, bool]:
+        mv = registry.push("gated", model_dir(tmp_path / f"g{seed}-{i}", chr(97 + i)),
+                           {"metrics": {"eval_f1": scores[i]}})
+        time.sleep(delays[i])  # vary who reaches the gate first
+        return mv.version, registry.promote_if_better("gated", "champion", mv.version, "eval_f1", "maximize").promote
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(publish, range(8)))
+    versions = {v: registry.version("gated", v).manifest["metrics"]["eval_f1"] for v, _ in outcomes}
+    assert sorted(versions) == list(range(1, 9))
+    best = max(versions, key=lambda v: versions[v])
+    record = registry.alias("gated", "champion")
+    assert record["version"] == best
+    holders = [h["version"] for h in record["history"]] + [record["version"]]
+    assert [versions[v] for v in holders] == sorted(versions[v] for v in holders)  # every move improved
+    assert len(set(holders)) == len(holders)
+    assert {v for v, promoted in outcomes if promoted} == set(holders)  # a "promoted" answer is in the history

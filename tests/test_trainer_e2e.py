@@ -173,8 +173,11 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
     decision = second["promotion"]
     assert decision["incumbent_version"] == 1 and decision["candidate"] is not None
     reg = Registry.open(uri)
-    assert reg.version("tracked", 2).manifest["promotion"] == decision
+    assert reg.version("tracked", 2).manifest["promotionGate"] == {"metric": "eval_loss", "direction": "minimize",
+                                                                   "alias": "champion"}
     assert reg.resolve("tracked", "champion") == (2 if decision["promote"] else 1)
+    if decision["promote"]:
+        assert reg.alias("tracked", "champion")["reason"] == decision["reason"]
 
     from mlflow.tracking import MlflowClient
 

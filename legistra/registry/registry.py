@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from legistra.registry.promotion import GateDecision, decide
 from legistra.registry.store import NotFound, PreconditionFailed, Store, open_store
 
 MANIFEST = "manifest.json"
@@ -198,8 +199,10 @@ class Registry:
         return out
 
     def _update_alias(
-        self, model: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]
-    ) -> dict[str, Any]:
+        self, model: str, alias: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Compare-and-swap: `change` maps the record just read to the new one (None: leave it), and is applied
+        again to a fresh read whenever someone else moved the alias in between."""
         key = self._alias_key(model, alias)
         for _ in range(100):
             try:
@@ -208,6 +211,8 @@ class Registry:
             except NotFound:
                 current, etag = None, ""
             new = change(current)
+            if new is None:
+                return current
             try:
                 if current is None:
                     self.store.put(key, _dumps(new), if_none_match=True)
@@ -220,14 +225,30 @@ class Registry:
 
     def set_alias(self, model: str, alias: str, version: int, reason: str = "") -> dict[str, Any]:
         self.version(model, version)  # must exist
+        record = self._update_alias(model, alias, lambda current: _moved(current, alias, version, reason))
+        assert record is not None
+        return record
 
-        def change(current: dict[str, Any] | None) -> dict[str, Any]:
-            history = list(current["history"]) if current else []
-            if current is not None:
-                history.append({"version": current["version"], "until": _now()})
-            return {"alias": alias, "version": version, "since": _now(), "reason": reason, "history": history}
+    def promote_if_better(self, model: str, alias: str, version: int, metric: str,
+                          direction: Literal["maximize", "minimize"]) -> GateDecision:
+        """The promotion gate as one compare-and-swap: `version` takes `alias` only if it strictly beats the
+        holder read in the same attempt, so runs finishing together can never leave the worse model holding it
+        (deciding first and moving the alias later could)."""
+        candidate = self.version(model, version).manifest.get("metrics") or {}
+        decisions: list[GateDecision] = []
 
-        return self._update_alias(model, alias, change)
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            holder = int(current["version"]) if current is not None else None
+            try:
+                held = self.version(model, holder).manifest.get("metrics") if holder is not None else None
+            except RegistryError:
+                held = None  # a holder without a manifest has no value to defend
+            decision = decide(metric, direction, alias, candidate, held, holder)
+            decisions.append(decision)
+            return _moved(current, alias, version, decision.reason) if decision.promote else None
+
+        self._update_alias(model, alias, change)
+        return decisions[-1]
 
     def rollback(self, model: str, alias: str) -> dict[str, Any]:
         """Point `alias` back at the version it held before the last move."""
@@ -247,7 +268,17 @@ class Registry:
                 "history": history,
             }
 
-        return self._update_alias(model, alias, change)
+        record = self._update_alias(model, alias, change)
+        assert record is not None
+        return record
+
+
+def _moved(current: dict[str, Any] | None, alias: str, version: int, reason: str) -> dict[str, Any]:
+    """The alias record after a move to `version`; the previous holder goes onto the history."""
+    history = list(current["history"]) if current else []
+    if current is not None:
+        history.append({"version": current["version"], "until": _now()})
+    return {"alias": alias, "version": version, "since": _now(), "reason": reason, "history": history}
 
 
 def _dumps(obj: Any) -> bytes:

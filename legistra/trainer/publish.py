@@ -19,7 +19,6 @@ from legistra.contract import (
     TAG_REGISTRY_VERSION,
     TAG_TASK,
 )
-from legistra.registry.promotion import decide
 from legistra.registry.registry import Registry, RegistryError
 from legistra.tracking.mlflow_models import register_mlflow_version, set_mlflow_alias
 from legistra.tracking.mlflow_tracker import MlflowTracker
@@ -41,6 +40,19 @@ def code_version() -> str:
         except (OSError, subprocess.SubprocessError):
             sha = ""
     return f"{__version__}+{sha}" if sha else __version__
+
+
+def mirror_alias(registry: Registry, tracking_uri: str, name: str, alias: str, rounds: int = 5) -> None:
+    """Point MLflow's alias where ours points now. Read again after each write: a run that moved our alias
+    meanwhile mirrors too, and whichever mirror runs last has read the final holder."""
+    for _ in range(rounds):
+        try:
+            holder = int(registry.alias(name, alias)["version"])
+        except RegistryError:
+            return
+        set_mlflow_alias(tracking_uri, name, alias, holder)
+        if int(registry.alias(name, alias)["version"]) == holder:
+            return
 
 
 def publish(
@@ -77,18 +89,10 @@ def publish(
         **extra,
     }
     gate = spec.registry.promotion
-    decision = None
     if gate is not None:
-        # Decided before the push so the (immutable) manifest records it with both numbers.
-        try:
-            holder = registry.alias(name, gate.alias)
-            inc_version: int | None = int(holder["version"])
-            inc_metrics = registry.version(name, int(holder["version"])).manifest.get("metrics")
-        except RegistryError:  # no holder yet: the candidate competes with nobody
-            inc_version, inc_metrics = None, None
-        decision = decide(gate.metric, gate.direction, gate.alias, metrics, inc_metrics, inc_version)
-        metadata["promotion"] = decision.as_dict()
-        log.info("promotion gate: %s", decision.reason)
+        # The gate itself; its decision is made after the push, inside the alias's compare-and-swap, and is
+        # recorded in the alias record, the result, MLflow (promotion.json and a tag) and the run's status.
+        metadata["promotionGate"] = {"metric": gate.metric, "direction": gate.direction, "alias": gate.alias}
 
     version = registry.push(name, paths.model, metadata)
     log.info("registered %s v%d at %s", name, version.version, version.uri)
@@ -113,13 +117,14 @@ def publish(
         result["model"]["mlflowVersion"] = mlflow_version
         mlflow.set_tags({TAG_MODEL: name, TAG_MODEL_VERSION: str(version.version), TAG_MODEL_URI: version.uri})
 
-    if decision is not None and gate is not None:
+    if gate is not None:
+        decision = registry.promote_if_better(name, gate.alias, version.version, gate.metric, gate.direction)
+        log.info("promotion gate: %s", decision.reason)
         if decision.promote:
-            registry.set_alias(name, gate.alias, version.version, reason=decision.reason)
             result["model"]["alias"] = gate.alias
             mlflow.set_tags({TAG_MODEL_ALIAS: gate.alias})
-            if mlflow.enabled:
-                set_mlflow_alias(mlflow.tracking_uri, name, gate.alias, version.version)
+        if mlflow.enabled:
+            mirror_alias(registry, mlflow.tracking_uri, name, gate.alias)
         result["promotion"] = decision.as_dict()
         mlflow.log_dict(decision.as_dict(), "promotion.json")
         mlflow.set_tags({TAG_PROMOTION: "promoted" if decision.promote else "rejected"})
