@@ -68,6 +68,7 @@ def lean_emulator() -> Any:
 
     class LeanEmulator(kmock.KubernetesEmulator):
         counts: dict[tuple[str, str, bool], int]
+        named_counts: dict[tuple[str, str, str], int]
         writes_by_agent: dict[str, int]
 
         def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
@@ -99,6 +100,9 @@ def lean_emulator() -> Any:
                 key = (str(method), request.resource.plural if request.resource is not None else "",
                        "urllib" in request.headers.get("User-Agent", ""))
                 self.counts[key] = self.counts.get(key, 0) + 1
+                if request.name and not key[2]:  # the operator's requests for one named object
+                    named = (key[0], key[1], str(request.name))
+                    self.named_counts[named] = self.named_counts.get(named, 0) + 1
                 if key[0] != "GET":
                     agent = request.headers.get("User-Agent", "")
                     self.writes_by_agent[agent] = self.writes_by_agent.get(agent, 0) + 1
@@ -112,6 +116,7 @@ class Cluster:
     def __init__(self) -> None:
         self.url = ""
         self.counts: dict[tuple[str, str, bool], int] = {}
+        self.named_counts: dict[tuple[str, str, str], int] = {}
         self.writes_by_agent: dict[str, int] = {}
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -129,6 +134,7 @@ class Cluster:
         self._stop = asyncio.Event()
         emulator = lean_emulator()(strict=False)
         emulator.counts = self.counts
+        emulator.named_counts = self.named_counts
         emulator.writes_by_agent = self.writes_by_agent
         for key, (kind, namespaced, subresources) in RESOURCES.items():
             emulator.resources[key] = kmock.ResourceInfo(
@@ -145,6 +151,10 @@ class Cluster:
         return sum(n for (m, p, t), n in list(self.counts.items())
                    if (from_tests is None or t == from_tests) and (methods is None or m in methods)
                    and (plural is None or p == plural))
+
+    def requests_for(self, *names: str) -> int:
+        """The operator's requests that named one of these objects (any kind)."""
+        return sum(n for (_, _, name), n in list(self.named_counts.items()) if name in names)
 
     def writes_from(self, agent_part: str) -> int:
         """Writes (anything but GET) by clients whose User-Agent contains `agent_part`."""

@@ -23,7 +23,7 @@ from legistra.operator.build import (
     spec_hash,
 )
 from legistra.operator.config import JobDefaults
-from legistra.operator.status import job_state, key_metric, set_condition
+from legistra.operator.status import MAX_REPORT_LOOKUPS, job_state, key_metric, needs_resync, set_condition
 from tests.conftest import EXAMPLES, ROOT
 from tests.status_schema import desired_status, invalid_status
 
@@ -389,3 +389,22 @@ def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
     written = {c["type"] for s in statuses for c in s["conditions"]}
     documented = set(status_schema()["properties"]["conditions"]["items"]["properties"]["type"]["enum"])
     assert written == documented
+
+
+@pytest.mark.parametrize(("status", "generation", "lookups", "expected"), [
+    ({}, 1, 0, True),                                                             # never reconciled
+    ({"phase": "Pending", "observedGeneration": 1}, 1, 0, True),
+    ({"phase": "Running", "observedGeneration": 1}, 1, 0, True),                  # progress comes from MLflow
+    ({"phase": "Retrying", "observedGeneration": 1}, 1, 0, True),
+    ({"phase": "Suspended", "observedGeneration": 1}, 1, 0, True),
+    ({"phase": "Failed", "observedGeneration": 1}, 1, 0, False),                  # finished
+    ({"phase": "Failed", "observedGeneration": 1}, 2, 0, True),                   # maxAttempts raised: an edit
+    ({"phase": "Succeeded", "observedGeneration": 1, "model": {"version": 1}}, 1, 0, False),
+    ({"phase": "Succeeded", "observedGeneration": 1}, 1, 0, True),                # no model yet: look again
+    ({"phase": "Succeeded", "observedGeneration": 1}, 1, MAX_REPORT_LOOKUPS - 1, True),
+    ({"phase": "Succeeded", "observedGeneration": 1}, 1, MAX_REPORT_LOOKUPS, False),  # no MLflow: stop asking
+    ({"phase": "Succeeded", "observedGeneration": 1}, 2, MAX_REPORT_LOOKUPS, True),
+])
+def test_which_runs_the_resync_loop_visits(status: dict[str, Any], generation: int, lookups: int,
+                                           expected: bool) -> None:
+    assert needs_resync(status, generation, lookups) is expected

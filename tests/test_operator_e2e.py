@@ -283,3 +283,42 @@ def test_forbidden_child_fails_the_run_with_the_api_message(tmp_path: Path, tiny
     finally:
         operator.stop()
         cluster.stop()
+
+
+def test_finished_runs_cost_nothing_without_mlflow_and_a_run_may_name_its_own(
+        tmp_path: Path, tiny_models: dict[str, Path], mlflow_server: str) -> None:
+    """An operator with no tracking server (the Helm default): a run that tracks nowhere still finishes and then
+    costs no request at all; a run that names its own server gets its model and metrics from there."""
+    import time
+
+    from legistra.operator.status import MAX_REPORT_LOOKUPS
+
+    cluster = Cluster().start()
+    kubeflow = FakeTrainingOperator(cluster, NS, tmp_path / "pods").start()
+    env = {"LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})}
+    operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, env, tmp_path / "operator.log").start()
+    world = {"cluster": cluster, "kubeflow": kubeflow, "root": tmp_path}
+    try:
+        untracked = training_run("risk-untracked", tiny_models)
+        own = training_run("risk-own-mlflow", tiny_models,
+                           tracking={"mlflow": {"trackingUri": mlflow_server, "experiment": "own-server"}})
+        for doc in (untracked, own):
+            doc["spec"]["resources"]["nodes"] = 1
+            cluster.apply_run(doc)
+        wait_phase(world, "risk-untracked", "Succeeded")
+        st = cluster.wait(lambda: (r := cluster.run(NS, "risk-own-mlflow")) and r.get("status", {}).get("model")
+                          and r["status"], 240, "the model of the run with its own MLflow")
+        assert st["phase"] == "Succeeded" and st["mlflow"]["url"].startswith(mlflow_server)
+        assert st["model"]["version"] == 1 and "eval_f1_macro" in st["metrics"]
+        done = cluster.run(NS, "risk-untracked")
+        assert done is not None and "model" not in done["status"] and done["status"]["observedGeneration"] == 1
+        names = [f"{run}{suffix}" for run in ("risk-untracked", "risk-own-mlflow")
+                 for suffix in ("", "-config", "-checkpoints")]
+        time.sleep(2 * (MAX_REPORT_LOOKUPS + 1))  # resync every 2 s: the bounded late lookups are spent
+        before = cluster.requests_for(*names)
+        time.sleep(8)  # four more resync ticks
+        assert cluster.requests_for(*names) == before, "finished runs were reconciled again"
+    finally:
+        operator.stop()
+        kubeflow.stop()
+        cluster.stop()

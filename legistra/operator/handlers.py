@@ -27,6 +27,7 @@ from legistra.operator.peering import is_leader, peering_objects, peering_priori
 from legistra.operator.reconcile import reconcile
 from legistra.operator.report import MlflowReporter
 from legistra.operator.schedules import reconcile_schedule
+from legistra.operator.status import needs_resync
 
 log = logging.getLogger("legistra.operator")
 
@@ -46,12 +47,23 @@ class Runtime:
 
     config: OperatorConfig
     kube: Kube
-    reporter: MlflowReporter | None = None
     peering: Peering | None = None  # None when standalone
+    reporters: dict[str, MlflowReporter] = field(default_factory=dict)  # by tracking URI
+    # Late report lookups per finished run without a model (bounded by status.MAX_REPORT_LOOKUPS).
+    lookups: dict[tuple[str, str], int] = field(default_factory=dict)
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:
+    """One MLflow reader per tracking server, made on first use; only servers speak REST (not sqlite/files)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    if uri not in rt.reporters:
+        rt.reporters[uri] = MlflowReporter(uri)
+    return rt.reporters[uri]
 
 
 def runtime_of(memo: Any) -> Runtime:
@@ -115,7 +127,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
                 await rt.kube.create_or_get(obj)
         log.info("peering %r as %s with priority %d", config.peering, rt.peering.identity, rt.peering.priority)
     uri = config.jobs.mlflow_tracking_uri
-    rt.reporter = MlflowReporter(uri) if uri and uri.startswith("http") else None
     prometheus.start_server(config.metrics_port, config.metrics_addr)
     rt.tasks = [
         asyncio.create_task(every(rt, config.resync_seconds, "resync", resync)),
@@ -146,7 +157,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             return  # the echo of our own status write: nothing new (the resync loop re-checks anyway)
         started = time.monotonic()
         try:
-            outcome = await reconcile(rt.kube, body, rt.config.jobs, rt.reporter, _emit,
+            outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), _emit,
                                       job=job, last_status=last)
             if outcome.status is not None:
                 rt.written[key] = (meta.get("uid", ""), outcome.status)
@@ -170,6 +181,7 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         prometheus.forget(key)
         rt.written.pop(key, None)
         rt.locks.pop(key, None)
+        rt.lookups.pop(key, None)
         return
     await _reconcile_run(rt, dict(body))
 
@@ -226,10 +238,13 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
     for run in await rt.kube.list("TrainingRun", ns):
+        meta = run["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
         st = run.get("status") or {}
-        finished = st.get("phase") == "Failed" or (st.get("phase") == "Succeeded" and st.get("model"))
-        if finished and st.get("observedGeneration") == run["metadata"].get("generation"):
-            continue  # finished and fully reported
+        if not needs_resync(st, meta.get("generation"), rt.lookups.get(key, 0)):
+            continue  # finished: no requests at all
+        if st.get("phase") == "Succeeded":
+            rt.lookups[key] = rt.lookups.get(key, 0) + 1
         await _reconcile_run(rt, run)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
-from legistra.contract import experiment_name, primary_metric
+from legistra.contract import experiment_name, primary_metric, tracking_uri
 from legistra.operator.attempts import job_attempt, plan_attempt
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
@@ -56,14 +56,15 @@ async def reconcile(
     kube: Kube,
     body: dict[str, Any],
     defaults: JobDefaults,
-    reporter: MlflowReporter | None = None,
+    reporters: Callable[[str], MlflowReporter | None] | None = None,
     emit: EventSink | None = None,
     clock: Callable[[], dt.datetime] = utc_now,
     *,
     job: dict[str, Any] | None = None,
     last_status: dict[str, Any] | None = None,
 ) -> Outcome:
-    """`job`: the PyTorchJob when the caller already has it (from its watch event), saving a GET.
+    """`reporters`: the MLflow reader for a tracking URI (None when it cannot be read over REST).
+    `job`: the PyTorchJob when the caller already has it (from its watch event), saving a GET.
     `last_status`: the status this operator last wrote, when newer than `body`'s (a stale watch body)."""
     meta = body.get("metadata", {})
     ns, name = meta.get("namespace"), meta["name"]
@@ -150,6 +151,9 @@ async def reconcile(
                 job = await kube.patch("PyTorchJob", ns, name, {"spec": {"runPolicy": {"suspend": rp.suspend}}})
 
     report = None
+    # The run's own tracking server when it names one (the pods log there), else the operator's.
+    uri = tracking_uri(run.spec, defaults.mlflow_tracking_uri)
+    reporter = reporters(uri) if reporters is not None and uri else None
     if reporter is not None and run.metadata.uid and job is not None:
         experiment = experiment_name(run.spec)
         finished = job_state(job, False).phase in ("Succeeded", "Failed")

@@ -177,6 +177,24 @@ def desired_status(
     return st
 
 
+# Lookups of the trainer's report for a run that succeeded without a model in its status (MLflow down, or a
+# run without tracking): bounded, so such a run stops costing requests instead of being polled forever.
+MAX_REPORT_LOOKUPS = 5
+
+
+def needs_resync(status: Mapping[str, Any], generation: int | None, lookups: int) -> bool:
+    """Whether the resync loop should reconcile a run: not when it is finished (its job terminal, Succeeded or
+    Failed, and its generation observed), except for a bounded number of late lookups of a missing model."""
+    if status.get("observedGeneration") != generation:
+        return True
+    phase = status.get("phase")
+    if phase == "Failed":
+        return False
+    if phase == "Succeeded":
+        return not status.get("model") and lookups < MAX_REPORT_LOOKUPS
+    return True
+
+
 def invalid_status(current: Mapping[str, Any], problems: Sequence[str], now: str,
                    generation: int | None, reason: str = "InvalidSpec") -> dict[str, Any]:
     """A run the operator cannot start (a bad spec, a child the API refuses): Failed, precise, no job."""
