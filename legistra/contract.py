@@ -102,3 +102,28 @@ def configured_uris(env: Mapping[str, str] | None = None) -> tuple[str | None, s
     """(tracking, registry) as the environment configures them for the trainer and the CLI."""
     source = os.environ if env is None else env
     return source.get(ENV_TRACKING_URI) or None, source.get(ENV_REGISTRY_URI) or None
+
+
+# -- How a trainer that cannot succeed says so (read by the operator from the failed pod) -------------------
+# The trainer exits with EXIT_DETERMINISTIC and writes "<Reason>: <one line>" to the container's termination
+# message file: torchrun turns a rank's exit code into its own, but the file survives. Retrying such a run
+# only fails the same way again, so the operator ends it at once with that reason and message.
+EXIT_DETERMINISTIC = 2
+FAILURE_REASONS: tuple[str, ...] = ("InvalidData", "InvalidModel", "TrainerError")
+ENV_TERMINATION_LOG = "LEGISTRA_TERMINATION_LOG"
+TERMINATION_LOG_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
+
+
+def termination_message(reason: str, message: str) -> str:
+    assert reason in FAILURE_REASONS, reason
+    return f"{reason}: {' '.join(message.split())}"[:TERMINATION_MESSAGE_LIMIT]
+
+
+def parse_termination_message(text: str | None) -> tuple[str, str] | None:
+    """(reason, message) when `text` is a deterministic failure written by the trainer; None otherwise (log
+    lines from FallbackToLogsOnError, a crash, an OOM kill)."""
+    reason, sep, message = (text or "").strip().partition(": ")
+    if sep and reason in FAILURE_REASONS and message.strip():
+        return reason, message.strip()
+    return None

@@ -38,6 +38,7 @@ RESOURCES = {
     "v1/configmaps": ("ConfigMap", True, set()),
     "v1/secrets": ("Secret", True, set()),
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, set()),
+    "v1/pods": ("Pod", True, {"status"}),
     "legistra.io/v1alpha1/trainingruns": ("TrainingRun", True, {"status"}),
     "legistra.io/v1alpha1/trainingschedules": ("TrainingSchedule", True, {"status"}),
     "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, {"status"}),
@@ -286,6 +287,15 @@ class Pod:
     index: int
     proc: subprocess.Popen[bytes]
     log: Path
+    termination: Path | None = None  # the container's terminationMessagePath, as a local file
+    fallback_to_logs: bool = False
+
+    def termination_message(self) -> str:
+        """What the kubelet reports: the file, else (FallbackToLogsOnError, on an error) the log's tail."""
+        text = self.termination.read_text(errors="replace") if self.termination and self.termination.exists() else ""
+        if not text and self.fallback_to_logs and self.log.exists():
+            text = "\n".join(self.log.read_text(errors="replace").splitlines()[-80:])[-2048:]
+        return text[:4096]
 
     def kill(self) -> None:
         """Like a container runtime: every process of the pod goes, whatever session torchrun gave it."""
@@ -403,6 +413,7 @@ class FakeTrainingOperator(Poller):
         if failed:
             for p in failed:
                 state.failed[p.replica] = state.failed.get(p.replica, 0) + 1
+                self._report_pod(name, p)
             self._kill(state)
             backoff = int(job["spec"].get("runPolicy", {}).get("backoffLimit", 3))
             if state.restarts >= backoff:
@@ -427,6 +438,23 @@ class FakeTrainingOperator(Poller):
                       f"PyTorchJob {name} is successfully completed.", others_false=("Running",))
 
     # -- pods ----------------------------------------------------------------------------------------------
+    def _report_pod(self, job: str, pod: Pod) -> None:
+        """The failed pod as the API shows it: the training-operator's labels, the container's terminated
+        state with its exit code and termination message (what the operator reads)."""
+        name = f"{job}-{pod.replica.lower()}-{pod.index}"
+        obj = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": self.ns,
+                            "labels": {"training.kubeflow.org/job-name": job,
+                                       "training.kubeflow.org/replica-type": pod.replica.lower()}},
+               "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}}
+        status = {"phase": "Failed", "containerStatuses": [{
+            "name": "pytorch", "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
+            "state": {"terminated": {"exitCode": pod.proc.returncode, "reason": "Error",
+                                     "message": pod.termination_message()}}}]}
+        if self.cluster.get("v1", "pods", self.ns, name) is None:
+            self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", obj)
+        self.cluster.patch("v1", "pods", self.ns, name, {"status": status}, sub="status")
+
     def _secret(self, name: str, key: str) -> str:
         secret = self.cluster.get("v1", "secrets", self.ns, name)
         if secret is None or key not in secret.get("data", {}):
@@ -477,8 +505,11 @@ class FakeTrainingOperator(Poller):
             return value
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "LEGISTRA_", "MLFLOW_"))}
+        termination = pod_dir / "termination-log" if container.get("terminationMessagePath") else None
         for e in container.get("env", []):
-            if "value" in e:
+            if "value" in e and termination and e["value"] == container["terminationMessagePath"]:
+                env[e["name"]] = str(termination)  # the kubelet's file for the termination message
+            elif "value" in e:
                 env[e["name"]] = local(e["value"])
             else:
                 ref = e["valueFrom"]["secretKeyRef"]
@@ -495,7 +526,8 @@ class FakeTrainingOperator(Poller):
         pod_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                 start_new_session=True)
-        return Pod(replica, index, proc, log)
+        return Pod(replica, index, proc, log, termination,
+                   container.get("terminationMessagePolicy") == "FallbackToLogsOnError")
 
     def _kill(self, state: JobState) -> None:
         for p in state.pods:
@@ -555,9 +587,9 @@ class OperatorProcess:
         self.liveness_port = free_port()
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig),
-               "LEGISTRA_METRICS_PORT": str(self.metrics_port), "LEGISTRA_METRICS_ADDR": "127.0.0.1",
-               "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1"}
+        env = {**os.environ, "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1", **self.env,
+               "KUBECONFIG": str(self.kubeconfig), "LEGISTRA_METRICS_PORT": str(self.metrics_port),
+               "LEGISTRA_METRICS_ADDR": "127.0.0.1"}
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns,
              *(["--standalone"] if self.standalone else []),

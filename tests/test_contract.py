@@ -85,3 +85,25 @@ def test_run_json_is_one_document_for_the_operator_and_the_cli(example: str) -> 
     in_configmap = json.loads(build_configmap(run)["data"]["run.json"])
     assert in_configmap == contract.run_document(run)
     assert parse_training_run(in_configmap).spec == run.spec  # the trainer reads back what was meant
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("InvalidData: /data/train.jsonl, row 7, field 'label': missing label",
+     ("InvalidData", "/data/train.jsonl, row 7, field 'label': missing label")),
+    ("InvalidModel: spec.model.name: cannot load 'x'", ("InvalidModel", "spec.model.name: cannot load 'x'")),
+    ("TrainerError: spec.training.precision: fp16 is not allowed", ("TrainerError",
+                                                                    "spec.training.precision: fp16 is not allowed")),
+    ("Traceback (most recent call last):\n  File ...", None),   # FallbackToLogsOnError: the log's tail
+    ("InvalidData:", None),
+    ("OOMKilled: out of memory", None),                          # not a reason the trainer writes
+    ("", None),
+    (None, None),
+])
+def test_termination_messages(text: str | None, expected: tuple[str, str] | None) -> None:
+    assert contract.parse_termination_message(text) == expected
+
+
+def test_termination_message_round_trip_is_one_line_and_bounded() -> None:
+    text = contract.termination_message("InvalidData", "row 3\n  field 'text': empty" + "x" * 10_000)
+    assert "\n" not in text and len(text) == contract.TERMINATION_MESSAGE_LIMIT
+    assert contract.parse_termination_message(text) == ("InvalidData", text.removeprefix("InvalidData: "))

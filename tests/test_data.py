@@ -220,7 +220,7 @@ def test_model_from_an_s3_prefix_is_downloaded_once(tmp_path: Path, s3_endpoint:
     from transformers import AutoConfig
 
     from legistra.api.spec import ModelSpec
-    from legistra.trainer.modeling import resolve_model
+    from legistra.trainer.modeling import ModelError, resolve_model
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="base-models")
@@ -229,5 +229,21 @@ def test_model_from_an_s3_prefix_is_downloaded_once(tmp_path: Path, s3_endpoint:
     local = resolve_model(ModelSpec(name="s3://base-models/legal/tiny-bert"), tmp_path)
     assert AutoConfig.from_pretrained(local).model_type == "bert"
     assert resolve_model(ModelSpec(name="s3://base-models/legal/tiny-bert/"), tmp_path) == local  # cached
-    with pytest.raises(FileNotFoundError, match=r"spec\.model\.name: no objects under s3://base-models/nothing"):
+    with pytest.raises(ModelError, match=r"spec\.model\.name: no objects under s3://base-models/nothing"):
         resolve_model(ModelSpec(name="s3://base-models/nothing"), tmp_path)
+
+
+def test_a_model_that_is_not_there_is_a_model_error_and_a_network_error_is_not(tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from legistra.trainer.modeling import ModelError, model_loading
+
+    with pytest.raises(ModelError, match=r"spec\.model\.name: cannot load '/no/such/model'"), \
+            model_loading("/no/such/model"):
+        AutoConfig.from_pretrained("/no/such/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="Unrecognized model"), \
+            model_loading(str(tmp_path / "empty")):
+        AutoConfig.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(ConnectionError), model_loading("legal/model"):
+        raise ConnectionError("connection reset by peer")  # transient: stays retryable

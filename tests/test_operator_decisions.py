@@ -23,7 +23,16 @@ from legistra.operator.build import (
     spec_hash,
 )
 from legistra.operator.config import JobDefaults
-from legistra.operator.status import MAX_REPORT_LOOKUPS, job_state, key_metric, needs_resync, set_condition
+from legistra.operator.status import (
+    JOB_NAME_LABEL,
+    MAX_REPORT_LOOKUPS,
+    deterministic_failure,
+    job_may_have_failed_pods,
+    job_state,
+    key_metric,
+    needs_resync,
+    set_condition,
+)
 from tests.conftest import EXAMPLES, ROOT
 from tests.status_schema import desired_status, invalid_status
 
@@ -408,3 +417,44 @@ def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
 def test_which_runs_the_resync_loop_visits(status: dict[str, Any], generation: int, lookups: int,
                                            expected: bool) -> None:
     assert needs_resync(status, generation, lookups) is expected
+
+
+def pod(job: str, *, state: dict[str, Any] | None = None, last: dict[str, Any] | None = None,
+        container: str = "pytorch") -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": container, "state": state or {"running": {}}}
+    if last is not None:
+        cs["lastState"] = last
+    return {"metadata": {"name": f"{job}-master-0", "labels": {JOB_NAME_LABEL: job}},
+            "status": {"containerStatuses": [cs]}}
+
+
+BAD_ROW = {"terminated": {"exitCode": 1, "message": "InvalidData: train.jsonl, row 7, field 'label': missing label"}}
+
+
+@pytest.mark.parametrize(("pods", "expected"), [
+    ([], None),
+    ([pod("r")], None),                                                              # still running
+    ([pod("r", state=BAD_ROW)], ("InvalidData", "train.jsonl, row 7, field 'label': missing label")),
+    ([pod("r", last=BAD_ROW)], ("InvalidData", "train.jsonl, row 7, field 'label': missing label")),  # restarted
+    ([pod("r", state={"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": ""}})], None),
+    ([pod("r", state={"terminated": {"exitCode": 1, "message": "Traceback ...\nRuntimeError: NCCL"}})], None),
+    ([pod("other", state=BAD_ROW)], None),                                          # another job's pod
+    ([pod("r", state=BAD_ROW, container="sidecar")], None),
+    ([pod("r"), pod("r", state={"terminated": {"exitCode": 1, "message": "InvalidModel: spec.model.name: gone"}})],
+     ("InvalidModel", "spec.model.name: gone")),
+])
+def test_deterministic_failures_from_pods(pods: list[dict[str, Any]], expected: tuple[str, str] | None) -> None:
+    got = deterministic_failure(pods, "r")
+    assert (None if got is None else (got.reason, got.message)) == expected
+
+
+def test_a_deterministic_failure_fails_the_run_without_a_retry() -> None:
+    job = {"metadata": {"name": "r"}, "status": {"conditions": [{"type": "Restarting", "status": "True"}]}}
+    failure = deterministic_failure([pod("r", state=BAD_ROW)], "r")
+    st = desired_status({}, job, generation=1, now="2026-11-25T10:00:00Z", suspended_in_spec=False,
+                        max_attempts=3, failure=failure)
+    assert st["phase"] == "Failed" and "retryAt" not in st
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidData" and "row 7" in failed["message"] and "not retried" in failed["message"]
+    assert job_may_have_failed_pods(job) and not job_may_have_failed_pods(
+        {"status": {"conditions": [{"type": "Running", "status": "True"}]}})

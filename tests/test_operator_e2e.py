@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,46 @@ def test_run_succeeds_with_metrics_mlflow_and_model_in_status(world: dict[str, A
 
 
 def test_failing_replica_marks_the_run_failed_with_why(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
-    doc = training_run("risk-broken", tiny_models, data={"train": "/nonexistent/train.jsonl"},
-                       runPolicy={"backoffLimit": 1, "maxAttempts": 1})
-    world["cluster"].apply_run(doc)
+    """A crash that says nothing (a killed pod, an NCCL hang): restarted up to backoffLimit, then Failed."""
+    doc = training_run("risk-broken", tiny_models, training={"maxSteps": 400, "batchSize": 2},
+                       data={"maxSamples": 200}, runPolicy={"backoffLimit": 1, "maxAttempts": 1})
+    cluster: Cluster = world["cluster"]
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    cluster.apply_run(doc)
+    for restarts in (0, 1):
+        cluster.wait(lambda n=restarts: (s := kubeflow.jobs.get("risk-broken")) and s.restarts == n and s.pods,  # type: ignore[misc]
+                     120, f"the job's pods (restart {restarts})")
+        kubeflow.kill_pod("risk-broken", "Worker")
     st = wait_phase(world, "risk-broken", "Failed")["status"]
     assert "replica" in st["message"] and "failed" in st["message"]
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "PyTorchJobFailed"
     assert world["kubeflow"].jobs["risk-broken"].restarts == 1  # backoffLimit honoured
-    assert "/nonexistent/train.jsonl: file not found" in world["kubeflow"].logs("risk-broken")
+
+
+def test_bad_data_fails_at_once_with_the_row_named(world: dict[str, Any], tiny_models: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """The trainer's deterministic failure (exit 2 + termination message) ends the run after one attempt,
+    backoffLimit and maxAttempts notwithstanding, with the bad row in the condition."""
+    from tests.conftest import DATA
+
+    rows = (DATA / "risk_train.jsonl").read_text().splitlines()[:40]
+    rows[6] = json.dumps({"text": "Either party may terminate this Agreement.", "lab": "low"})  # row 7: no label
+    bad = tmp_path / "train-bad.jsonl"
+    bad.write_text("\n".join(rows) + "\n")
+    cluster: Cluster = world["cluster"]
+    posts = cluster.creates("pytorchjobs")
+    cluster.apply_run(training_run("risk-bad-row", tiny_models, data={"train": str(bad)},
+                                   runPolicy={"backoffLimit": 3, "maxAttempts": 3, "retryDelaySeconds": 1}))
+    st = wait_phase(world, "risk-bad-row", "Failed", timeout=120)["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidData"
+    assert f"{bad}, row 7, field 'label': missing label" in failed["message"], failed["message"]
+    assert st["attempt"] == 1 and "retryAt" not in st
+    time.sleep(3)  # past retryDelaySeconds: still one job, never another attempt
+    assert cluster.creates("pytorchjobs") - posts == 1
+    assert phase_of(world, "risk-bad-row") == "Failed"
+    assert cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-bad-row") is None, 30, "the crash-looping job to go")
 
 
 def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
@@ -318,6 +350,36 @@ def test_finished_runs_cost_nothing_without_mlflow_and_a_run_may_name_its_own(
         before = cluster.requests_for(*names)
         time.sleep(8)  # four more resync ticks
         assert cluster.requests_for(*names) == before, "finished runs were reconciled again"
+    finally:
+        operator.stop()
+        kubeflow.stop()
+        cluster.stop()
+
+
+def test_a_retry_starts_at_its_retry_at_not_at_the_next_resync(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """With a resync period of a minute, the second attempt still starts within 2 s of status.retryAt."""
+    import datetime as dt
+
+    cluster = Cluster().start()
+    kubeflow = FakeTrainingOperator(cluster, NS, tmp_path / "pods").start()
+    env = {"LEGISTRA_RESYNC_SECONDS": "60",
+           "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})}
+    operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, env, tmp_path / "operator.log").start()
+    world = {"cluster": cluster, "kubeflow": kubeflow, "root": tmp_path}
+    try:
+        doc = training_run("risk-timely", tiny_models, training={"maxSteps": 400, "batchSize": 2},
+                           data={"maxSamples": 200},
+                           runPolicy={"backoffLimit": 0, "maxAttempts": 2, "retryDelaySeconds": 4})
+        doc["spec"]["resources"]["nodes"] = 1
+        cluster.apply_run(doc)
+        cluster.wait(lambda: (s := kubeflow.jobs.get("risk-timely")) and s.pods, 120, "the first attempt's pod")
+        kubeflow.kill_pod("risk-timely", "Master")
+        retry_at = dt.datetime.fromisoformat(
+            wait_phase(world, "risk-timely", "Retrying", timeout=60)["status"]["retryAt"].replace("Z", "+00:00"))
+        cluster.wait(lambda: cluster.creates("pytorchjobs") == 2, 30, "the second attempt's job")
+        started = dt.datetime.now(dt.timezone.utc)
+        late = (started - retry_at).total_seconds()
+        assert 0.0 <= late <= 2.0, (started, retry_at)
     finally:
         operator.stop()
         kubeflow.stop()

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from legistra.api.spec import GROUP_VERSION, TrainingRun, TrainingRunSpec
 from legistra.contract import (
     ENV_REGISTRY_URI,
+    ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
     MUTABLE_RUN_POLICY,
+    TERMINATION_LOG_PATH,
     registry_uri,
     run_document,
     tracking_uri,
@@ -121,6 +123,7 @@ def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]
         {"name": "LEGISTRA_PROGRESS", "value": "log"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},
     ]
     tracking = tracking_uri(spec, defaults.mlflow_tracking_uri)
     if tracking:
@@ -168,6 +171,9 @@ def pod_template(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
                  "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"],
         "env": trainer_env(run, defaults),
         "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}],
+        # The trainer's one-line reason for a failure a retry would repeat; the operator reads it from the pod.
+        "terminationMessagePath": TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "checkpoints", "mountPath": OUTPUT_MOUNT},

@@ -55,6 +55,8 @@ class Runtime:
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # One wake-up per Retrying run, at its retryAt (the resync tick would start it up to a period late).
+    wakeups: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
 
 
 def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:
@@ -139,7 +141,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     rt = runtime_of(memo)
-    for task in rt.tasks:
+    for task in [*rt.tasks, *rt.wakeups.values()]:
         task.cancel()
     await rt.kube.close()
 
@@ -169,8 +171,32 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
         finally:
             prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
         prometheus.observe_phase(key, outcome.phase)
+        _wake_for_retry(rt, key, outcome.status or {})
         if outcome.created:
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
+
+
+def _wake_for_retry(rt: Runtime, key: tuple[str, str], status: dict[str, Any]) -> None:
+    retry_at = status.get("retryAt") if status.get("phase") == "Retrying" else None
+    if not retry_at or (key in rt.wakeups and not rt.wakeups[key].done()):
+        return
+    due = datetime.datetime.fromisoformat(str(retry_at).replace("Z", "+00:00"))
+    # retryAt is written to the second: wake just after it, never just before.
+    delay = max(0.0, (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.5
+    rt.wakeups[key] = asyncio.create_task(_retry_when_due(rt, key, delay))
+
+
+async def _retry_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> None:
+    await asyncio.sleep(delay)
+    rt.wakeups.pop(key, None)
+    try:
+        if not await acting(rt):
+            return
+        run = await rt.kube.get("TrainingRun", key[0], key[1])
+        if run is not None:
+            await _reconcile_run(rt, run, force=True)
+    except ApiError as exc:
+        log.warning("%s/%s: retry wake-up failed, the resync loop retries: %s", key[0], key[1], exc)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "trainingruns")
@@ -182,6 +208,8 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         rt.written.pop(key, None)
         rt.locks.pop(key, None)
         rt.lookups.pop(key, None)
+        if (wakeup := rt.wakeups.pop(key, None)) is not None:
+            wakeup.cancel()
         return
     await _reconcile_run(rt, dict(body))
 

@@ -11,6 +11,7 @@ import base64
 import os
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Secret": ("/api/v1", "secrets"),
+    "Pod": ("/api/v1", "pods"),
     "Event": ("/api/v1", "events"),
 }
 
@@ -190,7 +192,7 @@ class Kube:
     async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
         path = path_of(kind, namespace)
         if label_selector:
-            path += f"?labelSelector={label_selector}"
+            path += f"?labelSelector={urllib.parse.quote(label_selector, safe='')}"
         items: list[dict[str, Any]] = (await self._request("GET", path)).get("items", [])
         return items
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
-from legistra.contract import experiment_name, primary_metric, tracking_uri
+from legistra.contract import FAILURE_REASONS, experiment_name, primary_metric, tracking_uri
 from legistra.operator.attempts import job_attempt, plan_attempt
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
@@ -30,7 +30,14 @@ from legistra.operator.build import (
 from legistra.operator.config import JobDefaults
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
-from legistra.operator.status import desired_status, invalid_status, job_state
+from legistra.operator.status import (
+    JOB_NAME_LABEL,
+    desired_status,
+    deterministic_failure,
+    invalid_status,
+    job_may_have_failed_pods,
+    job_state,
+)
 
 log = logging.getLogger("legistra.operator")
 
@@ -99,13 +106,27 @@ async def reconcile(
     created: list[str] = []
     refused: list[str] = []
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
-            c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed")
+            c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed", *FAILURE_REASONS)
             for c in current.get("conditions", [])):
-        return Outcome("Failed", [], current)  # already refused this generation; a spec edit retries
+        return Outcome("Failed", [], current)  # refused or failed for good at this generation; an edit retries
 
     rp = run.spec.run_policy
     if job is None:
         job = await kube.get("PyTorchJob", ns, name)
+    if job is not None and job_may_have_failed_pods(job):
+        # A pod failed: did the trainer say a retry would fail the same way (bad data, no such model)?
+        pods = await kube.list("Pod", ns, label_selector=f"{JOB_NAME_LABEL}={name}")
+        failure = deterministic_failure(pods, name)
+        if failure is not None:
+            new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
+                                 metric=primary_metric(run.spec), attempt=job_attempt(job),
+                                 max_attempts=rp.max_attempts, failure=failure)
+            if await save(new) and emit is not None:
+                _emit_transitions(emit, body, current, new)
+            if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
+                # Its pods would only crash-loop until backoffLimit: stop them now.
+                await kube.delete("PyTorchJob", ns, name, propagation="Background")
+            return Outcome("Failed", [], new)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
     if plan.action == "finished":
         return Outcome(str(current.get("phase", "")), [], current)  # e.g. its job expired by TTL

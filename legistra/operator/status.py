@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from legistra.contract import MUTABLE_RUN_POLICY
+from legistra.contract import MUTABLE_RUN_POLICY, parse_termination_message
 
 # As users write them: "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds".
 MUTABLE_FIELDS = "spec.runPolicy." + ", ".join(MUTABLE_RUN_POLICY[:-1]) + " and " + MUTABLE_RUN_POLICY[-1]
@@ -33,6 +33,34 @@ def failed_replicas(replica_statuses: Mapping[str, Any] | None) -> str:
         if failed:
             parts.append(f"{name} replica failed ({failed} pod{'s' if failed > 1 else ''})")
     return "; ".join(parts)
+
+
+# The label the training-operator puts on every pod of a PyTorchJob.
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+
+
+def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str) -> JobState | None:
+    """A failure the trainer declared deterministic (bad data, a model that cannot load), read from the
+    termination message of any terminated `pytorch` container of the job's pods, now or before its last
+    restart. Pods of other jobs are ignored even if a list returned them."""
+    for pod in pods:
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL) != job_name:
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != "pytorch":
+                continue
+            for state in (cs.get("state"), cs.get("lastState")):
+                terminated = (state or {}).get("terminated") or {}
+                parsed = parse_termination_message(terminated.get("message"))
+                if parsed is not None:
+                    return JobState("Failed", parsed[0], parsed[1])
+    return None
+
+
+def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
+    """Whether a pod of the job has failed (so its termination message is worth a LIST of pods)."""
+    conditions = ((job or {}).get("status") or {}).get("conditions") or []
+    return bool(_true(conditions, "Failed") or _true(conditions, "Restarting"))
 
 
 def job_state(job: Mapping[str, Any] | None, suspended_in_spec: bool) -> JobState:
@@ -100,14 +128,19 @@ def desired_status(
     max_attempts: int = 1,
     retry_at: str | None = None,
     replacing: bool = False,
+    failure: JobState | None = None,
 ) -> dict[str, Any]:
     """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
 
     `attempt` of `max_attempts`: which PyTorchJob this is; `retry_at`: the failed job will be replaced then;
     `replacing`: the job on hand belongs to an earlier attempt and is being deleted (nothing to mirror).
+    `failure`: the trainer declared the failure deterministic (`deterministic_failure`): Failed, no retry.
     """
     of = f"attempt {attempt} of {max_attempts}"
-    if replacing:
+    if failure is not None:
+        state = JobState("Failed", failure.reason,
+                         f"{failure.message} (not retried: another attempt would fail the same way)")
+    elif replacing:
         state = JobState("Pending", "AttemptStarting",
                          f"{of}: replacing the failed PyTorchJob; training resumes from the last checkpoint")
     else:

@@ -19,8 +19,28 @@ from legistra.trainer.runtime import die_with_parent  # noqa: E402
 die_with_parent(PARENT_PID)
 
 from legistra.api.validation import SpecError, parse_training_run  # noqa: E402
-from legistra.contract import configured_uris, registry_uri, tracking_uri  # noqa: E402
+from legistra.contract import (  # noqa: E402
+    ENV_TERMINATION_LOG,
+    EXIT_DETERMINISTIC,
+    configured_uris,
+    registry_uri,
+    termination_message,
+    tracking_uri,
+)
 from legistra.trainer.data import DataError  # noqa: E402
+from legistra.trainer.modeling import ModelError  # noqa: E402
+
+
+def fail(reason: str, exc: Exception) -> int:
+    """A failure that a retry would repeat: one line on stderr and in the termination message, exit 2."""
+    print(f"error: {exc}", file=sys.stderr)
+    path = os.environ.get(ENV_TERMINATION_LOG)
+    if path:
+        try:
+            Path(path).write_text(termination_message(reason, str(exc)), encoding="utf-8")
+        except OSError:
+            pass  # no such file outside a pod; the message is on stderr anyway
+    return EXIT_DETERMINISTIC
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = parse_training_run(json.loads(args.config.read_text(encoding="utf-8")), str(args.config))
     except (OSError, json.JSONDecodeError, SpecError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("TrainerError", exc)
     state = args.state_dir or args.output_dir
     paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get("LEGISTRA_CACHE_DIR", state / "cache")))
     configured_tracking, configured_registry = configured_uris()
@@ -52,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run_training(run, paths, settings)
-    except (DataError, SpecError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except DataError as exc:
+        return fail("InvalidData", exc)
+    except ModelError as exc:
+        return fail("InvalidModel", exc)
+    except SpecError as exc:
+        return fail("TrainerError", exc)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,29 @@ PEFT_TASK_TYPE: dict[Task, str] = {
 }
 
 
+class ModelError(Exception):
+    """The base model cannot be loaded, and trying again would not change that."""
+
+
+# What transformers and huggingface_hub say when a model is not there or not a model (a network error is none
+# of these, and stays retryable).
+_NOT_A_MODEL = ("is not a local folder and is not a valid model identifier", "does not appear to have a file named",
+                "Unrecognized model", "Repository Not Found", "is not a valid JSON file", "Repo id must be in the form")
+
+
+@contextmanager
+def model_loading(name: str) -> Iterator[None]:
+    """Turn "this model does not exist / is not a model" into a ModelError naming spec.model.name."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if any(marker in text for marker in _NOT_A_MODEL):
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise ModelError(f"spec.model.name: cannot load {name!r}: {first}") from exc
+        raise
+
+
 def resolve_model(spec: ModelSpec, cache_dir: Path) -> str:
     """A local directory or hub id that `from_pretrained` can load."""
     name = spec.name
@@ -87,7 +112,7 @@ def download_s3_prefix(uri: str, cache_root: Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             s3c.download_file(bucket, obj["Key"], str(dest))
     if not found:
-        raise FileNotFoundError(f"spec.model.name: no objects under {uri}")
+        raise ModelError(f"spec.model.name: no objects under {uri}")
     marker.touch()
     return target
 

@@ -263,7 +263,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
     from legistra.tracking.wandb_tracker import WandbTracker
     from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
-    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, resolve_model
+    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, model_loading, resolve_model
 
     dist = DistInfo.from_env()
     setup_logging(dist)
@@ -288,10 +288,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     handler = handler_for(spec)
     data = load_data(spec.task, spec.data, paths.cache, spec.training.seed)
     handler.fit_labels(data.train, data.validation)
-    model_path = resolve_model(spec.model, paths.cache)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
-    )
+    with model_loading(spec.model.name):
+        model_path = resolve_model(spec.model, paths.cache)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+        )
 
     args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
     train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache, args)
@@ -302,7 +303,9 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         "cached" if cache_hit else "computed",
     )
 
-    model = handler.load_model(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+    with model_loading(spec.model.name):
+        model = handler.load_model(model_path, revision=spec.model.revision,
+                                   trust_remote_code=spec.model.trust_remote_code)
     if precision == "fp16" and model.config.model_type in T5_MODEL_TYPES:
         raise SpecError([f"spec.training.precision: fp16 is not allowed for {model.config.model_type} models "
                          "(they overflow to NaN); use bf16 or fp32"])
