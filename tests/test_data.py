@@ -247,3 +247,33 @@ def test_a_model_that_is_not_there_is_a_model_error_and_a_network_error_is_not(t
         AutoConfig.from_pretrained(str(tmp_path / "empty"))
     with pytest.raises(ConnectionError), model_loading("legal/model"):
         raise ConnectionError("connection reset by peer")  # transient: stays retryable
+
+
+def test_every_bad_row_is_reported_at_once_up_to_twenty(tmp_path: Path) -> None:
+    from legistra.trainer.data import MAX_REPORTED, DataProblems, preflight
+
+    rows: list[dict[str, object]] = [{"text": f"clause {i}", "label": "low"} for i in range(60)]
+    for i in (3, 11, 40):
+        rows[i] = {"text": f"clause {i}"}
+    f = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataProblems) as info:
+        load_data("risk-classification", spec(f), tmp_path, seed=0)
+    assert [p.row for p in info.value.problems] == [4, 12, 41]
+    assert str(info.value).splitlines()[0] == "3 bad row(s):"
+    assert f"{f}, row 41, field 'label': missing label" in str(info.value)
+
+    many = write_jsonl(tmp_path / "many.jsonl", [{"text": ""}] * 50)
+    with pytest.raises(DataProblems) as info:
+        preflight("risk-classification", spec(many), tmp_path)
+    assert len(info.value.problems) == MAX_REPORTED and "and more" in str(info.value)
+
+
+def test_preflight_checks_the_first_rows_only(tmp_path: Path) -> None:
+    from legistra.trainer.data import preflight
+
+    rows: list[dict[str, object]] = [{"text": f"clause {i}", "label": "low"} for i in range(30)]
+    rows.append({"text": "past the limit"})  # row 31: no label
+    f = write_jsonl(tmp_path / "train.jsonl", rows)
+    assert preflight("risk-classification", spec(f), tmp_path, limit=30) == {"train": 30}
+    with pytest.raises(DataError, match="row 31, field 'label'"):
+        preflight("risk-classification", spec(f), tmp_path, limit=31)

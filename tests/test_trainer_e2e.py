@@ -266,3 +266,29 @@ def test_multi_label_classification(tmp_path: Path, tiny_models: dict[str, Path]
     assert {"eval_accuracy", "eval_f1_macro", "eval_f1_micro"} <= set(result["metrics"])
     labels = json.loads((tmp_path / "state" / "runs" / "multi" / "model" / "legistra.json").read_text())["labels"]
     assert labels == sorted(kinds)
+
+
+def test_bad_data_is_one_clean_error_before_training(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Every bad row at once, before torchrun starts: no traceback, no advice to resume; `validate --data` says
+    the same."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "low"}\n{"text": "no label here"}\n{"text": broken\n'
+                   '{"text": "fine too", "label": "high"}\n{"text": "", "label": "low"}\n')
+    doc = base_run("risk-classification", tiny_models["bert"], "bad-rows", data={"train": str(bad)})
+    run_file = write_run(tmp_path / "b.yaml", doc)
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file))
+    assert res.returncode == 2
+    for row in (f"{bad}, row 2, field 'label': missing label", f"{bad}, row 3: not valid JSON",
+                f"{bad}, row 5, field 'text': missing or empty text"):
+        assert row in res.stderr
+    assert "Traceback" not in res.stderr and "resume" not in res.stderr and "training '" not in res.stderr
+    checked = legistra("--state-dir", str(tmp_path / "state"), "validate", "--data", str(run_file))
+    assert checked.returncode == 1 and f"{bad}, row 5, field 'text'" in checked.stderr
+
+
+def test_a_model_that_does_not_exist_is_not_worth_resuming(tmp_path: Path) -> None:
+    doc = base_run("risk-classification", tmp_path / "no-such-model", "no-model")
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(write_run(tmp_path / "m.yaml", doc)))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"error: InvalidModel: spec.model.name: cannot load '{tmp_path / 'no-such-model'}'" in res.stderr
+    assert "resuming would fail the same way" in res.stderr and "run the same command again" not in res.stderr

@@ -9,11 +9,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from legistra.api.spec import TrainingRun
 from legistra.cli.specfile import load_or_report
-from legistra.contract import ENV_REGISTRY_URI, ENV_TRACKING_URI, run_document
+from legistra.contract import (
+    ENV_REGISTRY_URI,
+    ENV_TERMINATION_LOG,
+    ENV_TRACKING_URI,
+    EXIT_DETERMINISTIC,
+    parse_termination_message,
+    run_document,
+)
 
 
 def absolutize_data(run: TrainingRun, base: Path) -> TrainingRun:
@@ -70,6 +77,21 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_data(run: TrainingRun, cache_dir: Path, out: TextIO = sys.stderr) -> int | None:
+    """The data preflight (legistra.trainer.data.preflight): None when the data is fine, else the exit code
+    after printing every bad row."""
+    from legistra.trainer.data import DataError, preflight
+
+    try:
+        checked = preflight(run.spec.task, run.spec.data, cache_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print("the data must be fixed first; training would fail the same way", file=sys.stderr)
+        return EXIT_DETERMINISTIC
+    print("  data ok: " + ", ".join(f"{n} {role} rows checked" for role, n in checked.items()), file=out)
+    return None
+
+
 def train_locally(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.file)
     if loaded is None:
@@ -98,8 +120,13 @@ def train_locally(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2) if args.json else format_result(result))
             return 0
         print(f"resuming '{run.metadata.name}' from {run_dir}")
+    rc = check_data(run, state / "cache")  # before torchrun: one clean error, not a traceback per rank
+    if rc is not None:
+        return rc
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    termination = run_dir / "termination-log"  # where the trainer says why, when retrying would not help
+    termination.unlink(missing_ok=True)
 
     nproc = args.nproc or default_nproc(run)
     env = dict(os.environ)
@@ -111,6 +138,7 @@ def train_locally(args: argparse.Namespace) -> int:
     env.setdefault("LEGISTRA_MLFLOW_ARTIFACT_ROOT", str(state / "mlartifacts"))
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[ENV_TERMINATION_LOG] = str(termination)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "legistra.trainer", "--config", str(config_path), "--output-dir", str(run_dir),
@@ -124,6 +152,12 @@ def train_locally(args: argparse.Namespace) -> int:
         print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     if rc != 0:
+        declared = parse_termination_message(termination.read_text() if termination.exists() else None)
+        if declared is not None:
+            print(f"error: {declared[0]}: {declared[1]}", file=sys.stderr)
+            print("this is not transient: fix it and run with --fresh; resuming would fail the same way",
+                  file=sys.stderr)
+            return EXIT_DETERMINISTIC
         print(f"error: training failed (exit {rc}); run the same command again to resume", file=sys.stderr)
         return rc
     result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))

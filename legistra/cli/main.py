@@ -24,6 +24,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             bad += 1
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
+        if args.data:
+            from legistra.cli.local import absolutize_data, check_data
+
+            run = absolutize_data(run, Path(path).resolve().parent)
+            if check_data(run, Path(args.state_dir).resolve() / "cache", out=sys.stdout) is not None:
+                bad += 1
     return 1 if bad else 0
 
 
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check TrainingRun files; prints every problem with its field path")
     v.add_argument("files", nargs="+")
+    v.add_argument("--data", action="store_true",
+                   help="also read the data and check its rows (the first 10,000 of each file), as training will")
     v.set_defaults(fn=cmd_validate)
 
     t = sub.add_parser("train", help="run a TrainingRun on this machine (torchrun, local MLflow and registry)")

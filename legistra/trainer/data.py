@@ -31,6 +31,21 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class DataProblems(DataError):
+    """Every bad row found (up to MAX_REPORTED), reported at once rather than one per attempt."""
+
+    def __init__(self, problems: list[DataError], more: bool = False) -> None:
+        self.problems = problems
+        first = problems[0]
+        self.file, self.row, self.field = first.file, first.row, first.field
+        lines = [str(p) for p in problems] + (["... and more (only the first bad rows are listed)"] if more else [])
+        ValueError.__init__(self, f"{len(problems)}{'+' if more else ''} bad row(s):\n  " + "\n  ".join(lines))
+
+
+MAX_REPORTED = 20  # bad rows listed before giving up
+PREFLIGHT_ROWS = 10_000  # rows checked before a GPU is spent (all of a smaller file)
+
+
 @dataclass(frozen=True)
 class LoadedData:
     train: list[Row]
@@ -77,7 +92,8 @@ def fetch(location: str, cache_dir: Path) -> Path:
     return target
 
 
-def _read_jsonl(path: Path, label: str) -> Iterator[tuple[int, Row]]:
+def _read_jsonl(path: Path, label: str) -> Iterator[tuple[int, Row | DataError]]:
+    """Rows, or the DataError of a line that is not a row (the reader goes on past it)."""
     with path.open(encoding="utf-8") as fh:
         for i, line in enumerate(fh, start=1):
             if not line.strip():
@@ -85,13 +101,15 @@ def _read_jsonl(path: Path, label: str) -> Iterator[tuple[int, Row]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(label, i, None, f"not valid JSON ({exc.msg})") from None
+                yield i, DataError(label, i, None, f"not valid JSON ({exc.msg})")
+                continue
             if not isinstance(obj, dict):
-                raise DataError(label, i, None, "each line must be a JSON object")
+                yield i, DataError(label, i, None, "each line must be a JSON object")
+                continue
             yield i, obj
 
 
-def _read_csv(path: Path, label: str) -> Iterator[tuple[int, Row]]:
+def _read_csv(path: Path, label: str) -> Iterator[tuple[int, Row | DataError]]:
     with path.open(encoding="utf-8", newline="") as fh:
         # Row numbers count the header as row 1, as spreadsheets do.
         for i, rec in enumerate(csv.DictReader(fh), start=2):
@@ -106,11 +124,14 @@ def _read_csv(path: Path, label: str) -> Iterator[tuple[int, Row]]:
             yield i, row
 
 
-def _read_parquet(path: Path, label: str) -> Iterator[tuple[int, Row]]:
+def _read_parquet(path: Path, label: str) -> Iterator[tuple[int, Row | DataError]]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    yield from enumerate(table.to_pylist(), start=1)
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):  # a preflight stops after its rows
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
 
 
 def cuad_to_rows(doc: Any, label: str) -> list[Row]:
@@ -134,20 +155,43 @@ def cuad_to_rows(doc: Any, label: str) -> list[Row]:
     return rows
 
 
-def read_rows(path: Path, fmt: str, label: str) -> list[tuple[int, Row]]:
+def iter_rows(path: Path, fmt: str, label: str) -> Iterator[tuple[int, Row | DataError]]:
     if fmt == "jsonl":
-        return list(_read_jsonl(path, label))
+        return _read_jsonl(path, label)
     if fmt == "csv":
-        return list(_read_csv(path, label))
+        return _read_csv(path, label)
     if fmt == "parquet":
-        return list(_read_parquet(path, label))
+        return _read_parquet(path, label)
     if fmt == "cuad":
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(label, None, None, f"not valid JSON ({exc.msg})") from None
-        return list(enumerate(cuad_to_rows(doc, label), start=1))
+        return iter(list(enumerate(cuad_to_rows(doc, label), start=1)))
     raise DataError(label, None, None, f"unsupported format {fmt!r}")
+
+
+def checked_rows(task: Task, rows: Iterator[tuple[int, Row | DataError]], spec: DataSpec, label: str,
+                 limit: int | None = None) -> list[Row]:
+    """Canonical rows; every bad one (up to MAX_REPORTED) is collected and raised together as DataProblems."""
+    good: list[Row] = []
+    bad: list[DataError] = []
+    for n, (line, row) in enumerate(rows, start=1):
+        if limit is not None and n > limit:
+            break
+        try:
+            if isinstance(row, DataError):
+                raise row
+            good.append(check_row(task, row, spec, label, line))
+        except DataError as exc:
+            if len(bad) == MAX_REPORTED:
+                raise DataProblems(bad, more=True) from None
+            bad.append(exc)
+    if len(bad) == 1:
+        raise bad[0]
+    if bad:
+        raise DataProblems(bad)
+    return good
 
 
 def check_row(task: Task, row: Row, spec: DataSpec, label: str, line: int) -> Row:
@@ -189,28 +233,38 @@ def check_row(task: Task, row: Row, spec: DataSpec, label: str, line: int) -> Ro
     return {"id": str(row.get("id", line)), "text": text, "spans": clean}
 
 
-def _load_location(task: Task, location: str, spec: DataSpec, cache_dir: Path) -> tuple[list[Row], str]:
+def _load_location(task: Task, location: str, spec: DataSpec, cache_dir: Path,
+                   limit: int | None = None) -> tuple[list[Row], str]:
     if location.startswith("hf://") or not (s3.is_s3(location) or _is_local(location)):
-        return _load_hub(task, location, spec)
+        return _load_hub(task, location, spec, limit)
     path = fetch(location, cache_dir)
     if not path.exists():
         raise DataError(location, None, None, "file not found")
     fmt = _detect_format(location, spec.format)
-    rows = [check_row(task, row, spec, location, line) for line, row in read_rows(path, fmt, location)]
+    rows = checked_rows(task, iter_rows(path, fmt, location), spec, location, limit)
     if not rows:
         raise DataError(location, None, None, "no rows")
     return rows, f"{location}#sha256={sha256_file(path)}"
 
 
-def _load_hub(task: Task, location: str, spec: DataSpec) -> tuple[list[Row], str]:
+def _load_hub(task: Task, location: str, spec: DataSpec, limit: int | None = None) -> tuple[list[Row], str]:
     """A hub dataset id, optionally `id:split` (default split train)."""
     import datasets
 
     ident = location.removeprefix("hf://")
     name, _, split = ident.partition(":")
     ds = datasets.load_dataset(name, split=split or "train")
-    rows = [check_row(task, dict(r), spec, location, i) for i, r in enumerate(ds, start=1)]
+    rows = checked_rows(task, ((i, dict(r)) for i, r in enumerate(ds, start=1)), spec, location, limit)
     return rows, f"{location}#fingerprint={ds._fingerprint}"
+
+
+def preflight(task: Task, spec: DataSpec, cache_dir: Path, limit: int = PREFLIGHT_ROWS) -> dict[str, int]:
+    """Check the first `limit` rows of each data location (all of a smaller file) before any process group or
+    GPU is started; raises DataError/DataProblems naming every bad row. Returns rows checked per role."""
+    checked = {"train": len(_load_location(task, spec.train, spec, cache_dir, limit)[0])}
+    if spec.validation:
+        checked["validation"] = len(_load_location(task, spec.validation, spec, cache_dir, limit)[0])
+    return checked
 
 
 def load_data(task: Task, spec: DataSpec, cache_dir: Path, seed: int) -> LoadedData:
