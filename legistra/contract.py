@@ -15,6 +15,7 @@ from typing import Any, get_args
 
 from legistra.api.spec import Task, TrainingRun, TrainingRunSpec
 from legistra.api.status import Phase
+from legistra.api.tasks import DEFAULT_METRIC
 
 # -- MLflow run tags (rank 0 writes them; the operator and `legistra` read them) ---------------------------
 TAG_RUN_KEY = "legistra.run_key"  # the TrainingRun uid on a cluster (name + spec hash locally): finds the run again
@@ -40,11 +41,7 @@ FINAL_PREFIX = "final/"
 PHASES: tuple[str, ...] = get_args(Phase)
 
 # -- Defaults both sides must agree on ------------------------------------------------------------------------
-DEFAULT_METRIC: dict[str, str] = {
-    "risk-classification": "f1_macro",
-    "clause-extraction": "f1",
-    "summarization": "rougeL",
-}
+# The default metric per task is defined with the task's metrics (`legistra/api/tasks.py`).
 assert set(DEFAULT_METRIC) == set(get_args(Task)), "every task needs a default metric"
 
 # runPolicy fields that may change after the job started: they steer the operator, not the job, so they are

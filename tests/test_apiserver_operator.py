@@ -117,3 +117,15 @@ def test_an_operator_upgrade_that_adds_a_defaulted_field_refuses_nothing(crds: A
     assert "training.compile" not in refused["message"]
     assert [e[1] for e in events.seen].count("SpecChangeRefused") == 1
     assert copy.deepcopy(crds.get("trainingrun", "risk-old", "-n", ns)["status"]["observedGeneration"]) == 2
+
+
+def test_the_real_api_server_refuses_malformed_kubernetes_values(crds: ApiServer, ns: str) -> None:
+    """Quantities, names and image references are patterns in the CRD: refused at `kubectl apply`."""
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    doc["metadata"] = {"name": "risk-bad-values", "namespace": ns}
+    doc["spec"]["resources"] = {"cpu": "eight", "memory": "64 GB", "priorityClassName": "High_Priority"}
+    res = crds.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert res.returncode != 0
+    for field in ("spec.resources.cpu", "spec.resources.memory", "spec.resources.priorityClassName"):
+        assert field in res.stderr, res.stderr
+    assert crds.kubectl("get", "trainingrun", "risk-bad-values", "-n", ns, check=False).returncode != 0

@@ -177,3 +177,113 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     broken.write_text("spec: [unclosed")
     res = legistra("validate", str(broken))
     assert res.returncode == 1 and "YAML:" in res.stderr
+
+
+# -- what a cluster would refuse later, caught here (issue: bad input before a GPU is spent) ---------------------
+
+BAD_FIELDS = [
+    ("resources__cpu", "eight",
+     "spec.resources.cpu: must be a Kubernetes quantity such as 8, 500m, 1.5 or 64Gi (got 'eight')"),
+    ("resources__memory", "64 GB",
+     "spec.resources.memory: must be a Kubernetes quantity such as 8, 500m, 1.5 or 64Gi (got '64 GB')"),
+    ("resources__shmSize", "-1Gi",
+     "spec.resources.shmSize: must be a Kubernetes quantity such as 8, 500m, 1.5 or 64Gi (got '-1Gi')"),
+    ("resources__image", "Trainer:Latest!",
+     "spec.resources.image: must be an image reference such as registry.example.com/team/trainer:1.2 "
+     "(lower-case repository) (got 'Trainer:Latest!')"),
+    ("resources__nodeSelector", {"pool": "gpu nodes"},
+     "spec.resources.nodeSelector.pool: must be a label value: at most 63 letters, digits, '-', '_' or '.', "
+     "starting and ending with a letter or digit (got 'gpu nodes')"),
+    ("resources__nodeSelector", {"gpu type": "h100"},
+     "spec.resources.nodeSelector.gpu type (key): 'gpu type' is not a label key: an optional DNS-1123 prefix and "
+     "'/', then at most 63 letters, digits, '-', '_' or '.'"),
+    ("resources__queueName", "team queue",
+     "spec.resources.queueName: must be a label value: at most 63 letters, digits, '-', '_' or '.', starting and "
+     "ending with a letter or digit (got 'team queue')"),
+    ("resources__priorityClassName", "High_Priority",
+     "spec.resources.priorityClassName: must be a DNS-1123 name: lower-case letters, digits, '-' and '.', starting "
+     "and ending with a letter or digit (got 'High_Priority')"),
+    ("resources__serviceAccountName", "trainer-",
+     "spec.resources.serviceAccountName: must be a DNS-1123 name: lower-case letters, digits, '-' and '.', starting "
+     "and ending with a letter or digit (got 'trainer-')"),
+    ("tracking__wandb", {"project": "p", "apiKeySecret": {"name": "My_Secret", "key": "k"}},
+     "spec.tracking.wandb.apiKeySecret.name: must be a DNS-1123 name: lower-case letters, digits, '-' and '.', "
+     "starting and ending with a letter or digit (got 'My_Secret')"),
+    ("classification__labels", ["low", "high", "low"], "spec.classification.labels: duplicate entries: low"),
+    ("classification__labels", ["low", " "], "spec.classification.labels: entries must not be empty"),
+    ("extraction__clauseTypes", [], "spec.extraction.clauseTypes: must not be empty"),
+    ("lora__targetModules", [], "spec.lora.targetModules: must not be empty"),
+    ("lora__targetModules", ["q_proj", "q_proj"], "spec.lora.targetModules: duplicate entries: q_proj"),
+    ("data__train", "s3:///train.jsonl", "spec.data.train: s3:///train.jsonl: no bucket after s3://"),
+    ("model__name", "s3://", "spec.model.name: s3://: no bucket after s3://"),
+    ("registry__uri", "s3:///models", "spec.registry.uri: s3:///models: no bucket after s3://"),
+    ("training__metricForBestModel", "bleu",
+     "spec.training.metricForBestModel: risk-classification does not report 'bleu'; it reports accuracy, f1_macro, "
+     "f1_micro, loss (with or without the eval_ prefix)"),
+    ("registry__promotion", {"metric": "eval_rougeL"},
+     "spec.registry.promotion.metric: risk-classification does not report 'eval_rougeL'; it reports accuracy, "
+     "f1_macro, f1_micro, loss (with or without the eval_ prefix)"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS, ids=[f"{b[0]}={b[1]!r}" for b in BAD_FIELDS])
+def test_what_a_cluster_would_refuse_later_is_refused_now(field: str, value: Any, message: str) -> None:
+    assert problems(with_spec(**{field: value})) == [message]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("resources__cpu", "500m"), ("resources__cpu", "1.5"), ("resources__memory", "64Gi"),
+    ("resources__memory", "1e9"), ("resources__shmSize", "512Mi"),
+    ("resources__image", "nvcr.io/nvidia/pytorch:25.01-py3"),
+    ("resources__image", "localhost:5000/team/trainer@sha256:" + "a" * 64),
+    ("resources__image", "registry.example.com/legal_ml/legistra-trainer"),
+    ("resources__nodeSelector", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "a100"}),
+    ("resources__queueName", "legal-ml.gpu_queue"), ("resources__priorityClassName", "high.priority"),
+    ("data__train", "s3://Legacy_Bucket/train.jsonl"), ("data__train", "lexglue:ledgar"),
+    ("training__metricForBestModel", "eval_f1_macro"),
+    ("registry__promotion", {"metric": "accuracy", "direction": "maximize"}),
+])
+def test_valid_kubernetes_values_are_accepted(field: str, value: Any) -> None:
+    parse_training_run(with_spec(**{field: value}))
+
+
+def test_extraction_accepts_per_clause_type_metrics() -> None:
+    doc = with_spec(task="clause-extraction", training__metricForBestModel="eval_f1/governing_law")
+    assert parse_training_run(doc).spec.training.metric_for_best_model == "eval_f1/governing_law"
+    assert problems(with_spec(task="clause-extraction", training__metricForBestModel="f1/"))[0].startswith(
+        "spec.training.metricForBestModel: clause-extraction does not report 'f1/'")
+
+
+def test_task_metrics_are_what_the_trainer_computes() -> None:
+    from legistra.api.tasks import TASK_METRICS
+    from legistra.trainer.metrics import Span, classification_metrics, multilabel_metrics, rouge_scores, span_metrics
+
+    def names(metrics: dict[str, float]) -> set[str]:
+        return {k for k in metrics if "/" not in k}
+
+    assert names(classification_metrics([0, 1], [0, 1], 2)) | {"loss"} == set(TASK_METRICS["risk-classification"])
+    import numpy as np
+
+    assert names(multilabel_metrics(np.array([[1, 0]]), np.array([[1, 0]]))) <= set(TASK_METRICS["risk-classification"])
+    spans = span_metrics([[Span(0, 3, "a", 0.9)]], [[Span(0, 3, "a")]])
+    assert names(spans) | {"loss"} == set(TASK_METRICS["clause-extraction"])
+    assert names(rouge_scores(["a b"], ["a b"])) | {"gen_len", "loss"} == set(TASK_METRICS["summarization"])
+
+
+def test_every_string_a_cel_rule_reads_is_bounded() -> None:
+    """The API server estimates each CEL rule's cost from maxLength; an unbounded string can make the whole
+    CRD fail to install on clusters with CEL (v1.20 here has none, so this is checked in the generator)."""
+    import re
+
+    from legistra.api.crd import SPEC_RULES, training_run_crd
+
+    spec = training_run_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    read = {m for r in SPEC_RULES for m in re.findall(r"self\.([A-Za-z]+(?:\.[A-Za-z]+)*)(?![A-Za-z(])", r["rule"])}
+    read = {p.removesuffix(".lowerAscii") for p in read}
+    assert "model.name" in read
+    for path in read:
+        node = spec
+        for part in path.split("."):
+            node = node["properties"][part]
+        if node.get("type") == "string":
+            assert "maxLength" in node or "enum" in node, f"spec.{path} is read by CEL but has no maxLength"

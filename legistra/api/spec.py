@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from legistra.api.formats import DnsName, Image, LabelKey, LabelValue, Location, Quantity, SecretKey
+from legistra.api.tasks import TASK_METRICS, reports
 
 API_GROUP = "legistra.io"
 API_VERSION = "v1alpha1"
@@ -35,8 +38,7 @@ class Spec(BaseModel):
 
 
 class ModelSpec(Spec):
-    name: str = Field(
-        min_length=1,
+    name: Location = Field(
         description="Base model: a Hugging Face id, an s3:// prefix, or a path on a mounted volume.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
@@ -54,8 +56,8 @@ class FieldNames(Spec):
 
 
 class DataSpec(Spec):
-    train: str = Field(min_length=1, description="Training data: s3:// URI, a path, or a hub dataset id.")
-    validation: str | None = Field(None, description="Validation data; when absent a split of train is held out.")
+    train: Location = Field(description="Training data: s3:// URI, a path, or a hub dataset id.")
+    validation: Location | None = Field(None, description="Validation data; when absent a split of train is held out.")
     validation_split: float = Field(
         0.1, gt=0, lt=1, description="Fraction of train held out for validation when no validation is given."
     )
@@ -104,14 +106,19 @@ class TrainingSpec(Spec):
 
 
 class ClassificationSpec(Spec):
-    labels: list[str] | None = Field(None, description="Label set, in order; inferred from the data when absent.")
+    labels: list[str] | None = Field(None, min_length=2,
+                                     description="Label set, in order; inferred from the data when absent.")
     multi_label: bool = Field(False, description="Each example may carry several labels (LexGLUE unfair_tos).")
+
+    _distinct = field_validator("labels")(lambda v: distinct(v))
 
 
 class ExtractionSpec(Spec):
     clause_types: list[str] | None = Field(
-        None, description="Clause types to extract; inferred from the data when absent."
+        None, min_length=1, description="Clause types to extract; inferred from the data when absent."
     )
+
+    _distinct = field_validator("clause_types")(lambda v: distinct(v))
 
 
 class GenerationSpec(Spec):
@@ -127,8 +134,10 @@ class LoraSpec(Spec):
     alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(
-        None, description="Modules to adapt; per-architecture defaults when absent."
+        None, min_length=1, description="Modules to adapt; per-architecture defaults when absent."
     )
+
+    _distinct = field_validator("target_modules")(lambda v: distinct(v))
 
 
 class DeepSpeedSpec(Spec):
@@ -154,20 +163,21 @@ class Toleration(Spec):
 class ResourcesSpec(Spec):
     nodes: int = Field(1, ge=1, le=512, description="Pods (nodes) in the job: one Master and nodes-1 Workers.")
     gpus_per_node: int = Field(1, ge=0, le=16, description="GPUs per pod; also the processes per pod.")
-    cpu: str | None = Field(None, description="CPU request and limit per pod, e.g. '8'.")
-    memory: str | None = Field(None, description="Memory request and limit per pod, e.g. '64Gi'.")
-    image: str | None = Field(None, description="Trainer image; the operator's default when absent.")
-    node_selector: dict[str, str] | None = Field(None, description="Node labels the pods must match.")
+    cpu: Quantity | None = Field(None, description="CPU request and limit per pod, e.g. '8'.")
+    memory: Quantity | None = Field(None, description="Memory request and limit per pod, e.g. '64Gi'.")
+    image: Image | None = Field(None, description="Trainer image; the operator's default when absent.")
+    node_selector: dict[LabelKey, LabelValue] | None = Field(None, description="Node labels the pods must match.")
     tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
-    service_account_name: str | None = Field(None, description="ServiceAccount of the pods.")
-    shm_size: str | None = Field("8Gi", description="Size of /dev/shm for data loaders and NCCL.")
+    priority_class_name: DnsName | None = Field(None, description="PriorityClass of the pods.")
+    queue_name: LabelValue | None = Field(None, min_length=1,
+                                          description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
+    service_account_name: DnsName | None = Field(None, description="ServiceAccount of the pods.")
+    shm_size: Quantity | None = Field("8Gi", description="Size of /dev/shm for data loaders and NCCL.")
 
 
 class SecretKeyRef(Spec):
-    name: str = Field(min_length=1, description="Secret name, in the TrainingRun's namespace.")
-    key: str = Field(min_length=1, description="Key inside the Secret.")
+    name: DnsName = Field(description="Secret name, in the TrainingRun's namespace.")
+    key: SecretKey = Field(description="Key inside the Secret.")
 
 
 class MlflowSpec(Spec):
@@ -202,7 +212,7 @@ class RegistrySpec(Spec):
     model_name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$", description="Registered model name (lower case, no slashes)."
     )
-    uri: str | None = Field(
+    uri: Location | None = Field(
         None, description="Registry root (s3://bucket/prefix or a path); defaults to the operator's."
     )
     merge_adapter: bool = Field(False, description="Also store the base model with the adapter merged in.")
@@ -259,7 +269,26 @@ class TrainingRunSpec(Spec):
             raise ValueError("spec.training.earlyStopping: needs evaluation ('epoch' or 'steps')")
         if self.deepspeed.zero_stage is not None and self.deepspeed.config is not None:
             raise ValueError("spec.deepspeed: give zeroStage or config, not both")
+        known = ", ".join(TASK_METRICS[self.task])
+        gate = self.registry.promotion
+        for path, metric in (("spec.registry.promotion.metric", gate.metric if gate else None),
+                             ("spec.training.metricForBestModel", self.training.metric_for_best_model)):
+            if metric and not reports(self.task, metric):
+                raise ValueError(f"{path}: {self.task} does not report {metric!r}; it reports {known} "
+                                 "(with or without the eval_ prefix)")
         return self
+
+
+def distinct(values: list[str] | None) -> list[str] | None:
+    """No empty entries and no duplicates in a list the user names things with."""
+    if values is None:
+        return None
+    if any(not v.strip() for v in values):
+        raise ValueError("entries must not be empty")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"duplicate entries: {', '.join(repeated)}")
+    return values
 
 
 T5_NAME = re.compile(r"(^|[-_/])(code|flan-|long-|by|m|um)?t5([-_.]|$)")

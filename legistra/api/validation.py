@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from legistra.api.formats import DESCRIBED
 from legistra.api.spec import TrainingRun
 
 
@@ -28,6 +29,8 @@ def _field_path(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "[key]":  # pydantic's marker for a bad dict key: the key itself is the previous part
+            out += " (key)"
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -48,7 +51,13 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')} (got {err.get('input')!r})"
     if kind == "string_pattern_mismatch":
+        described = DESCRIBED.get(str(ctx.get("pattern")))
+        if described:
+            return f"must be {described} (got {err.get('input')!r})"
         return f"must match {ctx.get('pattern')} (got {err.get('input')!r})"
+    if kind == "too_short" and isinstance(err.get("input"), list):
+        n = ctx.get("min_length")
+        return "must not be empty" if n == 1 else f"must have at least {n} entries"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
