@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,52 @@ def test_a_model_that_does_not_exist_is_not_worth_resuming(tmp_path: Path) -> No
     assert res.returncode == 2, res.stderr[-2000:]
     assert f"error: InvalidModel: spec.model.name: cannot load '{tmp_path / 'no-such-model'}'" in res.stderr
     assert "resuming would fail the same way" in res.stderr and "run the same command again" not in res.stderr
+
+
+@pytest.mark.parametrize("task", ["summarization", "clause-extraction"])
+def test_notebook_api_runs_the_task_path_with_its_metrics(tmp_path: Path, tiny_models: dict[str, Path],
+                                                         task: str) -> None:
+    """The notebook API trains every task through the same path as `legistra train`, with the task's metrics."""
+    import datasets
+    from transformers import AutoModelForSeq2SeqLM, AutoModelForTokenClassification, AutoTokenizer
+
+    from legistra.trainer.notebook import train_with_tracking
+
+    files = {"summarization": "bills", "clause-extraction": "clauses"}[task]
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / f"examples/data/{files}_train.jsonl")
+            .read_text().splitlines()[:24]]
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:18]),
+                               "validation": datasets.Dataset.from_list(rows[18:])})
+    if task == "summarization":
+        tok = AutoTokenizer.from_pretrained(tiny_models["bart"])
+        model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models["bart"])
+    else:
+        tok = AutoTokenizer.from_pretrained(tiny_models["bert"])
+        clause_types = sorted({s["label"] for r in rows for s in r["spans"]})
+        model = AutoModelForTokenClassification.from_pretrained(tiny_models["bert"],
+                                                                num_labels=1 + 2 * len(clause_types))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = train_with_tracking(model, tok, ds, tmp_path / "nb", use_wandb=False, max_length=64,
+                                     max_steps=4, per_device_train_batch_size=4, learning_rate=3e-3)
+    finally:
+        os.chdir(cwd)
+    expected = {"summarization": {"eval_rouge1", "eval_rougeL"}, "clause-extraction": {"eval_f1", "eval_aupr"}}[task]
+    assert expected <= set(result.metrics), result.metrics
+    assert result.mlflow_run_id is not None and (tmp_path / "nb" / "model" / "adapter_model.safetensors").exists()
+    with pytest.raises(TypeError, match=r"unsupported training arguments \['report_to'\]"):
+        train_with_tracking(model, tok, ds, tmp_path / "nb2", report_to="all")
+
+
+def test_notebook_run_identity_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """W&B and MLflow find a notebook run again by its key: it must not depend on Python's salted hash()."""
+    code = ("import sys; from pathlib import Path; from legistra.trainer.notebook import notebook_run;"
+            "from legistra.trainer.train import run_key;"
+            "r = notebook_run('risk-classification', 'tiny', Path(sys.argv[1]), labels=None, use_lora=True, lora=None,"
+            " use_wandb=True, experiment='e', max_length=64, training_args={'learning_rate': 0.001});"
+            "print(run_key(r))")
+    keys = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "My Notebook Run")], capture_output=True,
+                           text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("1", "2", "3")}
+    assert len(keys) == 1 and next(iter(keys)).startswith("local-my-notebook-run-")

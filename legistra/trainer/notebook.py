@@ -3,24 +3,24 @@
     from legistra.trainer.notebook import train_with_tracking
     result = train_with_tracking(model, tokenizer, dataset, "out/", learning_rate=2e-4, num_train_epochs=3)
 
-It shares the LoRA defaults, metrics, tracking and checkpoint resume of the TrainingRun path; what it does
-not do is register the model (call `legistra registry push OUT/model` when it is worth keeping).
+The arguments become a TrainingRun spec, and training runs the same task path as `legistra train`: the same
+defaults, collators, evaluation metrics for all three tasks, checkpoints and resume, MLflow run and W&B run
+(both found again by the run's stable key, so running the same call again resumes them). What it does not do
+is register the model: call `legistra registry push OUT/model --model NAME` when it is worth keeping.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from legistra.api.spec import LoraSpec, Task, WandbSpec
-from legistra.trainer.metrics import classification_metrics
-
-log = logging.getLogger("legistra.trainer")
+from legistra.api.spec import LoraSpec, Task, TrainingRun
+from legistra.api.validation import parse_training_run
 
 
 @dataclass
@@ -30,6 +30,26 @@ class TrainResult:
     model: Any
     mlflow_run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+# TrainingArguments names this API accepts -> the spec's field (under spec.training).
+TRAINING_ARGS: dict[str, str] = {
+    "learning_rate": "learningRate",
+    "num_train_epochs": "epochs",
+    "max_steps": "maxSteps",
+    "per_device_train_batch_size": "batchSize",
+    "gradient_accumulation_steps": "gradientAccumulation",
+    "logging_steps": "loggingSteps",
+    "save_steps": "saveSteps",
+    "save_total_limit": "saveTotalLimit",
+    "eval_strategy": "evaluation",
+    "eval_steps": "evalSteps",
+    "warmup_ratio": "warmupRatio",
+    "weight_decay": "weightDecay",
+    "seed": "seed",
+    "gradient_checkpointing": "gradientCheckpointing",
+    "dataloader_num_workers": "dataloaderWorkers",
+}
 
 
 def task_of(model: Any) -> Task:
@@ -44,34 +64,69 @@ def task_of(model: Any) -> Task:
 
 
 def _eval_split(dataset: Any) -> str | None:
-    for name in ("validation", "eval", "test"):
-        if name in dataset:
-            return name
-    return None
+    return next((name for name in ("validation", "eval", "test") if name in dataset), None)
 
 
-def _tokenize(dataset: Any, tokenizer: Any, task: Task, max_length: int) -> Any:
-    columns = dataset["train"].column_names
-    if "input_ids" in columns:
-        return dataset
-    if "text" not in columns:
-        raise ValueError("dataset: needs either tokenized columns (input_ids) or a 'text' column")
+def notebook_run(task: Task, model_name: str, output_dir: Path, *, labels: list[str] | None, use_lora: bool,
+                 lora: LoraSpec | None, use_wandb: bool, experiment: str, max_length: int,
+                 training_args: dict[str, Any]) -> TrainingRun:
+    """The TrainingRun the arguments describe (validated like any other; unknown arguments are refused)."""
+    unknown = sorted(set(training_args) - set(TRAINING_ARGS))
+    if unknown:
+        raise TypeError(f"train_with_tracking: unsupported training arguments {unknown}; "
+                        f"supported: {sorted(TRAINING_ARGS)}")
+    training = {TRAINING_ARGS[k]: v for k, v in training_args.items()}
+    training.setdefault("precision", "bf16" if _bf16_ok() else "fp16")
+    name = re.sub(r"[^a-z0-9-]+", "-", output_dir.resolve().name.lower()).strip("-")[:40] or "notebook"
+    spec: dict[str, Any] = {
+        "task": task,
+        "model": {"name": model_name},
+        # The rows come from memory; these name them in the run's records.
+        "data": {"train": f"notebook:{output_dir.resolve()}#train", "maxLength": max_length},
+        "training": training,
+        "lora": {**(lora.wire() if lora else {}), "enabled": use_lora},
+        "tracking": {"mlflow": {"experiment": experiment},
+                     **({"wandb": {"project": os.environ.get("WANDB_PROJECT", "legistra")}} if use_wandb else {})},
+        "registry": {"modelName": name},
+    }
+    if labels is not None:
+        spec["classification"] = {"labels": labels}
+    return parse_training_run({"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun",
+                               "metadata": {"name": name}, "spec": spec})
 
-    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        if task == "summarization":
-            return dict(tokenizer(batch["text"], text_target=batch["summary"], truncation=True, max_length=max_length))
-        out = dict(tokenizer(batch["text"], truncation=True, max_length=max_length))
-        if "label" in batch:
-            out["labels"] = batch["label"]
-        return out
 
-    return dataset.map(encode, batched=True, remove_columns=columns)
+def _bf16_ok() -> bool:
+    import torch
+
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
 
 
-def _classification_metrics(eval_pred: Any) -> dict[str, float]:
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    labels = np.asarray(eval_pred.label_ids)
-    return classification_metrics(labels.tolist(), np.argmax(logits, -1).tolist(), int(logits.shape[-1]))
+def _rows(split: Any) -> list[dict[str, Any]]:
+    return [dict(r) for r in split]
+
+
+def _in_memory_data(run: TrainingRun, dataset: Any, eval_split: str | None) -> Any:
+    """The DatasetDict's rows, checked exactly as file rows are (every bad row listed)."""
+    from legistra.trainer.data import LoadedData, checked_rows, split_holdout
+
+    spec = run.spec
+    label = spec.data.train
+
+    def rows_of(name: str) -> list[dict[str, Any]]:
+        raw = _rows(dataset[name])
+        if spec.task == "risk-classification":  # integer class ids are labels too
+            for r in raw:
+                if isinstance(r.get("label"), int) and not isinstance(r.get("label"), bool):
+                    r["label"] = str(r["label"])
+        return checked_rows(spec.task, iter(enumerate(raw, start=1)), spec.data, f"{label}:{name}")
+
+    train = rows_of("train")
+    if eval_split:
+        validation = rows_of(eval_split)
+    else:
+        train, validation = split_holdout(train, spec.data.validation_split, spec.training.seed)
+    digest = hashlib.sha256(json.dumps([train, validation], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return LoadedData(train, validation, digest, {"train": f"{label}#sha256={digest}"})
 
 
 def train_with_tracking(
@@ -88,100 +143,34 @@ def train_with_tracking(
     max_length: int = 512,
     **training_args: Any,
 ) -> TrainResult:
-    """Fine-tune `model` on `dataset["train"]`, evaluating on its validation split, tracked in MLflow/W&B."""
-    from transformers import (
-        DataCollatorForSeq2Seq,
-        DataCollatorForTokenClassification,
-        DataCollatorWithPadding,
-        Seq2SeqTrainer,
-        Seq2SeqTrainingArguments,
-        Trainer,
-        TrainingArguments,
-    )
-    from transformers.trainer_utils import get_last_checkpoint
+    """Fine-tune `model` on `dataset["train"]`, evaluating on its validation split, tracked in MLflow/W&B.
 
-    from legistra.contract import FINAL_PREFIX, TAG_SOURCE, TAG_TASK, configured_uris, tracking_uri
-    from legistra.tracking.mlflow_tracker import MlflowTracker
-    from legistra.tracking.wandb_tracker import WandbTracker
-    from legistra.trainer.callbacks import MetricsCallback
-    from legistra.trainer.modeling import apply_lora
+    Columns: `text` plus `label` (class id or name; a list for multi-label), `summary`, or `spans`, by task.
+    `training_args` take TrainingArguments names (see TRAINING_ARGS)."""
+    from legistra.contract import configured_uris, tracking_uri
+    from legistra.trainer.train import InMemory, RunPaths, RunSettings, run_training
 
     if "train" not in dataset:
         raise ValueError("dataset: needs a 'train' split")
+    if "text" not in dataset["train"].column_names:
+        raise ValueError("dataset: needs a 'text' column (and the task's target column); give rows, not tokens")
     out = Path(output_dir)
     task = task_of(model)
-    data = _tokenize(dataset, tokenizer, task, max_length)
-    eval_split = _eval_split(data)
-    if use_lora:
-        model = apply_lora(model, task, lora or LoraSpec())
-
-    import torch
-
-    cuda = torch.cuda.is_available()
-    defaults: dict[str, Any] = {
-        "output_dir": str(out / "checkpoints"),
-        "learning_rate": 2e-5,
-        "per_device_train_batch_size": 8,
-        "num_train_epochs": 3,
-        "eval_strategy": "epoch" if eval_split else "no",
-        "save_strategy": "epoch",
-        "save_total_limit": 2,
-        "logging_steps": 10,
-        "report_to": "none",
-        "use_cpu": not cuda,
-        "label_names": ["labels"],
-        "average_tokens_across_devices": False,
-        "include_num_input_tokens_seen": "non_padding",
-    }
-    args_cls = Seq2SeqTrainingArguments if task == "summarization" else TrainingArguments
-    args = args_cls(**{**defaults, **training_args})
-
-    mlflow = None
-    if use_mlflow:
-        mlflow = MlflowTracker(str(tracking_uri(None, configured_uris()[0], Path(".legistra"))), experiment,
-                               f"notebook-{out.resolve()}", out.name or "notebook")
-        mlflow.start(tags={TAG_TASK: task, TAG_SOURCE: "train_with_tracking"})
-        mlflow.log_params({k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))})
-    wandb = None
-    if use_wandb:
-        wandb = WandbTracker(WandbSpec(project=os.environ.get("WANDB_PROJECT", "legistra")),
-                             f"nb-{abs(hash(str(out.resolve()))) % 10**12}", out.name or "notebook", out)
-        wandb.start({"task": task, "lora": use_lora})
-
-    metrics_cb = MetricsCallback(mlflow, wandb)
-    collator: Any
-    if task == "summarization":
-        collator = DataCollatorForSeq2Seq(tokenizer, model=model)
-    elif task == "clause-extraction":
-        collator = DataCollatorForTokenClassification(tokenizer)
-    else:
-        collator = DataCollatorWithPadding(tokenizer)
-    trainer_cls = Seq2SeqTrainer if task == "summarization" else Trainer
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data[eval_split] if eval_split else None,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=_classification_metrics if task == "risk-classification" else None,
-        callbacks=[metrics_cb],
-    )
-    ckpt = Path(str(args.output_dir))
-    last = get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
-    status = "FAILED"
-    try:
-        trainer.train(resume_from_checkpoint=last)
-        metrics = {k: float(v) for k, v in (trainer.evaluate() if eval_split else {}).items()
-                   if isinstance(v, (int, float))}
-        trainer.save_model(str(out / "model"))
-        tokenizer.save_pretrained(str(out / "model"))
-        if mlflow is not None:
-            mlflow.log_metrics({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, trainer.state.global_step)
-        status = "FINISHED"
-    finally:
-        if mlflow is not None:
-            mlflow.end(status)
-        if wandb is not None:
-            wandb.finish(0 if status == "FINISHED" else 1)
-    return TrainResult(metrics, out, trainer.model, mlflow.run_id if mlflow else None, metrics_cb.history)
+    labels = None
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if task == "risk-classification" and num_labels and isinstance(dataset["train"][0].get("label"), int):
+        labels = [str(i) for i in range(num_labels)]  # class ids keep the model's own order
+    run = notebook_run(task, getattr(model, "name_or_path", "") or "in-memory", out, labels=labels,
+                       use_lora=use_lora, lora=lora, use_wandb=use_wandb, experiment=experiment,
+                       max_length=max_length, training_args=training_args)
+    eval_split = _eval_split(dataset)
+    given = InMemory(model, tokenizer, _in_memory_data(run, dataset, eval_split))
+    state = Path(".legistra")
+    # Without MLflow the run is still recorded, in a store beside the output (the trainer always tracks).
+    uri = tracking_uri(run.spec, configured_uris()[0], state) if use_mlflow else \
+        f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    paths = RunPaths(root=out, cache=state / "cache")
+    result = run_training(run, paths, RunSettings(tracking_uri=str(uri), registry_uri=None), given)
+    assert result is not None  # the notebook is rank 0
+    run_id = (result.get("mlflow") or {}).get("runId") if use_mlflow else None
+    return TrainResult(dict(result.get("metrics", {})), out, given.model, run_id, given.history)

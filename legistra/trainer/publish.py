@@ -42,6 +42,20 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def unpublished(mlflow: MlflowTracker, *, metrics: dict[str, float], baseline: dict[str, float], global_step: int,
+                resumed_from: str | None) -> dict[str, Any]:
+    """result.json of a finished run, before (or without) registering its model."""
+    return {
+        "phase": "Succeeded",
+        "metrics": metrics,
+        "baseline": baseline,
+        "globalStep": global_step,
+        "resumedFrom": resumed_from,
+        "mlflow": {"runId": mlflow.run_id, "experimentId": mlflow.experiment_id, "url": mlflow.url,
+                   "trackingUri": mlflow.tracking_uri, "error": mlflow.error},
+    }
+
+
 def mirror_alias(registry: Registry, tracking_uri: str, name: str, alias: str, rounds: int = 5) -> None:
     """Point MLflow's alias where ours points now. Read again after each write: a run that moved our alias
     meanwhile mirrors too, and whichever mirror runs last has read the final holder."""
@@ -69,6 +83,7 @@ def publish(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     spec = run.spec
+    assert settings.registry_uri is not None
     registry = Registry.open(settings.registry_uri)
     name = spec.registry.model_name
     metadata = {
@@ -97,16 +112,9 @@ def publish(
     version = registry.push(name, paths.model, metadata)
     log.info("registered %s v%d at %s", name, version.version, version.uri)
 
-    result: dict[str, Any] = {
-        "phase": "Succeeded",
-        "metrics": metrics,
-        "baseline": baseline,
-        "globalStep": global_step,
-        "resumedFrom": resumed_from,
-        "mlflow": {"runId": mlflow.run_id, "experimentId": mlflow.experiment_id, "url": mlflow.url,
-                   "trackingUri": mlflow.tracking_uri, "error": mlflow.error},
-        "model": {"name": name, "version": version.version, "uri": version.uri},
-    }
+    result = unpublished(mlflow, metrics=metrics, baseline=baseline, global_step=global_step,
+                         resumed_from=resumed_from)
+    result["model"] = {"name": name, "version": version.version, "uri": version.uri}
     mlflow_version = None
     if mlflow.enabled and mlflow.run_id:
         mlflow_version = register_mlflow_version(

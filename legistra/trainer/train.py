@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,19 @@ class RunSettings:
     `registry_uri`: the spec's, else the environment's, else the local state folder)."""
 
     tracking_uri: str
-    registry_uri: str
+    registry_uri: str | None  # None: train and track, but register nothing (the notebook API)
     mlflow_artifact_root: str | None = None
+
+
+@dataclass
+class InMemory:
+    """What the notebook API already holds in memory instead of locations in the spec: the model, its tokenizer
+    and the rows. After training, `model` is the trained (LoRA-wrapped) model and `history` its logged steps."""
+
+    model: Any
+    tokenizer: Any
+    data: LoadedData
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def run_key(run: TrainingRun) -> str:
@@ -254,7 +265,8 @@ def leave_process_group(dist: DistInfo) -> None:
         tdist.destroy_process_group()
 
 
-def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> dict[str, Any] | None:
+def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
+                 given: InMemory | None = None) -> dict[str, Any] | None:
     """Train, evaluate, save and register. Returns the result on rank 0 (None on the other ranks)."""
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, Seq2SeqTrainer, Trainer, set_seed
@@ -286,13 +298,17 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
     init_process_group(dist, cuda, ds_config is not None)
 
     handler = handler_for(spec)
-    data = load_data(spec.task, spec.data, paths.cache, spec.training.seed)
+    data = given.data if given else load_data(spec.task, spec.data, paths.cache, spec.training.seed)
     handler.fit_labels(data.train, data.validation)
-    with model_loading(spec.model.name):
-        model_path = resolve_model(spec.model, paths.cache)
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
-        )
+    model_path = spec.model.name
+    if given:
+        tokenizer = given.tokenizer
+    else:
+        with model_loading(spec.model.name):
+            model_path = resolve_model(spec.model, paths.cache)
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+            )
 
     args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
     train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache, args)
@@ -303,9 +319,12 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
         "cached" if cache_hit else "computed",
     )
 
-    with model_loading(spec.model.name):
-        model = handler.load_model(model_path, revision=spec.model.revision,
-                                   trust_remote_code=spec.model.trust_remote_code)
+    if given:
+        model = given.model
+    else:
+        with model_loading(spec.model.name):
+            model = handler.load_model(model_path, revision=spec.model.revision,
+                                       trust_remote_code=spec.model.trust_remote_code)
     if precision == "fp16" and model.config.model_type in T5_MODEL_TYPES:
         raise SpecError([f"spec.training.precision: fp16 is not allowed for {model.config.model_type} models "
                          "(they overflow to NaN); use bf16 or fp32"])
@@ -408,6 +427,8 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
 
     if not dist.is_main:
         return None
+    if given:
+        given.model, given.history = trainer.model, metrics_cb.history
 
     tokenizer.save_pretrained(str(paths.model))
     (paths.model / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing to ship in a registry
@@ -424,22 +445,19 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> di
 
         merge_and_check(handler, model_path, paths.model, paths.model / "merged", tokenizer, eval_ds)
 
-    from legistra.trainer.publish import publish
+    from legistra.trainer.publish import publish, unpublished
 
     assert mlflow is not None
-    result = publish(
-        run,
-        paths,
-        settings,
-        mlflow,
-        metrics=metrics,
-        baseline=baseline,
-        data_sources=data.sources,
-        global_step=int(trainer.state.global_step),
-        resumed_from=last,
-        extra={"adapterCheck": adapter_check, "precision": precision, "worldSize": dist.world_size,
-               "zeroStage": zero_stage_of(ds_config), "tokenizationCached": cache_hit},
-    )
+    step = int(trainer.state.global_step)
+    if settings.registry_uri is None:
+        result = unpublished(mlflow, metrics=metrics, baseline=baseline, global_step=step, resumed_from=last)
+    else:
+        result = publish(
+            run, paths, settings, mlflow, metrics=metrics, baseline=baseline, global_step=step, resumed_from=last,
+            data_sources=data.sources,
+            extra={"adapterCheck": adapter_check, "precision": precision, "worldSize": dist.world_size,
+                   "zeroStage": zero_stage_of(ds_config), "tokenizationCached": cache_hit},
+        )
     if metrics_cb.history:
         from legistra.tracking.plots import plot_curves
 
