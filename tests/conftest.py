@@ -115,6 +115,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        cwd=root,  # anything it writes relative to its working directory stays out of the checkout
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -42,6 +42,7 @@ RESOURCES = {
     "legistra.io/v1alpha1/trainingruns": ("TrainingRun", True, {"status"}),
     "legistra.io/v1alpha1/trainingschedules": ("TrainingSchedule", True, {"status"}),
     "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, {"status"}),
+    "trainer.kubeflow.org/v1alpha1/trainjobs": ("TrainJob", True, {"status"}),
     "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, set()),
     "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False, set()),
 }
@@ -114,7 +115,9 @@ def lean_emulator() -> Any:
 class Cluster:
     """The API emulator in a background thread, plus a small synchronous JSON client for the tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, without: tuple[str, ...] = ()) -> None:
+        """`without`: resources (e.g. "trainer.kubeflow.org/v1alpha1/trainjobs") this cluster does not serve."""
+        self.without = without
         self.url = ""
         self.counts: dict[tuple[str, str, bool], int] = {}
         self.named_counts: dict[tuple[str, str, str], int] = {}
@@ -138,6 +141,8 @@ class Cluster:
         emulator.named_counts = self.named_counts
         emulator.writes_by_agent = self.writes_by_agent
         for key, (kind, namespaced, subresources) in RESOURCES.items():
+            if key in self.without:
+                continue
             emulator.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subresources)
         async with emulator, kmock.Server(emulator) as server:
@@ -319,6 +324,7 @@ class Pod:
 @dataclass
 class JobState:
     uid: str
+    kind: str = "PyTorchJob"
     pods: list[Pod] = field(default_factory=list)
     restarts: int = 0
     failed: dict[str, int] = field(default_factory=dict)
@@ -353,7 +359,10 @@ class FakeTrainingOperator(Poller):
 
     # -- the loop ----------------------------------------------------------------------------------------
     def tick(self) -> None:
-        jobs = {j["metadata"]["name"]: j for j in self.cluster.list("kubeflow.org/v1", "pytorchjobs", self.ns)}
+        jobs = {}
+        for gv, plural in (("kubeflow.org/v1", "pytorchjobs"), ("trainer.kubeflow.org/v1alpha1", "trainjobs")):
+            if f"{gv}/{plural}" not in self.cluster.without:
+                jobs.update({j["metadata"]["name"]: j for j in self.cluster.list(gv, plural, self.ns)})
         with self.lock:
             for name, state in list(self.jobs.items()):
                 if name not in jobs or self._identity(name, jobs[name]) != state.uid:
@@ -387,6 +396,9 @@ class FakeTrainingOperator(Poller):
         return str(meta.get("uid") or f"{name}#{(meta.get('annotations') or {}).get(ATTEMPT_ANNOTATION, '1')}")
 
     def _sync(self, name: str, job: dict[str, Any]) -> None:
+        if job["kind"] == "TrainJob":
+            self._sync_trainjob(name, job)
+            return
         uid = self._identity(name, job)
         state = self.jobs.get(name)
         if state is None:
@@ -437,18 +449,88 @@ class FakeTrainingOperator(Poller):
             self._set(name, state, "Succeeded", "PyTorchJobSucceeded",
                       f"PyTorchJob {name} is successfully completed.", others_false=("Running",))
 
+    # -- Trainer v2: TrainJobs on the torch-distributed runtime --------------------------------------------------
+    def _trainjob_status(self, name: str, state: JobState, condition: str | None, reason: str = "",
+                         message: str = "") -> None:
+        """Conditions Complete / Failed / Suspended and jobsStatus for the one replicated job, `node`."""
+        if condition is not None:
+            state.conditions = [c for c in state.conditions if c["type"] != condition] + [
+                {"type": condition, "status": "True", "reason": reason, "message": message,
+                 "lastTransitionTime": now_iso()}]
+        running = [p for p in state.pods if p.proc.poll() is None]
+        suspended = any(c["type"] == "Suspended" and c["status"] == "True" for c in state.conditions)
+        status = {"conditions": state.conditions, "jobsStatus": [{
+            "name": "node", "active": len(running), "ready": len(running), "failed": sum(state.failed.values()),
+            "succeeded": 1 if condition == "Complete" else 0, "suspended": 1 if suspended else 0}]}
+        self.cluster.patch("trainer.kubeflow.org/v1alpha1", "trainjobs", self.ns, name, {"status": status},
+                           sub="status")
+
+    def _sync_trainjob(self, name: str, job: dict[str, Any]) -> None:
+        uid = self._identity(name, job)
+        state = self.jobs.get(name)
+        if state is None:
+            state = self.jobs[name] = JobState(uid=uid, kind="TrainJob")
+        if state.done:
+            return
+        if job["spec"].get("suspend"):
+            if state.pods or not any(c["type"] == "Suspended" for c in state.conditions):
+                self._kill(state)
+                self._trainjob_status(name, state, "Suspended", "Suspended", "TrainJob is suspended")
+            return
+        if not state.pods:
+            state.conditions = [c for c in state.conditions if c["type"] != "Suspended"]
+            self._launch_trainjob(name, job, state)
+            self._trainjob_status(name, state, None)
+            return
+        codes = [(p, p.proc.poll()) for p in state.pods]
+        failed = [p for p, code in codes if code not in (None, 0)]
+        if failed:  # the runtime sets no JobSet failurePolicy: one failed node fails the TrainJob
+            for p in failed:
+                state.failed["node"] = state.failed.get("node", 0) + 1
+                self._report_pod(name, p)
+            self._kill(state)
+            state.done = True
+            self._trainjob_status(name, state, "Failed", "FailedJobs", f"jobset {name} failed")
+        elif all(code == 0 for _, code in codes):
+            state.done = True
+            state.pods = []
+            self._trainjob_status(name, state, "Complete", "JobsCompleted", "jobset completed successfully")
+
+    def _launch_trainjob(self, name: str, job: dict[str, Any], state: JobState) -> None:
+        """Each node as local processes: the trainer's image/command/args/env from spec.trainer, volumes and
+        mounts from the runtime patches, and the PET_* environment the torch runtime injects."""
+        trainer = job["spec"]["trainer"]
+        pod: dict[str, Any] = {}
+        for patch in job["spec"].get("runtimePatches", []):
+            for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+                if rj["name"] == "node":
+                    pod = rj["template"]["spec"]["template"]["spec"]
+        patched: dict[str, Any] = next((c for c in pod.get("containers", []) if c["name"] == "node"), {})
+        container = {"name": "node", "command": trainer.get("command", []), "args": trainer.get("args", []),
+                     "env": [*trainer.get("env", []), *patched.get("env", [])],
+                     "volumeMounts": patched.get("volumeMounts", []),
+                     "terminationMessagePath": "/dev/termination-log"}  # the Kubernetes default
+        template = {"spec": {"containers": [container], "volumes": pod.get("volumes", [])}}
+        nnodes = int(trainer.get("numNodes", 1))
+        port = free_port()
+        for rank in range(nnodes):
+            state.pods.append(self._pod(name, template, "Node", rank, rank, nnodes,
+                                        str(trainer.get("numProcPerNode", 1)), port, container="node"))
+
     # -- pods ----------------------------------------------------------------------------------------------
     def _report_pod(self, job: str, pod: Pod) -> None:
-        """The failed pod as the API shows it: the training-operator's labels, the container's terminated
-        state with its exit code and termination message (what the operator reads)."""
+        """The failed pod as the API shows it: its controller's labels, the container's terminated state with
+        its exit code and termination message (what the operator reads)."""
         name = f"{job}-{pod.replica.lower()}-{pod.index}"
+        trainjob = self.jobs[job].kind == "TrainJob"
+        labels = ({"jobset.sigs.k8s.io/jobset-name": job} if trainjob else
+                  {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": pod.replica.lower()})
+        container = "node" if trainjob else "pytorch"
         obj = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": self.ns,
-                            "labels": {"training.kubeflow.org/job-name": job,
-                                       "training.kubeflow.org/replica-type": pod.replica.lower()}},
-               "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}}
+               "metadata": {"name": name, "namespace": self.ns, "labels": labels},
+               "spec": {"containers": [{"name": container, "image": "trainer"}]}}
         status = {"phase": "Failed", "containerStatuses": [{
-            "name": "pytorch", "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
+            "name": container, "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
             "state": {"terminated": {"exitCode": pod.proc.returncode, "reason": "Error",
                                      "message": pod.termination_message()}}}]}
         if self.cluster.get("v1", "pods", self.ns, name) is None:
@@ -477,12 +559,12 @@ class FakeTrainingOperator(Poller):
                 node_rank += 1
 
     def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,
-             nproc: str, port: int) -> Pod:
+             nproc: str, port: int, container: str = "pytorch") -> Pod:
         pod_dir = self.workdir / job / f"{replica.lower()}-{index}-{time.monotonic_ns()}"
         mounts: dict[str, Path] = {}
         volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
-        container = next(c for c in template["spec"]["containers"] if c["name"] == "pytorch")
-        for vm in container.get("volumeMounts", []):
+        spec = next(c for c in template["spec"]["containers"] if c["name"] == container)
+        for vm in spec.get("volumeMounts", []):
             vol = volumes[vm["name"]]
             if "configMap" in vol:
                 cm = self.cluster.get("v1", "configmaps", self.ns, vol["configMap"]["name"])
@@ -505,9 +587,9 @@ class FakeTrainingOperator(Poller):
             return value
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "LEGISTRA_", "MLFLOW_"))}
-        termination = pod_dir / "termination-log" if container.get("terminationMessagePath") else None
-        for e in container.get("env", []):
-            if "value" in e and termination and e["value"] == container["terminationMessagePath"]:
+        termination = pod_dir / "termination-log" if spec.get("terminationMessagePath") else None
+        for e in spec.get("env", []):
+            if "value" in e and termination and e["value"] == spec["terminationMessagePath"]:
                 env[e["name"]] = str(termination)  # the kubelet's file for the termination message
             elif "value" in e:
                 env[e["name"]] = local(e["value"])
@@ -521,13 +603,13 @@ class FakeTrainingOperator(Poller):
             "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         })
-        cmd = [local(a) for a in container.get("command", []) + container.get("args", [])]
+        cmd = [local(a) for a in spec.get("command", []) + spec.get("args", [])]
         log = pod_dir / "pod.log"
         pod_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                 start_new_session=True)
         return Pod(replica, index, proc, log, termination,
-                   container.get("terminationMessagePolicy") == "FallbackToLogsOnError")
+                   spec.get("terminationMessagePolicy") == "FallbackToLogsOnError")
 
     def _kill(self, state: JobState) -> None:
         for p in state.pods:
@@ -551,8 +633,9 @@ class FakeTrainingOperator(Poller):
 class GarbageCollector(Poller):
     """Kubernetes' owner-reference GC, which the emulator does not do: children of a deleted owner go."""
 
-    KINDS: ClassVar[tuple[tuple[str, str], ...]] = (("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
-             ("legistra.io/v1alpha1", "trainingruns"))
+    KINDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("kubeflow.org/v1", "pytorchjobs"),
+        ("trainer.kubeflow.org/v1alpha1", "trainjobs"), ("legistra.io/v1alpha1", "trainingruns"))
     OWNERS: ClassVar[dict[str, tuple[str, str]]] = {"TrainingRun": ("legistra.io/v1alpha1", "trainingruns"),
               "TrainingSchedule": ("legistra.io/v1alpha1", "trainingschedules")}
 
@@ -564,6 +647,8 @@ class GarbageCollector(Poller):
 
     def tick(self) -> None:
         for gv, plural in self.KINDS:
+            if f"{gv}/{plural}" in self.cluster.without:
+                continue
             for obj in self.cluster.list(gv, plural, self.ns):
                 for ref in obj["metadata"].get("ownerReferences", []):
                     owner_kind = self.OWNERS.get(ref["kind"])

@@ -55,6 +55,7 @@ SHAPED: dict[str, Any] = {
     "LEGISTRA_REGISTRY_URI": lambda i: f"s3://bucket-{i}/registry",
     "LEGISTRA_S3_ENDPOINT": lambda i: f"http://minio-{i}:9000",
     "LEGISTRA_MLFLOW_TRACKING_URI": lambda i: f"http://mlflow-{i}:5000",
+    "LEGISTRA_BACKEND": lambda i: "trainjob",
     **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
                                          "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS")},
 }

@@ -14,6 +14,7 @@ import yaml
 
 from legistra.api.crd import CRD_DIRS, all_crds, render
 from legistra.api.validation import parse_training_run
+from legistra.operator.backends import BACKENDS
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
@@ -24,7 +25,6 @@ from legistra.operator.build import (
 )
 from legistra.operator.config import JobDefaults
 from legistra.operator.status import (
-    JOB_NAME_LABEL,
     MAX_REPORT_LOOKUPS,
     deterministic_failure,
     job_may_have_failed_pods,
@@ -36,25 +36,31 @@ from legistra.operator.status import (
 from tests.conftest import EXAMPLES, ROOT
 from tests.status_schema import desired_status, invalid_status
 
-# The real Kubeflow training-operator v1.9 CRD, from the project's shared/ (beside the checkout in CI).
-REFERENCE = next((p for p in (ROOT.parent / "shared", ROOT / "shared")
-                  if (p / "reference" / "kubeflow.org_pytorchjobs.yaml").exists()),
-                 ROOT.parent / "shared") / "reference" / "kubeflow.org_pytorchjobs.yaml"
+# The real Kubeflow CRDs (training-operator v1.9, Trainer v2.3.0), from the project's shared/ (beside the checkout).
+REFERENCE_DIR = next((p for p in (ROOT.parent / "shared", ROOT / "shared")
+                      if (p / "reference" / "kubeflow.org_pytorchjobs.yaml").exists()),
+                     ROOT.parent / "shared") / "reference"
+REFERENCE = REFERENCE_DIR / "kubeflow.org_pytorchjobs.yaml"
 NOW = "2026-11-25T10:00:00+00:00"
 
 
 @cache
-def pytorchjob_schema() -> dict[str, Any]:
-    assert REFERENCE.exists(), f"the reference PyTorchJob CRD is missing: {REFERENCE} (shared/ beside the checkout)"
-    crd = yaml.safe_load(REFERENCE.read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+def crd_schema(file: str, version: str) -> dict[str, Any]:
+    path = REFERENCE_DIR / file
+    assert path.exists(), f"the reference CRD is missing: {path} (shared/ beside the checkout)"
+    crd = yaml.safe_load(path.read_text())
+    found = next(v for v in crd["spec"]["versions"] if v["name"] == version)
+    schema: dict[str, Any] = found["schema"]["openAPIV3Schema"]
     return schema
 
 
-def validate_job(job: dict[str, Any]) -> None:
-    """Against the real Kubeflow training-operator v1.9 CRD schema; unknown fields are errors here."""
-    schema = copy.deepcopy(pytorchjob_schema())
+def pytorchjob_schema() -> dict[str, Any]:
+    return crd_schema("kubeflow.org_pytorchjobs.yaml", "v1")
+
+
+def validate_closed(obj: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Against a real CRD schema, with unknown fields made errors (the API server would drop them silently)."""
+    schema = copy.deepcopy(schema)
 
     def close(node: Any) -> None:
         if isinstance(node, dict):
@@ -68,7 +74,17 @@ def validate_job(job: dict[str, Any]) -> None:
                 close(v)
 
     close(schema["properties"]["spec"])
-    jsonschema.validate(job, schema)
+    jsonschema.validate(obj, schema)
+
+
+def validate_job(job: dict[str, Any]) -> None:
+    """Against the real Kubeflow training-operator v1.9 CRD schema; unknown fields are errors here."""
+    validate_closed(job, pytorchjob_schema())
+
+
+def validate_trainjob(job: dict[str, Any]) -> None:
+    """Against the real Kubeflow Trainer v2.3.0 TrainJob CRD schema; unknown fields are errors here."""
+    validate_closed(job, crd_schema("trainer.kubeflow.org_trainjobs.yaml", "v1alpha1"))
 
 
 def run_doc(**spec: Any) -> dict[str, Any]:
@@ -424,7 +440,7 @@ def pod(job: str, *, state: dict[str, Any] | None = None, last: dict[str, Any] |
     cs: dict[str, Any] = {"name": container, "state": state or {"running": {}}}
     if last is not None:
         cs["lastState"] = last
-    return {"metadata": {"name": f"{job}-master-0", "labels": {JOB_NAME_LABEL: job}},
+    return {"metadata": {"name": f"{job}-master-0", "labels": {BACKENDS["pytorchjob"].pod_label: job}},
             "status": {"containerStatuses": [cs]}}
 
 

@@ -277,3 +277,12 @@ def test_contributing_names_only_files_that_exist() -> None:
     assert len(named) > 20
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert missing == []
+
+
+def test_job_rbac_follows_the_backend_setting() -> None:
+    def job_rules(values: dict[str, Any]) -> set[str]:
+        return {res for _, resources, _ in rules(render(values)) for res in resources if res.endswith("jobs")}
+
+    assert job_rules({}) == {"pytorchjobs", "trainjobs"}  # auto: either may be created
+    assert job_rules({"operator": {"backend": "pytorchjob"}}) == {"pytorchjobs"}
+    assert job_rules({"operator": {"backend": "trainjob"}}) == {"trainjobs"}

@@ -155,6 +155,9 @@ def training_run_crd() -> dict[str, Any]:
              "description": "percent of optimizer steps done"},
             {"name": "Metric", "type": "string", "jsonPath": ".status.keyMetric"},
             {"name": "Version", "type": "integer", "jsonPath": ".status.model.version", "priority": 1},
+            {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1,
+             "description": "pytorchjob or trainjob"},
+            {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

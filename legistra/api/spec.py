@@ -173,6 +173,12 @@ class ResourcesSpec(Spec):
                                           description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
     service_account_name: DnsName | None = Field(None, description="ServiceAccount of the pods.")
     shm_size: Quantity | None = Field("8Gi", description="Size of /dev/shm for data loaders and NCCL.")
+    backend: Literal["auto", "pytorchjob", "trainjob"] = Field(
+        "auto", description="Job kind: pytorchjob (Kubeflow training-operator), trainjob (Kubeflow Trainer v2), or "
+        "auto (the operator's setting; with auto there too, what the cluster serves, PyTorchJob first).")
+    training_runtime: DnsName | None = Field(
+        None, description="TrainJob only: the ClusterTrainingRuntime to run on; the operator's default "
+        "(torch-distributed) when absent.")
 
 
 class SecretKeyRef(Spec):

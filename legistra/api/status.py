@@ -50,7 +50,11 @@ class TrainingRunStatus(Spec):
     retry_at: str | None = Field(None, description="When the next attempt starts, while Retrying (RFC 3339).")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions, Ready among them.")
     observed_generation: int | None = Field(None, description="Last spec generation the operator acted on.")
-    job_name: str | None = Field(None, description="The PyTorchJob running this TrainingRun.")
+    backend: str | None = Field(None, description="pytorchjob or trainjob: the kind of job this run uses.")
+    job_name: str | None = Field(None, description="The PyTorchJob or TrainJob running this TrainingRun.")
+    job_delete_at: str | None = Field(
+        None, description="When the operator deletes the finished TrainJob (runPolicy.ttlSecondsAfterFinished; "
+        "Trainer v2 has no TTL of its own).")
     start_time: str | None = None
     completion_time: str | None = None
     progress: Progress | None = Field(None, description="Training progress reported by the trainer.")

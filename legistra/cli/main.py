@@ -136,7 +136,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     run.metadata.namespace = run.metadata.namespace or "default"
     # The API server assigns the uid; a placeholder keeps owner references visible in the review.
     run.metadata.uid = run.metadata.uid or "<assigned-by-the-api-server>"
-    docs = build_children(run, JobDefaults.from_env())
+    defaults = JobDefaults.from_env()
+    chosen = args.backend or next((b for b in (run.spec.resources.backend, defaults.backend) if b != "auto"),
+                                  "pytorchjob")
+    docs = build_children(run, defaults, backend="trainjob" if chosen == "trainjob" else "pytorchjob")
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("render", help="print the objects the operator would create for a TrainingRun")
     rn.add_argument("file")
     rn.add_argument("--namespace", "-n", default=None)
+    rn.add_argument("--backend", choices=["pytorchjob", "trainjob"], default=None,
+                    help="job kind to render (default: the run's spec.resources.backend, else PyTorchJob)")
     rn.set_defaults(fn=cmd_render)
 
     op = sub.add_parser("operator", help="run the Kubernetes controller")

@@ -25,6 +25,7 @@ from legistra.contract import (
     tracking_uri,
 )
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
+from legistra.operator.backends import BACKENDS, BackendName
 from legistra.operator.config import JobDefaults
 
 CONFIG_MOUNT = "/etc/legistra"
@@ -158,67 +159,91 @@ def _resources(run: TrainingRun) -> dict[str, Any]:
     return {"limits": limits, "requests": dict(limits)} if limits else {}
 
 
+# The trainer's command: torchrun reads PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / ..., which both the
+# training-operator and Trainer v2's torch runtime inject. Spec values never reach a shell: the trainer reads
+# them from the mounted run.json.
+TRAINER_COMMAND = ["torchrun"]
+TRAINER_ARGS = ["-m", "legistra.trainer", "--config", f"{CONFIG_MOUNT}/run.json",
+                "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"]
+VOLUME_MOUNTS = [
+    {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+    {"name": "checkpoints", "mountPath": OUTPUT_MOUNT},
+    {"name": "dshm", "mountPath": "/dev/shm"},
+    {"name": "tmp", "mountPath": "/tmp"},
+]
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def volumes(run: TrainingRun) -> list[dict[str, Any]]:
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if run.spec.resources.shm_size:
+        shm["sizeLimit"] = run.spec.resources.shm_size
+    return [
+        {"name": "config", "configMap": {"name": config_name(run)}},
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(run)}},
+        {"name": "dshm", "emptyDir": shm},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def scheduling(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
+    """Pod-spec fields that place the pods: service account, node selector, tolerations."""
+    r = run.spec.resources
+    out: dict[str, Any] = {}
+    sa = r.service_account_name or defaults.service_account
+    if sa:
+        out["serviceAccountName"] = sa
+    if r.node_selector:
+        out["nodeSelector"] = dict(r.node_selector)
+    if r.tolerations:
+        out["tolerations"] = [t.wire() for t in r.tolerations]
+    return out
+
+
 def pod_template(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
     r = run.spec.resources
     container: dict[str, Any] = {
-        "name": "pytorch",  # the training-operator finds the container by this name
+        "name": BACKENDS["pytorchjob"].container,  # the training-operator finds the container by this name
         "image": r.image or defaults.trainer_image,
         "imagePullPolicy": "IfNotPresent",
-        # torchrun reads PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / ... injected by the training-operator.
-        # Spec values never reach a shell: the trainer reads them from the mounted run.json.
-        "command": ["torchrun"],
-        "args": ["-m", "legistra.trainer", "--config", f"{CONFIG_MOUNT}/run.json",
-                 "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"],
+        "command": TRAINER_COMMAND,
+        "args": TRAINER_ARGS,
         "env": trainer_env(run, defaults),
         "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}],
         # The trainer's one-line reason for a failure a retry would repeat; the operator reads it from the pod.
         "terminationMessagePath": TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
-            {"name": "checkpoints", "mountPath": OUTPUT_MOUNT},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "volumeMounts": VOLUME_MOUNTS,
+        "securityContext": CONTAINER_SECURITY,
     }
     res = _resources(run)
     if res:
         container["resources"] = res
-    shm: dict[str, Any] = {"medium": "Memory"}
-    if r.shm_size:
-        shm["sizeLimit"] = r.shm_size
-    pod: dict[str, Any] = {
-        "containers": [container],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumes": [
-            {"name": "config", "configMap": {"name": config_name(run)}},
-            {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(run)}},
-            {"name": "dshm", "emptyDir": shm},
-            {"name": "tmp", "emptyDir": {}},
-        ],
-    }
-    sa = r.service_account_name or defaults.service_account
-    if sa:
-        pod["serviceAccountName"] = sa
-    if r.node_selector:
-        pod["nodeSelector"] = dict(r.node_selector)
-    if r.tolerations:
-        pod["tolerations"] = [t.wire() for t in r.tolerations]
+    pod: dict[str, Any] = {"containers": [container], "securityContext": POD_SECURITY, "volumes": volumes(run),
+                           **scheduling(run, defaults)}
     if r.priority_class_name:
         pod["priorityClassName"] = r.priority_class_name
     return {"metadata": {"labels": run_labels(run)}, "spec": pod}
+
+
+def _job_meta(run: TrainingRun, attempt: int) -> dict[str, Any]:
+    """Either job's metadata: the run's labels (and Kueue's queue label), the spec hash and the attempt."""
+    queue = run.spec.resources.queue_name
+    meta = _meta(run, run.metadata.name, {"kueue.x-k8s.io/queue-name": queue} if queue else None)
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(run.spec.wire()), ATTEMPT_ANNOTATION: str(attempt)}
+    return meta
 
 
 def build_pytorchjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) -> dict[str, Any]:
@@ -243,13 +268,10 @@ def build_pytorchjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) 
         run_policy["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
     if r.priority_class_name:
         run_policy["schedulingPolicy"] = {"priorityClass": r.priority_class_name}
-    extra_labels = {"kueue.x-k8s.io/queue-name": r.queue_name} if r.queue_name else None
-    meta = _meta(run, run.metadata.name, extra_labels)
-    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.wire()), ATTEMPT_ANNOTATION: str(attempt)}
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": meta,
+        "metadata": _job_meta(run, attempt),
         "spec": {
             "nprocPerNode": str(max(1, r.gpus_per_node)),
             "runPolicy": run_policy,
@@ -258,9 +280,55 @@ def build_pytorchjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) 
     }
 
 
-def build_children(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) -> list[dict[str, Any]]:
+RUNTIME_PATCH_MANAGER = "legistra.io/operator"
+
+
+def build_trainjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) -> dict[str, Any]:
+    """The same run as a Trainer v2 TrainJob on a ClusterTrainingRuntime (torch-distributed by default).
+
+    What a TrainJob cannot say itself (volumes, security contexts, placement) goes through `runtimePatches`
+    (Trainer >= v2.2). Not expressible there: the pods' priorityClassName (set it in the runtime, or use a
+    Kueue WorkloadPriorityClass) and the termination-message policy (the default path is the one the trainer
+    writes)."""
+    spec, r = run.spec, run.spec.resources
+    node = BACKENDS["trainjob"].container
+    trainer: dict[str, Any] = {
+        "image": r.image or defaults.trainer_image,
+        "command": TRAINER_COMMAND,
+        "args": TRAINER_ARGS,
+        "env": trainer_env(run, defaults),
+        "numNodes": r.nodes,
+        "numProcPerNode": max(1, r.gpus_per_node),
+    }
+    res = _resources(run)
+    if res:
+        trainer["resourcesPerNode"] = res
+    pod: dict[str, Any] = {
+        "containers": [{"name": node, "volumeMounts": VOLUME_MOUNTS, "securityContext": CONTAINER_SECURITY}],
+        "securityContext": POD_SECURITY,
+        "volumes": volumes(run),
+        **scheduling(run, defaults),
+    }
+    patch = {"manager": RUNTIME_PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": node, "template": {"spec": {"template": {"metadata": {"labels": run_labels(run)}, "spec": pod}}}},
+    ]}}}}
+    job_spec: dict[str, Any] = {
+        "runtimeRef": {"name": r.training_runtime or defaults.training_runtime},
+        "trainer": trainer,
+        "runtimePatches": [patch],
+        "suspend": spec.run_policy.suspend,
+    }
+    if spec.run_policy.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    return {"apiVersion": BACKENDS["trainjob"].api_version, "kind": "TrainJob",
+            "metadata": _job_meta(run, attempt), "spec": job_spec}
+
+
+def build_children(run: TrainingRun, defaults: JobDefaults, attempt: int = 1,
+                   backend: BackendName = "pytorchjob") -> list[dict[str, Any]]:
     """In creation order: the job last, so its pods never start without their config and volume."""
-    return [build_configmap(run), build_pvc(run, defaults), build_pytorchjob(run, defaults, attempt)]
+    build = build_trainjob if backend == "trainjob" else build_pytorchjob
+    return [build_configmap(run), build_pvc(run, defaults), build(run, defaults, attempt)]
 
 
 def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

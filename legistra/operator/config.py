@@ -90,12 +90,21 @@ class JobDefaults:
                                                    "checkpoints.storageClassName")
     checkpoint_size: str = setting("LEGISTRA_CHECKPOINT_SIZE", "50Gi", "size of each checkpoint volume",
                                    "checkpoints.size")
+    backend: str = setting("LEGISTRA_BACKEND", "auto",
+                           "job kind for runs that choose none: auto (what the cluster serves, PyTorchJob first), "
+                           "pytorchjob or trainjob", "operator.backend")
+    training_runtime: str = setting("LEGISTRA_TRAINING_RUNTIME", "torch-distributed",
+                                    "ClusterTrainingRuntime of TrainJobs when a run names none", "trainer.runtime")
     service_account: str | None = setting("LEGISTRA_TRAINER_SERVICE_ACCOUNT", None,
                                           "ServiceAccount of training pods when a run sets none",
                                           "trainer.serviceAccountName")
     extra_env: dict[str, str] = field(default_factory=dict, metadata={
         "env": "LEGISTRA_TRAINER_EXTRA_ENV", "doc": "plain env for every training pod, as a JSON object",
         "helm": "trainer.extraEnv"})
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "pytorchjob", "trainjob"):
+            raise ValueError(f"LEGISTRA_BACKEND={self.backend!r}: must be auto, pytorchjob or trainjob")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobDefaults:

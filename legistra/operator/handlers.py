@@ -20,6 +20,7 @@ import kopf
 
 from legistra.api.spec import API_GROUP, API_VERSION
 from legistra.operator import prometheus
+from legistra.operator.backends import BACKENDS
 from legistra.operator.build import MANAGED_BY
 from legistra.operator.config import OperatorConfig
 from legistra.operator.kube import ApiError, Kube, load_credentials
@@ -55,8 +56,20 @@ class Runtime:
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
     written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # One wake-up per Retrying run, at its retryAt (the resync tick would start it up to a period late).
+    # One wake-up per run at its next due time (retryAt, jobDeleteAt): the resync tick could be a period late.
     wakeups: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    served: frozenset[str] = frozenset()  # backend names whose CRDs the cluster serves (API discovery)
+
+
+async def discover(rt: Runtime) -> None:
+    """Which job kinds the cluster serves; re-checked each resync tick until both are, so a CRD installed
+    later is picked up without a restart."""
+    if rt.served >= set(BACKENDS):
+        return
+    found = frozenset([name for name, b in BACKENDS.items() if await rt.kube.serves(b.api_version, b.plural)])
+    if found != rt.served:
+        log.info("job kinds served by this cluster: %s", ", ".join(sorted(found)) or "none")
+    rt.served = found
 
 
 def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:
@@ -129,6 +142,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
                 await rt.kube.create_or_get(obj)
         log.info("peering %r as %s with priority %d", config.peering, rt.peering.identity, rt.peering.priority)
     uri = config.jobs.mlflow_tracking_uri
+    await discover(rt)
     prometheus.start_server(config.metrics_port, config.metrics_addr)
     rt.tasks = [
         asyncio.create_task(every(rt, config.resync_seconds, "resync", resync)),
@@ -160,7 +174,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
         started = time.monotonic()
         try:
             outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), _emit,
-                                      job=job, last_status=last)
+                                      job=job, last_status=last, served=rt.served)
             if outcome.status is not None:
                 rt.written[key] = (meta.get("uid", ""), outcome.status)
         except ApiError as exc:
@@ -171,22 +185,23 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
         finally:
             prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
         prometheus.observe_phase(key, outcome.phase)
-        _wake_for_retry(rt, key, outcome.status or {})
+        _wake_when_due(rt, key, outcome.status or {})
         if outcome.created:
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
 
 
-def _wake_for_retry(rt: Runtime, key: tuple[str, str], status: dict[str, Any]) -> None:
-    retry_at = status.get("retryAt") if status.get("phase") == "Retrying" else None
-    if not retry_at or (key in rt.wakeups and not rt.wakeups[key].done()):
+def _wake_when_due(rt: Runtime, key: tuple[str, str], status: dict[str, Any]) -> None:
+    """Reconcile the run again at the next moment its status names: a retry's retryAt, a TrainJob's jobDeleteAt."""
+    due_times = [status.get("retryAt") if status.get("phase") == "Retrying" else None, status.get("jobDeleteAt")]
+    due = [datetime.datetime.fromisoformat(str(t).replace("Z", "+00:00")) for t in due_times if t]
+    if not due or (key in rt.wakeups and not rt.wakeups[key].done()):
         return
-    due = datetime.datetime.fromisoformat(str(retry_at).replace("Z", "+00:00"))
-    # retryAt is written to the second: wake just after it, never just before.
-    delay = max(0.0, (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.5
-    rt.wakeups[key] = asyncio.create_task(_retry_when_due(rt, key, delay))
+    # Written to the second: wake just after the moment, never just before.
+    delay = max(0.0, (min(due) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.5
+    rt.wakeups[key] = asyncio.create_task(_reconcile_when_due(rt, key, delay))
 
 
-async def _retry_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> None:
+async def _reconcile_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> None:
     await asyncio.sleep(delay)
     rt.wakeups.pop(key, None)
     try:
@@ -196,7 +211,7 @@ async def _retry_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> No
         if run is not None:
             await _reconcile_run(rt, run, force=True)
     except ApiError as exc:
-        log.warning("%s/%s: retry wake-up failed, the resync loop retries: %s", key[0], key[1], exc)
+        log.warning("%s/%s: wake-up failed, the resync loop retries: %s", key[0], key[1], exc)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "trainingruns")
@@ -215,11 +230,12 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
+@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=MANAGED_BY)
 async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Mirror a job's status into its TrainingRun as soon as the training-operator changes it; when a job is
+    """Mirror a job's status (PyTorchJob or TrainJob) into its TrainingRun as soon as Kubeflow changes it; when a job is
     deleted (replaced by a new attempt, or by hand), let its run make the next one."""
     deleted = type == "DELETED"
-    if not deleted and not (body.get("status") or {}).get("conditions"):
+    if not deleted and not body.get("status"):
         return  # a job we just created has nothing to mirror yet
     owner = next((r for r in body["metadata"].get("ownerReferences", []) if r.get("kind") == "TrainingRun"), None)
     if owner is None:
@@ -265,6 +281,7 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
+    await discover(rt)
     for run in await rt.kube.list("TrainingRun", ns):
         meta = run["metadata"]
         key = (meta.get("namespace", ""), meta["name"])

@@ -29,6 +29,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "TrainingRun": ("/apis/legistra.io/v1alpha1", "trainingruns"),
     "TrainingSchedule": ("/apis/legistra.io/v1alpha1", "trainingschedules"),
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
+    "TrainJob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs"),
     "ConfigMap": ("/api/v1", "configmaps"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Secret": ("/api/v1", "secrets"),
@@ -176,6 +177,16 @@ class Kube:
                 raise ApiError(resp.status, text[:500])
             data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
             return data or {}
+
+    async def serves(self, group_version: str, plural: str) -> bool:
+        """API discovery: whether the server serves `plural` in `group_version` (a CRD is installed)."""
+        try:
+            found = await self._request("GET", f"/apis/{group_version}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
 from legistra.contract import FAILURE_REASONS, experiment_name, primary_metric, tracking_uri
 from legistra.operator.attempts import job_attempt, plan_attempt
+from legistra.operator.backends import Backend, choose_backend
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
@@ -31,12 +32,14 @@ from legistra.operator.config import JobDefaults
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.report import MlflowReporter
 from legistra.operator.status import (
-    JOB_NAME_LABEL,
     desired_status,
     deterministic_failure,
+    finished_at,
     invalid_status,
     job_may_have_failed_pods,
     job_state,
+    trainer_status_report,
+    unavailable_status,
 )
 
 log = logging.getLogger("legistra.operator")
@@ -69,9 +72,11 @@ async def reconcile(
     *,
     job: dict[str, Any] | None = None,
     last_status: dict[str, Any] | None = None,
+    served: Set[str] = frozenset({"pytorchjob"}),
 ) -> Outcome:
     """`reporters`: the MLflow reader for a tracking URI (None when it cannot be read over REST).
-    `job`: the PyTorchJob when the caller already has it (from its watch event), saving a GET.
+    `job`: the run's PyTorchJob or TrainJob when the caller already has it (its watch event), saving a GET.
+    `served`: the job kinds (backend names) the cluster serves, from API discovery.
     `last_status`: the status this operator last wrote, when newer than `body`'s (a stale watch body)."""
     meta = body.get("metadata", {})
     ns, name = meta.get("namespace"), meta["name"]
@@ -111,12 +116,20 @@ async def reconcile(
         return Outcome("Failed", [], current)  # refused or failed for good at this generation; an edit retries
 
     rp = run.spec.run_policy
+    backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend,  # type: ignore[arg-type]
+                                          served, current.get("backend"))
+    if backend is None:
+        assert unavailable is not None
+        new = unavailable_status(current, unavailable, now, generation)
+        if await save(new) and emit is not None:
+            emit(body, "Warning", "BackendUnavailable", unavailable)
+        return Outcome("Pending", [], new)
     if job is None:
-        job = await kube.get("PyTorchJob", ns, name)
+        job = await kube.get(backend.kind, ns, name)
     if job is not None and job_may_have_failed_pods(job):
         # A pod failed: did the trainer say a retry would fail the same way (bad data, no such model)?
-        pods = await kube.list("Pod", ns, label_selector=f"{JOB_NAME_LABEL}={name}")
-        failure = deterministic_failure(pods, name)
+        pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
+        failure = deterministic_failure(pods, name, backend)
         if failure is not None:
             new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                                  metric=primary_metric(run.spec), attempt=job_attempt(job),
@@ -125,11 +138,15 @@ async def reconcile(
                 _emit_transitions(emit, body, current, new)
             if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
                 # Its pods would only crash-loop until backoffLimit: stop them now.
-                await kube.delete("PyTorchJob", ns, name, propagation="Background")
+                await kube.delete(backend.kind, ns, name, propagation="Background")
             return Outcome("Failed", [], new)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
-    if plan.action == "finished":
-        return Outcome(str(current.get("phase", "")), [], current)  # e.g. its job expired by TTL
+    if plan.action == "finished":  # e.g. its job expired by TTL
+        if current.get("jobDeleteAt"):  # we deleted it: nothing left to wait for
+            cleared = {k: v for k, v in current.items() if k != "jobDeleteAt"}
+            await save(cleared)
+            return Outcome(str(current.get("phase", "")), [], cleared)
+        return Outcome(str(current.get("phase", "")), [], current)
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
@@ -144,11 +161,12 @@ async def reconcile(
             if not job.get("metadata", {}).get("deletionTimestamp"):
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
-                await kube.delete("PyTorchJob", ns, name, propagation="Foreground")
+                await kube.delete(backend.kind, ns, name, propagation="Foreground")
             return Outcome(new["phase"], [], new)
+    delete_at = None
     if job is None:
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
-        for obj in build_children(run, defaults, plan.attempt):
+        for obj in build_children(run, defaults, plan.attempt, backend.name):
             try:
                 got, was_created = await kube.create_or_get(obj)
             except ApiError as exc:
@@ -159,17 +177,22 @@ async def reconcile(
                 return await refuse([problem], "ChildCreateFailed", created)
             if was_created:
                 created.append(obj["kind"])
-            if obj["kind"] == "PyTorchJob":
+            if obj["kind"] == backend.kind:
                 job = got
     else:
         owner_uids = {r.get("uid") for r in job.get("metadata", {}).get("ownerReferences", [])}
         if run.metadata.uid and owner_uids and run.metadata.uid not in owner_uids:
             # A job of the same name that belongs to something else: never adopt or overwrite it.
-            refused = [f"a PyTorchJob named {name} exists and is not owned by this TrainingRun"]
+            refused = [f"a {backend.kind} named {name} exists and is not owned by this TrainingRun"]
         else:
             refused = await _spec_drift(kube, run, job)
-            if bool(job.get("spec", {}).get("runPolicy", {}).get("suspend", False)) != rp.suspend:
-                job = await kube.patch("PyTorchJob", ns, name, {"spec": {"runPolicy": {"suspend": rp.suspend}}})
+            if backend.suspended(job) != rp.suspend:
+                job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(rp.suspend))
+            delete_at = await _expire(kube, backend, job, rp.ttl_seconds_after_finished, at)
+            if delete_at == "deleted":  # the run is over and keeps its status; only the wait is done
+                cleared = {k: v for k, v in current.items() if k != "jobDeleteAt"}
+                await save(cleared)
+                return Outcome(str(current.get("phase", "")), [], cleared)
 
     report = None
     # The run's own tracking server when it names one (the pods log there), else the operator's.
@@ -180,16 +203,33 @@ async def reconcile(
         finished = job_state(job, False).phase in ("Succeeded", "Failed")
         # MLflow's client is blocking: keep it off the event loop that serves every other run.
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
+    report = report or trainer_status_report(job)  # Trainer v2 reports progress itself (TrainJobStatus gate)
 
     new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                          refused=refused, report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
                          max_attempts=rp.max_attempts,
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
-                         replacing=job is not None and job_attempt(job) < plan.attempt)
+                         replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at)
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
     return Outcome(new["phase"], created, new)
+
+
+async def _expire(kube: Kube, backend: Backend, job: dict[str, Any], ttl: int | None, at: dt.datetime) -> str | None:
+    """Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself. Returns when
+    (RFC 3339) while it waits, "deleted" once done, None when there is nothing to expire."""
+    if backend.name != "trainjob" or ttl is None:
+        return None
+    done = finished_at(job)
+    if done is None:
+        return None
+    due = dt.datetime.fromisoformat(done.replace("Z", "+00:00")) + dt.timedelta(seconds=ttl)
+    if at < due:
+        return _iso(due)
+    await kube.delete(backend.kind, job["metadata"].get("namespace", ""), job["metadata"]["name"],
+                      propagation="Background")
+    return "deleted"
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:

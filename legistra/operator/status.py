@@ -1,4 +1,4 @@
-"""Pure decisions: PyTorchJob status (+ trainer report) -> TrainingRun status."""
+"""Pure decisions: PyTorchJob or TrainJob status (+ trainer report) -> TrainingRun status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legistra.contract import MUTABLE_RUN_POLICY, parse_termination_message
+from legistra.operator.backends import BACKENDS, Backend, backend_of
 
 # As users write them: "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds".
 MUTABLE_FIELDS = "spec.runPolicy." + ", ".join(MUTABLE_RUN_POLICY[:-1]) + " and " + MUTABLE_RUN_POLICY[-1]
@@ -35,19 +36,16 @@ def failed_replicas(replica_statuses: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-# The label the training-operator puts on every pod of a PyTorchJob.
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-
-
-def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str) -> JobState | None:
+def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str,
+                          backend: Backend = BACKENDS["pytorchjob"]) -> JobState | None:
     """A failure the trainer declared deterministic (bad data, a model that cannot load), read from the
-    termination message of any terminated `pytorch` container of the job's pods, now or before its last
+    termination message of any terminated trainer container of the job's pods, now or before its last
     restart. Pods of other jobs are ignored even if a list returned them."""
     for pod in pods:
-        if ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL) != job_name:
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label) != job_name:
             continue
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != "pytorch":
+            if cs.get("name") != backend.container:
                 continue
             for state in (cs.get("state"), cs.get("lastState")):
                 terminated = (state or {}).get("terminated") or {}
@@ -59,14 +57,62 @@ def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str) -> J
 
 def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
     """Whether a pod of the job has failed (so its termination message is worth a LIST of pods)."""
-    conditions = ((job or {}).get("status") or {}).get("conditions") or []
-    return bool(_true(conditions, "Failed") or _true(conditions, "Restarting"))
+    status = (job or {}).get("status") or {}
+    conditions = status.get("conditions") or []
+    if _true(conditions, "Failed") or _true(conditions, "Restarting"):
+        return True
+    return any(int(j.get("failed") or 0) for j in status.get("jobsStatus") or [])  # a TrainJob's failed node
+
+
+def trainjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
+    """Phase of a Trainer v2 TrainJob: conditions Complete / Failed / Suspended, then its jobsStatus."""
+    status = job.get("status") or {}
+    conditions = status.get("conditions") or []
+    jobs = status.get("jobsStatus") or []
+    if c := _true(conditions, "Complete"):
+        return JobState("Succeeded", "JobSucceeded", str(c.get("message") or "training finished"))
+    if c := _true(conditions, "Failed"):
+        failed = "; ".join(f"{j.get('name')} job: {j['failed']} failed" for j in jobs if int(j.get("failed") or 0))
+        msg = str(c.get("message") or "the TrainJob failed")
+        return JobState("Failed", str(c.get("reason") or "TrainJobFailed"), f"{msg} ({failed})" if failed else msg)
+    if _true(conditions, "Suspended") or suspended_in_spec:
+        return JobState("Suspended", "JobSuspended", "the job is suspended; checkpoints are kept")
+    if any(int(j.get("active") or 0) or int(j.get("ready") or 0) for j in jobs):
+        return JobState("Running", "JobRunning", "training")
+    return JobState("Pending", "JobCreated", "waiting for nodes to be scheduled")
+
+
+def trainer_status_report(job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Progress and metrics from a TrainJob's `status.trainerStatus` (Trainer's TrainJobStatus feature gate),
+    in the shape of the MLflow report; used when MLflow says nothing."""
+    ts = ((job or {}).get("status") or {}).get("trainerStatus") or {}
+    out: dict[str, Any] = {}
+    if ts.get("progressPercentage") is not None:
+        out["progress"] = {"percent": max(0, min(100, int(ts["progressPercentage"])))}
+    metrics = {}
+    for m in ts.get("metrics") or []:
+        try:
+            metrics[str(m["name"])] = float(m["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    if metrics:
+        out["metrics"] = metrics
+    return out or None
+
+
+def finished_at(job: Mapping[str, Any]) -> str | None:
+    """When a TrainJob reached Complete or Failed (RFC 3339), from its condition."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    c = _true(conditions, "Complete") or _true(conditions, "Failed")
+    return str(c["lastTransitionTime"]) if c and c.get("lastTransitionTime") else None
 
 
 def job_state(job: Mapping[str, Any] | None, suspended_in_spec: bool) -> JobState:
-    """Phase of a PyTorchJob from its conditions; terminal conditions win over transient ones."""
+    """Phase of a PyTorchJob (or TrainJob) from its conditions; terminal conditions win over transient ones."""
     if job is None:
-        return JobState("Pending", "JobPending", "the PyTorchJob is being created")
+        return JobState("Pending", "JobPending", "the job is being created")
+    if job.get("kind") == "TrainJob":
+        return trainjob_state(job, suspended_in_spec)
     status = job.get("status") or {}
     conditions = status.get("conditions") or []
     if c := _true(conditions, "Succeeded"):
@@ -129,12 +175,14 @@ def desired_status(
     retry_at: str | None = None,
     replacing: bool = False,
     failure: JobState | None = None,
+    job_delete_at: str | None = None,
 ) -> dict[str, Any]:
     """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
 
     `attempt` of `max_attempts`: which PyTorchJob this is; `retry_at`: the failed job will be replaced then;
     `replacing`: the job on hand belongs to an earlier attempt and is being deleted (nothing to mirror).
     `failure`: the trainer declared the failure deterministic (`deterministic_failure`): Failed, no retry.
+    `job_delete_at`: a finished TrainJob is deleted then (ttlSecondsAfterFinished, done by the operator).
     """
     of = f"attempt {attempt} of {max_attempts}"
     if failure is not None:
@@ -142,7 +190,8 @@ def desired_status(
                          f"{failure.message} (not retried: another attempt would fail the same way)")
     elif replacing:
         state = JobState("Pending", "AttemptStarting",
-                         f"{of}: replacing the failed PyTorchJob; training resumes from the last checkpoint")
+                         f"{of}: replacing the failed {backend_of(job or {}).kind}; training resumes from the "
+                         "last checkpoint")
     else:
         state = job_state(job, suspended_in_spec)
         if state.phase == "Failed" and retry_at is not None:
@@ -152,7 +201,7 @@ def desired_status(
             state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
         elif attempt > 1 and state.phase in ("Pending", "Running"):
             state = JobState(state.phase, state.reason, f"{of}: {state.message}")
-    st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt")}
+    st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt", "jobDeleteAt")}
     conditions = list(current.get("conditions") or [])
     st["phase"] = state.phase
     st["message"] = state.message
@@ -160,10 +209,13 @@ def desired_status(
     st["attempt"] = attempt
     if state.phase == "Retrying":
         st["retryAt"] = retry_at
+    if job_delete_at is not None:
+        st["jobDeleteAt"] = job_delete_at
     if replacing:
         st.pop("completionTime", None)
     elif job is not None:
         st["jobName"] = job.get("metadata", {}).get("name")
+        st["backend"] = backend_of(job).name
         js = job.get("status") or {}
         if js.get("startTime") and "startTime" not in st:  # the run started with its first attempt
             st["startTime"] = js["startTime"]
@@ -175,7 +227,8 @@ def desired_status(
         if report.get("progress"):
             prog = dict(report["progress"])
             total = int(prog.get("totalSteps") or 0)
-            prog["percent"] = min(100, int(100 * int(prog.get("step") or 0) / total)) if total else 0
+            if total or "percent" not in prog:  # a trainerStatus report has only the percentage
+                prog["percent"] = min(100, int(100 * int(prog.get("step") or 0) / total)) if total else 0
             if state.phase == "Succeeded":
                 prog["percent"] = 100
             st["progress"] = prog
@@ -191,7 +244,7 @@ def desired_status(
                                ready_reason, state.message, now, generation)
     conditions = set_condition(conditions, "JobCreated", "True" if job is not None else "False",
                                "JobCreated" if job is not None else "JobPending",
-                               f"PyTorchJob {st.get('jobName')}" if job is not None else "not created yet",
+                               f"{backend_of(job).kind} {st.get('jobName')}" if job is not None else "not created yet",
                                now, generation)
     if state.phase == "Failed":
         conditions = set_condition(conditions, "Failed", "True", state.reason, state.message, now, generation)
@@ -221,11 +274,21 @@ def needs_resync(status: Mapping[str, Any], generation: int | None, lookups: int
     if status.get("observedGeneration") != generation:
         return True
     phase = status.get("phase")
+    if status.get("jobDeleteAt"):
+        return True  # a finished TrainJob waits for its TTL deletion
     if phase == "Failed":
         return False
     if phase == "Succeeded":
         return not status.get("model") and lookups < MAX_REPORT_LOOKUPS
     return True
+
+
+def unavailable_status(current: Mapping[str, Any], problem: str, now: str, generation: int | None) -> dict[str, Any]:
+    """No job kind the run may use is served (yet): Pending, not Failed; it starts once the CRD is installed."""
+    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", "BackendUnavailable",
+                               problem, now, generation)
+    return {**{k: v for k, v in current.items() if k != "conditions"}, "phase": "Pending", "message": problem,
+            "observedGeneration": generation, "conditions": conditions}
 
 
 def invalid_status(current: Mapping[str, Any], problems: Sequence[str], now: str,

@@ -1,0 +1,77 @@
+"""The two Kubeflow job kinds a TrainingRun can run as, and which one a run gets (pure).
+
+PyTorchJob (kubeflow.org/v1, the training-operator, maintained on its 1.9 branch only) and TrainJob
+(trainer.kubeflow.org/v1alpha1, Kubeflow Trainer v2). A run keeps the backend it started on; before that,
+`spec.resources.backend`, else the operator's `backend` setting, decides, and `auto` prefers PyTorchJob where
+both are served so that existing installs do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from typing import Any, Literal
+
+BackendName = Literal["pytorchjob", "trainjob"]
+Choice = Literal["auto", "pytorchjob", "trainjob"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: BackendName
+    kind: str
+    group: str
+    version: str
+    plural: str
+    pod_label: str  # the label the job's controller puts on its pods, naming the job
+    container: str  # the trainer's container in those pods
+    description: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+    def suspended(self, job: Mapping[str, Any]) -> bool:
+        spec = job.get("spec") or {}
+        return bool((spec.get("runPolicy") or {}).get("suspend") if self.name == "pytorchjob" else spec.get("suspend"))
+
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
+        if self.name == "pytorchjob":
+            return {"spec": {"runPolicy": {"suspend": suspend}}}
+        return {"spec": {"suspend": suspend}}
+
+
+BACKENDS: dict[str, Backend] = {
+    "pytorchjob": Backend("pytorchjob", "PyTorchJob", "kubeflow.org", "v1", "pytorchjobs",
+                          "training.kubeflow.org/job-name", "pytorch", "Kubeflow training-operator (PyTorchJob)"),
+    "trainjob": Backend("trainjob", "TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs",
+                        "jobset.sigs.k8s.io/jobset-name", "node", "Kubeflow Trainer v2 (TrainJob)"),
+}
+BY_KIND = {b.kind: b for b in BACKENDS.values()}
+
+
+def backend_of(job: Mapping[str, Any]) -> Backend:
+    return BY_KIND.get(str(job.get("kind")), BACKENDS["pytorchjob"])
+
+
+def choose_backend(in_spec: Choice, configured: Choice, served: Set[str], started_on: str | None
+                   ) -> tuple[Backend | None, str | None]:
+    """(the backend, None), or (None, why not) when the cluster serves none that the run may use.
+
+    `served`: backend names whose CRDs the cluster serves; `started_on`: status.backend of a run that has
+    (or had) a job, which never changes backend mid-run."""
+    if started_on in BACKENDS:
+        return BACKENDS[started_on], None
+    wanted = in_spec if in_spec != "auto" else configured
+    if wanted == "auto":
+        for name in ("pytorchjob", "trainjob"):
+            if name in served:
+                return BACKENDS[name], None
+        return None, ("neither a PyTorchJob (Kubeflow training-operator) nor a TrainJob (Kubeflow Trainer v2) CRD is "
+                      "served by this cluster; install one of them")
+    if wanted not in served:
+        b = BACKENDS[wanted]
+        where = "spec.resources.backend" if in_spec != "auto" else "the operator's backend setting"
+        return None, (f"{where} asks for {b.kind}, but this cluster serves no {b.api_version} {b.plural}: install "
+                      f"{b.description}, or choose another backend")
+    return BACKENDS[wanted], None

@@ -1,0 +1,142 @@
+"""The same TrainingRuns on Kubeflow Trainer v2: TrainJobs end to end (a stand-in for Trainer's torch runtime runs
+each node as local processes with the PET_* environment it injects), retries, suspend/resume, the operator's own
+TTL, and `backend: auto` on clusters that serve one kind, the other, both or neither."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s_harness import Cluster, FakeTrainingOperator, GarbageCollector, OperatorProcess
+from tests.test_operator_e2e import NS, training_run, wait_phase
+
+pytestmark = pytest.mark.slow
+TRAINJOBS = ("trainer.kubeflow.org/v1alpha1", "trainjobs")
+NO_TRAINJOBS = "trainer.kubeflow.org/v1alpha1/trainjobs"
+NO_PYTORCHJOBS = "kubeflow.org/v1/pytorchjobs"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpoint: str) -> Iterator[dict[str, Any]]:
+    """A Trainer v2 cluster (no PyTorchJob CRD at all), MLflow and S3, and an operator on backend auto."""
+    import boto3
+
+    root = tmp_path_factory.mktemp("trainer-v2")
+    boto3.client("s3").create_bucket(Bucket="v2-models")
+    cluster = Cluster(without=(NO_PYTORCHJOBS,)).start()
+    cluster.request("POST", f"/api/v1/namespaces/{NS}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
+        "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"testing").decode(),
+                 "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"testing").decode()}})
+    trainer = FakeTrainingOperator(cluster, NS, root / "pods").start()
+    gc = GarbageCollector(cluster, NS).start()
+    env = {
+        "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
+        "LEGISTRA_REGISTRY_URI": "s3://v2-models/registry",
+        "LEGISTRA_S3_ENDPOINT": s3_endpoint,
+        "LEGISTRA_S3_SECRET": "s3-creds",
+        "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}),
+    }
+    operator = OperatorProcess(cluster.kubeconfig(root / "kubeconfig", NS), NS, env, root / "operator.log").start()
+    yield {"cluster": cluster, "kubeflow": trainer, "operator": operator, "root": root}
+    operator.stop()
+    gc.stop()
+    trainer.stop()
+    cluster.stop()
+
+
+def test_a_run_on_two_nodes_suspended_resumed_succeeds_and_its_trainjob_expires(
+        world: dict[str, Any], tiny_models: dict[str, Path], mlflow_server: str) -> None:
+    """Trainer v2 has no ttlSecondsAfterFinished: the operator deletes the finished TrainJob itself."""
+    cluster: Cluster = world["cluster"]
+    cluster.apply_run(training_run("v2-ok", tiny_models,  # nodes: 2, no backend named: auto
+                                   runPolicy={"suspend": True, "ttlSecondsAfterFinished": 2}))
+    st = wait_phase(world, "v2-ok", "Suspended")["status"]
+    job = cluster.get(*TRAINJOBS, NS, "v2-ok")
+    assert job is not None and job["spec"]["suspend"] is True and "suspended" in st["message"]
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["runtimeRef"] == {"name": "torch-distributed"}
+    assert not world["kubeflow"].jobs["v2-ok"].pods
+    cluster.edit_spec(NS, "v2-ok", {"runPolicy": {"suspend": False}})
+    done = wait_phase(world, "v2-ok", "Succeeded")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]
+    assert not any(c["type"] == "SpecChangeRefused" and c["status"] == "True" for c in done["status"]["conditions"])
+    st = cluster.wait(lambda: (r := cluster.run(NS, "v2-ok")) and r["status"].get("model") and r["status"],
+                      60, "the model in status")
+    assert st["backend"] == "trainjob" and st["jobName"] == "v2-ok"
+    assert st["model"]["uri"] == "s3://v2-models/registry/v2-ok/v1" and st["model"]["alias"] == "champion"
+    assert st["mlflow"]["url"].startswith(mlflow_server) and "eval_f1_macro" in st["metrics"]
+    assert st["progress"]["percent"] == 100
+    assert next(c for c in st["conditions"] if c["type"] == "JobCreated")["message"] == "TrainJob v2-ok"
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=mlflow_server).get_run(st["mlflow"]["runId"])
+    assert run.data.params["resolved.world_size"] == "2"  # two nodes joined through the PET_* rendezvous
+    cluster.wait(lambda: cluster.get(*TRAINJOBS, NS, "v2-ok") is None, 30, "the TTL deletion")
+    st = cluster.wait(lambda: (r := cluster.run(NS, "v2-ok")) and "jobDeleteAt" not in r["status"]
+                      and r["status"], 30, "jobDeleteAt to be cleared")
+    assert st["phase"] == "Succeeded" and st["model"]["version"] == 1
+    time.sleep(3)  # and it stays deleted: a finished run never gets a new job
+    assert cluster.get(*TRAINJOBS, NS, "v2-ok") is None and cluster.run(NS, "v2-ok")["status"]["phase"] == "Succeeded"
+
+
+def test_a_failed_node_is_retried_and_resumes(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    doc = training_run("v2-retry", tiny_models, training={"maxSteps": 30, "saveSteps": 10, "batchSize": 2},
+                       data={"maxSamples": 120}, runPolicy={"maxAttempts": 2, "retryDelaySeconds": 2})
+    cluster: Cluster = world["cluster"]
+    trainer: FakeTrainingOperator = world["kubeflow"]
+    posts = cluster.creates("trainjobs")
+    cluster.apply_run(doc)
+    ckpt = trainer.pvc_dir("v2-retry") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    cluster.wait(ckpt.exists, 240, "the first checkpoint")
+    trainer.kill_pod("v2-retry", "Node")
+    retrying = wait_phase(world, "v2-retry", "Retrying", timeout=60)["status"]
+    assert retrying["attempt"] == 1 and "jobset v2-retry failed (node job: " in retrying["message"]
+    done = wait_phase(world, "v2-retry", "Succeeded")["status"]
+    assert done["attempt"] == 2 and cluster.creates("trainjobs") - posts == 2
+    result = json.loads((trainer.pvc_dir("v2-retry") / "output" / "result.json").read_text())
+    assert result["globalStep"] == 30 and "checkpoint-" in (result["resumedFrom"] or "")
+
+
+@pytest.mark.parametrize(("without", "setting", "expected"), [
+    ((), "auto", "pytorchjobs"),                            # both served: existing installs do not change
+    ((NO_PYTORCHJOBS,), "auto", "trainjobs"),
+    ((NO_TRAINJOBS,), "auto", "pytorchjobs"),
+    ((NO_PYTORCHJOBS, NO_TRAINJOBS), "auto", None),
+    ((), "trainjob", "trainjobs"),
+    ((NO_TRAINJOBS,), "trainjob", None),                    # asked for what the cluster does not serve
+])
+def test_backend_auto_follows_what_the_cluster_serves(tmp_path: Path, tiny_models: dict[str, Path],
+                                                      without: tuple[str, ...], setting: str,
+                                                      expected: str | None) -> None:
+    cluster = Cluster(without=without).start()
+    operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, {"LEGISTRA_BACKEND": setting},
+                               tmp_path / "operator.log").start()
+    try:
+        cluster.apply_run(training_run("pick", tiny_models, runPolicy={"suspend": True}))
+        if expected is None:
+            st = cluster.wait(lambda: (r := cluster.run(NS, "pick")) and r.get("status", {}).get("message")
+                              and r["status"], 60, "the run's verdict")
+            assert st["phase"] == "Pending"
+            ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+            assert ready["reason"] == "BackendUnavailable" and "install" in ready["message"]
+            time.sleep(3)
+            assert cluster.creates("pytorchjobs") == cluster.creates("trainjobs") == 0
+        else:
+            st = cluster.wait(lambda: (r := cluster.run(NS, "pick")) and r.get("status", {}).get("backend")
+                              and r["status"], 60, "the job")
+            assert st["backend"] == expected.removesuffix("s")
+            assert cluster.creates(expected) == 1
+            other = "trainjobs" if expected == "pytorchjobs" else "pytorchjobs"
+            assert cluster.creates(other) == 0
+        assert operator.proc is not None and operator.proc.poll() is None  # a missing CRD never crashes it
+    finally:
+        operator.stop()
+        cluster.stop()
