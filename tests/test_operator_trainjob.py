@@ -140,3 +140,30 @@ def test_backend_auto_follows_what_the_cluster_serves(tmp_path: Path, tiny_model
     finally:
         operator.stop()
         cluster.stop()
+
+
+def test_bad_data_and_spec_edits_behave_as_on_pytorchjobs(world: dict[str, Any], tiny_models: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """A deterministic failure ends the run after one TrainJob; an edit of a started run is refused."""
+    from tests.conftest import DATA
+
+    cluster: Cluster = world["cluster"]
+    bad = tmp_path / "bad.jsonl"
+    rows = (DATA / "risk_train.jsonl").read_text().splitlines()[:20]
+    rows[2] = json.dumps({"text": "no label"})
+    bad.write_text("\n".join(rows) + "\n")
+    posts = cluster.creates("trainjobs")
+    cluster.apply_run(training_run("v2-bad", tiny_models, data={"train": str(bad)},
+                                   runPolicy={"maxAttempts": 3, "retryDelaySeconds": 1}))
+    cluster.apply_run(training_run("v2-edit", tiny_models, runPolicy={"suspend": True}))
+    st = wait_phase(world, "v2-bad", "Failed", timeout=120)["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidData" and f"{bad}, row 3, field 'label': missing label" in failed["message"]
+    wait_phase(world, "v2-edit", "Suspended")
+    cluster.edit_spec(NS, "v2-edit", {"training": {"learningRate": 0.5}})
+    cond = cluster.wait(lambda: next((c for c in (cluster.run(NS, "v2-edit") or {}).get("status", {})
+                                      .get("conditions", []) if c["type"] == "SpecChangeRefused"
+                                      and c["status"] == "True"), None), 30, "SpecChangeRefused")
+    assert "training.learningRate" in cond["message"]
+    time.sleep(2)
+    assert cluster.creates("trainjobs") - posts == 2  # one each, never a retry of the bad one
