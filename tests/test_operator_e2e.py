@@ -20,13 +20,14 @@ NS = "legal-ml"
 JOBS = ("kubeflow.org/v1", "pytorchjobs")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpoint: str) -> Iterator[dict[str, Any]]:
+def full_world(root: Path, mlflow_server: str, s3_endpoint: str, bucket: str,
+               without: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """An API emulator with the S3 Secret, the Kubeflow stand-in, the GC and an operator that tracks in the
+    MLflow server and registers in `bucket`: what the end-to-end tests of both backends run in."""
     import boto3
 
-    root = tmp_path_factory.mktemp("cluster")
-    boto3.client("s3").create_bucket(Bucket="operator-models")
-    cluster = Cluster().start()
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    cluster = Cluster(without=without).start()
     cluster.request("POST", f"/api/v1/namespaces/{NS}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
         "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"testing").decode(),
@@ -35,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpo
     gc = GarbageCollector(cluster, NS).start()
     env = {
         "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
-        "LEGISTRA_REGISTRY_URI": "s3://operator-models/registry",
+        "LEGISTRA_REGISTRY_URI": f"s3://{bucket}/registry",
         "LEGISTRA_S3_ENDPOINT": s3_endpoint,
         "LEGISTRA_S3_SECRET": "s3-creds",
         "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({
@@ -48,6 +49,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpo
     gc.stop()
     kubeflow.stop()
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpoint: str) -> Iterator[dict[str, Any]]:
+    yield from full_world(tmp_path_factory.mktemp("cluster"), mlflow_server, s3_endpoint, "operator-models")
 
 
 def training_run(name: str, tiny_models: dict[str, Path], **spec: Any) -> dict[str, Any]:

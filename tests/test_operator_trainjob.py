@@ -4,7 +4,6 @@ TTL, and `backend: auto` on clusters that serve one kind, the other, both or nei
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.k8s_harness import Cluster, FakeTrainingOperator, GarbageCollector, OperatorProcess
-from tests.test_operator_e2e import NS, training_run, wait_phase
+from tests.k8s_harness import Cluster, FakeTrainingOperator, OperatorProcess
+from tests.test_operator_e2e import NS, full_world, training_run, wait_phase
 
 pytestmark = pytest.mark.slow
 TRAINJOBS = ("trainer.kubeflow.org/v1alpha1", "trainjobs")
@@ -25,32 +24,8 @@ NO_PYTORCHJOBS = "kubeflow.org/v1/pytorchjobs"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, s3_endpoint: str) -> Iterator[dict[str, Any]]:
     """A Trainer v2 cluster (no PyTorchJob CRD at all), MLflow and S3, and an operator on backend auto."""
-    import boto3
-
-    root = tmp_path_factory.mktemp("trainer-v2")
-    boto3.client("s3").create_bucket(Bucket="v2-models")
-    cluster = Cluster(without=(NO_PYTORCHJOBS,)).start()
-    cluster.request("POST", f"/api/v1/namespaces/{NS}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
-        "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(b"testing").decode(),
-                 "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"testing").decode()}})
-    trainer = FakeTrainingOperator(cluster, NS, root / "pods").start()
-    gc = GarbageCollector(cluster, NS).start()
-    env = {
-        "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
-        "LEGISTRA_REGISTRY_URI": "s3://v2-models/registry",
-        "LEGISTRA_S3_ENDPOINT": s3_endpoint,
-        "LEGISTRA_S3_SECRET": "s3-creds",
-        "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({
-            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-            "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}),
-    }
-    operator = OperatorProcess(cluster.kubeconfig(root / "kubeconfig", NS), NS, env, root / "operator.log").start()
-    yield {"cluster": cluster, "kubeflow": trainer, "operator": operator, "root": root}
-    operator.stop()
-    gc.stop()
-    trainer.stop()
-    cluster.stop()
+    yield from full_world(tmp_path_factory.mktemp("trainer-v2"), mlflow_server, s3_endpoint, "v2-models",
+                          without=(NO_PYTORCHJOBS,))
 
 
 def test_a_run_on_two_nodes_suspended_resumed_succeeds_and_its_trainjob_expires(

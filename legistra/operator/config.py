@@ -19,7 +19,7 @@ import sys
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from legistra.operator.kube import CREDENTIAL_ENV
 
@@ -90,7 +90,7 @@ class JobDefaults:
                                                    "checkpoints.storageClassName")
     checkpoint_size: str = setting("LEGISTRA_CHECKPOINT_SIZE", "50Gi", "size of each checkpoint volume",
                                    "checkpoints.size")
-    backend: str = setting("LEGISTRA_BACKEND", "auto",
+    backend: Literal["auto", "pytorchjob", "trainjob"] = setting("LEGISTRA_BACKEND", "auto",
                            "job kind for runs that choose none: auto (what the cluster serves, PyTorchJob first), "
                            "pytorchjob or trainjob", "operator.backend")
     training_runtime: str = setting("LEGISTRA_TRAINING_RUNTIME", "torch-distributed",

@@ -116,8 +116,7 @@ async def reconcile(
         return Outcome("Failed", [], current)  # refused or failed for good at this generation; an edit retries
 
     rp = run.spec.run_policy
-    backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend,  # type: ignore[arg-type]
-                                          served, current.get("backend"))
+    backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"))
     if backend is None:
         assert unavailable is not None
         new = unavailable_status(current, unavailable, now, generation)
