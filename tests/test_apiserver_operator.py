@@ -20,23 +20,15 @@ from legistra.operator.build import SPEC_HASH_ANNOTATION, build_children, spec_h
 from legistra.operator.config import JobDefaults
 from legistra.operator.kube import Kube, load_credentials
 from legistra.operator.reconcile import reconcile
-from tests.apiserver import SHARED_CANDIDATES, ApiServer, missing
-from tests.conftest import EXAMPLES, ROOT
+from tests.apiserver import ApiServer
+from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.apiserver
 
 
 @pytest.fixture(scope="module")
 def crds(apiserver: ApiServer) -> ApiServer:
-    """Our CRDs as `kubectl apply` installs them, and the real PyTorchJob CRD (created: it is over 256 KiB)."""
-    apiserver.kubectl("apply", "--validate=false", "-k", str(ROOT / "manifests" / "crds"))
-    if apiserver.kubectl("get", "crd", "pytorchjobs.kubeflow.org", check=False).returncode != 0:
-        shared = next((p for p in SHARED_CANDIDATES if (p / "reference").is_dir()), None)
-        if shared is None:
-            missing("no shared/reference beside or inside the checkout")
-        assert shared is not None
-        apiserver.kubectl("create", "--validate=false", "-f", str(shared / "reference" / "kubeflow.org_pytorchjobs.yaml"))
-    apiserver.wait_established("trainingruns.legistra.io", "pytorchjobs.kubeflow.org")
+    apiserver.install_crds()
     return apiserver
 
 

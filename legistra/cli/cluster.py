@@ -1,19 +1,26 @@
-"""`legistra submit` / `legistra status` against the current kubeconfig."""
+"""`legistra submit` / `legistra status` against the cluster the kubeconfig (or the pod's service account) names.
+
+Every failure is one line on stderr with an exit code scripts can use: 1 for a cluster or credential problem,
+3 for a run that failed (`status`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 from legistra.api.spec import TrainingRun
-from legistra.operator.kube import ApiError, Kube, load_credentials
+from legistra.operator.kube import ApiError, Credentials, Kube
 
 
-async def submit(run: TrainingRun, namespace: str | None, kubeconfig: str | None) -> int:
-    kube = Kube(load_credentials(kubeconfig, os.environ))
+def unreachable(creds: Credentials, exc: ApiError) -> int:
+    print(f"error: cannot reach the cluster at {creds.server}: {exc.message}", file=sys.stderr)
+    return 1
+
+
+async def submit(run: TrainingRun, namespace: str | None, creds: Credentials) -> int:
+    kube = Kube(creds)
     try:
         ns = namespace or run.metadata.namespace or kube.creds.namespace
         body = {"apiVersion": run.api_version, "kind": "TrainingRun",
@@ -24,6 +31,8 @@ async def submit(run: TrainingRun, namespace: str | None, kubeconfig: str | None
         try:
             _, created = await kube.create_or_get(body)
         except ApiError as exc:
+            if exc.status >= 500:
+                return unreachable(creds, exc)
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
         verb = "created" if created else "already exists:"
@@ -58,13 +67,19 @@ def format_status(obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def show_status(name: str, namespace: str | None, kubeconfig: str | None, as_json: bool, watch: bool) -> int:
-    kube = Kube(load_credentials(kubeconfig, os.environ))
+async def show_status(name: str, namespace: str | None, creds: Credentials, as_json: bool, watch: bool) -> int:
+    kube = Kube(creds)
     try:
         ns = namespace or kube.creds.namespace
         last = None
         while True:
-            obj = await kube.get("TrainingRun", ns, name)
+            try:
+                obj = await kube.get("TrainingRun", ns, name)
+            except ApiError as exc:
+                if exc.status >= 500:
+                    return unreachable(creds, exc)
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
             if obj is None:
                 print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
                 return 1

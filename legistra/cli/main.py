@@ -170,7 +170,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     run = load_or_report(args.file)
     if run is None:
         return 2
-    return asyncio.run(submit(run, args.namespace, args.kubeconfig))
+    creds = _credentials(args)
+    return 1 if creds is None else asyncio.run(submit(run, args.namespace, creds))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -178,7 +179,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from legistra.cli.cluster import show_status
 
-    return asyncio.run(show_status(args.name, args.namespace, args.kubeconfig, args.json, args.watch))
+    creds = _credentials(args)
+    return 1 if creds is None else asyncio.run(show_status(args.name, args.namespace, creds, args.json, args.watch))
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """The cluster's credentials, or None after one line that says what to do."""
+    from legistra.cli.kubeconfig import KubeconfigError, cluster_credentials
+
+    try:
+        return cluster_credentials(args.kubeconfig, args.context)
+    except KubeconfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,13 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("submit", help="create (or show) a TrainingRun in the current kubeconfig's cluster")
     sm.add_argument("file")
     sm.add_argument("--namespace", "-n", default=None)
-    sm.add_argument("--kubeconfig", default=None)
+    sm.add_argument("--kubeconfig", default=None, help="kubeconfig file(s) (default: $KUBECONFIG, ~/.kube/config)")
+    sm.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     sm.set_defaults(fn=cmd_submit)
 
     st = sub.add_parser("status", help="a TrainingRun's phase, progress, metrics and model")
     st.add_argument("name")
     st.add_argument("--namespace", "-n", default=None)
-    st.add_argument("--kubeconfig", default=None)
+    st.add_argument("--kubeconfig", default=None, help="kubeconfig file(s) (default: $KUBECONFIG, ~/.kube/config)")
+    st.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", "-w", action="store_true", help="follow until the run finishes")
     st.set_defaults(fn=cmd_status)
