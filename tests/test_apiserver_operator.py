@@ -18,7 +18,8 @@ from legistra.api.validation import parse_training_run
 from legistra.contract import run_document
 from legistra.operator.build import SPEC_HASH_ANNOTATION, build_children, spec_hash
 from legistra.operator.config import JobDefaults
-from legistra.operator.kube import Kube, load_credentials
+from legistra.operator.credentials import cluster_credentials
+from legistra.operator.kube import Kube
 from legistra.operator.reconcile import reconcile
 from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
@@ -49,7 +50,7 @@ class Events:
 
 def reconcile_once(api: ApiServer, body: dict[str, Any], events: Events) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
-        kube = Kube(load_credentials(str(api.kubeconfig), {}), agent="legistra-tests")
+        kube = Kube(cluster_credentials(str(api.kubeconfig), None, {}), agent="legistra-tests")
         try:
             outcome = await reconcile(kube, body, JobDefaults(), None, events)
             return outcome.status or {}

@@ -77,3 +77,66 @@ def test_exec_plugin_merged_kubeconfig_context_and_its_namespace(apiserver: ApiS
 
     res = legistra("status", "no-such-run", "--context", "team", env=env)
     assert res.returncode == 1 and res.stderr.strip() == f"error: TrainingRun no-such-run not found in {ns}"
+
+
+@pytest.mark.apiserver
+def test_a_rotated_token_is_picked_up_without_a_restart(apiserver: ApiServer, tmp_path: Path) -> None:
+    """The operator's API client re-reads its credentials on a 401: a bound service-account token that was
+    rotated (here: the old one invalidated by deleting the object it is bound to) costs one retried request."""
+    import asyncio
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+
+    from legistra.operator.credentials import cluster_credentials
+    from legistra.operator.kube import Kube
+
+    api = apiserver
+    ns = api.namespace("rotate")
+    api.kubectl("-n", ns, "create", "serviceaccount", "operator")
+    api.kubectl("-n", ns, "create", "role", "read-configmaps", "--verb=list", "--resource=configmaps")
+    api.kubectl("-n", ns, "create", "rolebinding", "operator-reads", "--role=read-configmaps",
+                f"--serviceaccount={ns}:operator")
+    tokens = {}
+    for anchor in ("first", "second"):
+        api.kubectl("-n", ns, "create", "secret", "generic", anchor, "--from-literal=k=v")
+        tokens[anchor] = api.kubectl("-n", ns, "create", "token", "operator", "--bound-object-kind", "Secret",
+                                     "--bound-object-name", anchor).stdout.strip()
+    token_file = tmp_path / "token"
+    token_file.write_text(tokens["first"])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "envtest", "cluster": {"server": api.server, "certificate-authority": api.ca_file}}],
+        "users": [{"name": "sa", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "envtest", "user": "sa", "namespace": ns}}]}))
+
+    def credentials() -> Any:
+        return cluster_credentials(str(kubeconfig), None, {})
+
+    def refused(token: str) -> bool:
+        req = urllib.request.Request(f"{api.server}/api/v1/namespaces/{ns}/configmaps",
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            urllib.request.urlopen(req, context=ssl.create_default_context(cafile=api.ca_file), timeout=5)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
+        return False
+
+    async def scenario() -> str | None:
+        kube = Kube(credentials(), refresh=credentials)
+        try:
+            assert await kube.list("ConfigMap", ns) is not None
+            token_file.write_text(tokens["second"])  # what the kubelet does when it rotates a projected token
+            api.kubectl("-n", ns, "delete", "secret", "first")
+            deadline = time.monotonic() + 30
+            while not refused(tokens["first"]):  # the API server caches token reviews for about 10 s
+                assert time.monotonic() < deadline, "the first token was never refused"
+                await asyncio.sleep(0.5)
+            await kube.list("ConfigMap", ns)  # 401, fresh credentials, retried: no error
+            return kube.creds.token
+        finally:
+            await kube.close()
+
+    assert asyncio.run(scenario()) == tokens["second"]

@@ -142,7 +142,8 @@ def cluster() -> Iterator[Any]:
 
 
 def test_reconcile_schedule_against_the_emulator(cluster: Any, tmp_path: Path) -> None:
-    from legistra.operator.kube import Kube, load_credentials
+    from legistra.operator.credentials import cluster_credentials
+    from legistra.operator.kube import Kube
 
     ns = "legal-ml"
     body = cluster.apply_run({
@@ -154,7 +155,7 @@ def test_reconcile_schedule_against_the_emulator(cluster: Any, tmp_path: Path) -
     etag = {"value": "v1"}
 
     async def tick(now: dt.datetime) -> Any:
-        kube = Kube(load_credentials(str(cluster.kubeconfig(tmp_path / "kc", ns)), {}))
+        kube = Kube(cluster_credentials(str(cluster.kubeconfig(tmp_path / "kc", ns)), None, {}))
         try:
             current = cluster.get("legistra.io/v1alpha1", "trainingschedules", ns, "weekly")
             return await reconcile_schedule(kube, current, now=lambda: now, head=lambda loc: etag["value"])

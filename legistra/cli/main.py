@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _credentials(args: argparse.Namespace) -> Any:
     """The cluster's credentials, or None after one line that says what to do."""
-    from legistra.cli.kubeconfig import KubeconfigError, cluster_credentials
+    from legistra.operator.credentials import KubeconfigError, cluster_credentials
 
     try:
-        return cluster_credentials(args.kubeconfig, args.context)
+        return cluster_credentials(args.kubeconfig, args.context, os.environ)
     except KubeconfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None

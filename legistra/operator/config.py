@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from legistra.operator.kube import CREDENTIAL_ENV
+from legistra.operator.credentials import CREDENTIAL_ENV
 
 
 def setting(env: str, default: Any, doc: str, helm: str | None = None) -> Any:

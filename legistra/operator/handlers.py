@@ -23,7 +23,8 @@ from legistra.operator import prometheus
 from legistra.operator.backends import BACKENDS
 from legistra.operator.build import MANAGED_BY
 from legistra.operator.config import OperatorConfig
-from legistra.operator.kube import ApiError, Kube, load_credentials
+from legistra.operator.credentials import cluster_credentials
+from legistra.operator.kube import ApiError, Kube
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
 from legistra.operator.reconcile import reconcile
 from legistra.operator.report import MlflowReporter
@@ -128,7 +129,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # No namespace/CRD scanning: the operator watches exactly what it is told, and so needs no cluster-wide
     # RBAC on namespaces when it is namespace-scoped (least privilege).
     settings.scanning.disabled = True
-    rt = Runtime(config, Kube(load_credentials(config.kubeconfig, config.kube_env), agent=config.agent))
+    def credentials() -> Any:  # the same path again after a 401: a rotated token, a re-run exec plugin
+        return cluster_credentials(config.kubeconfig, None, config.kube_env)
+
+    rt = Runtime(config, Kube(credentials(), agent=config.agent, refresh=credentials))
     memo.runtime = rt
     if config.peering and not settings.peering.standalone:
         settings.peering.name = config.peering

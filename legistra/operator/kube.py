@@ -1,26 +1,20 @@
 """A thin async Kubernetes API client (aiohttp, which kopf already brings) for the objects we manage.
 
-The official `kubernetes` client would double the operator's memory for a dozen REST calls; this speaks
-plain JSON over the same credentials kopf uses (in-cluster service account, or the current kubeconfig).
+The official `kubernetes` client's REST layer would cost far more memory for a dozen REST calls; this speaks
+plain JSON. Credentials come from `credentials.py` (the `kubernetes` package's loader, as kopf's login does),
+and a 401 re-reads them once: bound service-account tokens rotate, exec plugins hand out short-lived ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import ssl
-import tempfile
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
-
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # kind -> (API prefix, plural); a cluster-scoped kind is used without a namespace.
 RESOURCES: dict[str, tuple[str, str]] = {
@@ -61,48 +55,6 @@ class Credentials:
     namespace: str = "default"
 
 
-def _materialize(data_b64: str | None, path: str | None, suffix: str) -> str | None:
-    if path:
-        return path
-    if not data_b64:
-        return None
-    fd, name = tempfile.mkstemp(suffix=suffix)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64decode(data_b64))
-    return name
-
-
-# What the credential loader reads from the environment (the operator captures these in its config).
-CREDENTIAL_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")
-
-
-def load_credentials(kubeconfig: str | None, env: Mapping[str, str]) -> Credentials:
-    """In-cluster when a service account is mounted, else the current context of the kubeconfig."""
-    if kubeconfig is None and (SA_DIR / "token").exists() and env.get("KUBERNETES_SERVICE_HOST"):
-        host, port = env["KUBERNETES_SERVICE_HOST"], env.get("KUBERNETES_SERVICE_PORT", "443")
-        return Credentials(
-            server=f"https://{host}:{port}",
-            token=(SA_DIR / "token").read_text().strip(),
-            ca_file=str(SA_DIR / "ca.crt"),
-            namespace=(SA_DIR / "namespace").read_text().strip(),
-        )
-    path = kubeconfig or env.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube/config")
-    cfg = yaml.safe_load(Path(path).read_text())
-    ctx_name = cfg.get("current-context")
-    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == ctx_name)
-    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    user: dict[str, Any] = next((u["user"] for u in cfg.get("users", []) if u["name"] == ctx.get("user")), {})
-    return Credentials(
-        server=cluster["server"].rstrip("/"),
-        token=user.get("token"),
-        ca_file=_materialize(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), ".crt"),
-        cert_file=_materialize(user.get("client-certificate-data"), user.get("client-certificate"), ".crt"),
-        key_file=_materialize(user.get("client-key-data"), user.get("client-key"), ".key"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        namespace=ctx.get("namespace", "default"),
-    )
-
-
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
     prefix, plural = RESOURCES[kind]
     out = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
@@ -121,8 +73,10 @@ def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
 class Kube:
     """GET / POST / merge-PATCH / DELETE of namespaced objects."""
 
-    def __init__(self, creds: Credentials, timeout_s: float = 30.0, agent: str = "legistra") -> None:
+    def __init__(self, creds: Credentials, timeout_s: float = 30.0, agent: str = "legistra",
+                 refresh: Callable[[], Credentials] | None = None) -> None:
         self.creds = creds
+        self.refresh = refresh  # fresh credentials after a 401
         self.agent = agent  # the API server's audit log names who wrote what
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -156,10 +110,17 @@ class Kube:
                        content_type: str = "application/json", attempts: int = 4) -> dict[str, Any]:
         """One API call; throttling, 5xx and dropped connections are retried with exponential backoff."""
         delay = 0.25
+        reauthenticated = False
         for attempt in range(1, attempts + 1):
             try:
                 return await self._once(method, path, body, content_type)
             except ApiError as exc:
+                if exc.status == 401 and self.refresh is not None and not reauthenticated:
+                    reauthenticated = True  # once: a second 401 is a real refusal
+                    self.creds = await asyncio.to_thread(self.refresh)
+                    await self.close()
+                    self._session = None
+                    continue
                 if exc.status == 409 or not exc.transient or attempt == attempts:
                     raise
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:

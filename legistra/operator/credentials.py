@@ -1,7 +1,8 @@
-"""Cluster credentials for the CLI, the way kubectl finds them, through the `kubernetes` package's loader:
-in-cluster service account, or kubeconfig files (several merged from KUBECONFIG), `--context`, the context's
-namespace, client certificates, tokens and `exec` credential plugins (EKS, GKE, AKS). Problems are one line
-that says what to do."""
+"""Cluster credentials, the way kubectl finds them, through the `kubernetes` package's loader: the in-cluster
+service account, or kubeconfig files (several merged from KUBECONFIG), a context and its namespace, client
+certificates, tokens, token files and `exec` credential plugins (EKS, GKE, AKS). The one path for the operator
+and the CLI; calling it again re-reads a rotated token or re-runs the plugin. Problems are one line that says
+what to do."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from legistra.operator.kube import SA_DIR, Credentials
+from legistra.operator.kube import Credentials
+
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# What the loader reads from the environment (the operator captures these in its config).
+CREDENTIAL_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECONFIG")
 
 
 class KubeconfigError(Exception):
@@ -21,12 +26,12 @@ def _paths(kubeconfig: str | None, env: Mapping[str, str]) -> list[Path]:
     return [Path(p).expanduser() for p in raw.split(os.pathsep) if p]
 
 
-def cluster_credentials(kubeconfig: str | None = None, context: str | None = None,
-                        env: Mapping[str, str] | None = None) -> Credentials:
+def cluster_credentials(kubeconfig: str | None, context: str | None, env: Mapping[str, str]) -> Credentials:
+    """`env`: the environment the loader may read (KUBECONFIG, KUBERNETES_SERVICE_HOST); the caller passes it."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
-    source = os.environ if env is None else env
+    source = env
     conf = client.Configuration()
     in_cluster = kubeconfig is None and not source.get("KUBECONFIG") and source.get("KUBERNETES_SERVICE_HOST") \
         and (SA_DIR / "token").exists()
