@@ -5,6 +5,7 @@ namespace; and one-line errors, never a traceback."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,79 @@ def test_a_rotated_token_is_picked_up_without_a_restart(apiserver: ApiServer, tm
             await kube.close()
 
     assert asyncio.run(scenario()) == tokens["second"]
+
+
+def set_status(api: ApiServer, ns: str, name: str, status: dict[str, Any]) -> None:
+    api.kubectl("-n", ns, "patch", "trainingrun", name, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": status}))
+
+
+@pytest.mark.apiserver
+def test_get_wait_delete_and_the_kubectl_plugin(apiserver: ApiServer, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from tests.apiserver import kubectl_binary
+    from tests.conftest import VENV_BIN
+
+    api = apiserver
+    api.install_crds()
+    ns = api.namespace("cli")
+    for name in ("risk-a", "risk-b", "risk-c"):
+        doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+        doc["metadata"] = {"name": name, "namespace": ns}
+        api.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
+    set_status(api, ns, "risk-a", {"phase": "Running", "progress": {"step": 4, "totalSteps": 10, "percent": 40},
+                                   "keyMetric": "f1_macro=0.61", "backend": "trainjob", "jobName": "risk-a"})
+    set_status(api, ns, "risk-c", {"phase": "Failed", "message": "InvalidData: row 7"})
+    env = {"KUBECONFIG": str(api.kubeconfig)}
+
+    res = legistra("get", "-n", ns, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TASK", "PHASE", "PROGRESS", "METRIC", "AGE"]
+    assert lines[1].split()[:5] == ["risk-a", "risk-classification", "Running", "40%", "f1_macro=0.61"]
+    assert lines[2].split()[:4] == ["risk-b", "risk-classification", "Pending", "-"]
+    wide = legistra("get", "-n", ns, "-o", "wide", env=env).stdout.splitlines()
+    assert wide[0].split()[-3:] == ["BACKEND", "JOB", "VERSION"] and wide[1].split()[-3:] == ["trainjob", "risk-a", "-"]
+    every = legistra("get", "-A", env=env).stdout
+    assert every.splitlines()[0].startswith("NAMESPACE") and f"{ns}   risk-b" in every
+    items = json.loads(legistra("get", "-n", ns, "-o", "json", env=env).stdout)["items"]
+    assert [i["metadata"]["name"] for i in items] == ["risk-a", "risk-b", "risk-c"]
+    one = yaml.safe_load(legistra("get", "risk-a", "-n", ns, "-o", "yaml", env=env).stdout)
+    assert one["status"]["phase"] == "Running"
+
+    # kubectl finds `kubectl-legistra` on PATH: the same command as a plugin.
+    plugin = subprocess.run([str(kubectl_binary()), "legistra", "get", "-n", ns], capture_output=True, text=True,
+                            env={**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert plugin.returncode == 0, plugin.stderr
+    assert [line.split()[:5] for line in plugin.stdout.splitlines()] == [line.split()[:5] for line in lines]
+
+    res = legistra("wait", "risk-a", "--for=Succeeded", "--timeout=3s", "-n", ns, env=env)
+    assert res.returncode == 1 and "timed out after 3s waiting for risk-a to be Succeeded (it is Running)" in res.stderr
+    timer = threading.Timer(1.0, set_status, (api, ns, "risk-a", {"phase": "Succeeded"}))
+    timer.start()
+    res = legistra("wait", "risk-a", "--for=phase=Succeeded", "--timeout=60s", "-n", ns, env=env)
+    timer.join()
+    assert res.returncode == 0 and "condition met: phase Succeeded" in res.stdout, res.stderr
+    res = legistra("wait", "risk-c", "--timeout=10s", "-n", ns, env=env)
+    assert res.returncode == 3 and "ended Failed: InvalidData: row 7" in res.stderr
+
+    res = legistra("delete", "risk-b", "-n", ns, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == f"trainingrun.legistra.io/risk-b deleted from {ns}"
+    assert api.kubectl("-n", ns, "get", "trainingrun", "risk-b", check=False).returncode != 0
+    res = legistra("delete", "risk-b", "-n", ns, env=env)
+    assert res.returncode == 1 and res.stderr.strip() == f"error: TrainingRun risk-b not found in {ns}"
+
+
+@pytest.mark.apiserver
+def test_render_applies_to_any_namespace(apiserver: ApiServer) -> None:
+    """`legistra render f.yaml | kubectl apply -n team -f -`: the objects name no namespace of their own."""
+    api = apiserver
+    api.install_crds()
+    ns = api.namespace("team")
+    rendered = legistra("render", str(EXAMPLES / "risk-classification.yaml"))
+    assert rendered.returncode == 0, rendered.stderr
+    assert all("namespace" not in d["metadata"] for d in yaml.safe_load_all(rendered.stdout))
+    out = api.kubectl("apply", "--validate=false", "-n", ns, "-f", "-", input=rendered.stdout).stdout
+    assert out.count("created") == 3, out

@@ -1,11 +1,13 @@
-"""`legistra submit` / `legistra status` against the cluster the kubeconfig (or the pod's service account) names.
+"""`legistra submit / status / get / delete / wait` against the cluster the kubeconfig (or the pod's service
+account) names, in kubectl's idiom.
 
-Every failure is one line on stderr with an exit code scripts can use: 1 for a cluster or credential problem,
-3 for a run that failed (`status`)."""
+Every failure is one line on stderr with an exit code scripts can use: 1 for a cluster or credential problem
+(or a timeout of `wait`), 3 for a run that failed (`status`, `wait`)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -91,5 +93,125 @@ async def show_status(name: str, namespace: str | None, creds: Credentials, as_j
             if not watch or phase in ("Succeeded", "Failed"):
                 return 0 if phase != "Failed" else 3
             await asyncio.sleep(2)
+    finally:
+        await kube.close()
+
+
+def age(created: str | None, now: dt.datetime | None = None) -> str:
+    """kubectl's AGE column: 45s, 12m, 5h, 3d."""
+    if not created:
+        return "-"
+    seconds = ((now or dt.datetime.now(dt.timezone.utc))
+               - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+def table(runs: list[dict[str, Any]], all_namespaces: bool, wide: bool) -> str:
+    """The printer columns of the CRD (`kubectl get trainingruns`), NAMESPACE first with -A."""
+    head = ["NAME", "TASK", "PHASE", "PROGRESS", "METRIC", "AGE"] + (["BACKEND", "JOB", "VERSION"] if wide else [])
+    rows = [(["NAMESPACE"] if all_namespaces else []) + head]
+    for r in runs:
+        st = r.get("status") or {}
+        progress = st.get("progress") or {}
+        row = [r["metadata"]["name"], r["spec"]["task"], st.get("phase", "Pending"),
+               f"{progress['percent']}%" if "percent" in progress else "-", st.get("keyMetric") or "-",
+               age(r["metadata"].get("creationTimestamp"))]
+        if wide:
+            model = st.get("model") or {}
+            row += [st.get("backend") or "-", st.get("jobName") or "-", str(model.get("version", "-"))]
+        rows.append(([r["metadata"].get("namespace", "")] if all_namespaces else []) + row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+async def get_runs(name: str | None, namespace: str | None, all_namespaces: bool, creds: Credentials,
+                   output: str | None) -> int:
+    kube = Kube(creds)
+    try:
+        ns = None if all_namespaces else namespace or creds.namespace
+        if name is not None:
+            one = await kube.get("TrainingRun", ns or creds.namespace, name)
+            if one is None:
+                print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
+                return 1
+            runs = [one]
+        else:
+            runs = sorted(await kube.list("TrainingRun", ns),
+                          key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"]))
+    except ApiError as exc:
+        return unreachable(creds, exc) if exc.status >= 500 else _api_error(exc)
+    finally:
+        await kube.close()
+    if output in ("json", "yaml"):
+        doc: Any = runs[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": runs}
+        if output == "json":
+            print(json.dumps(doc, indent=2))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(doc, sort_keys=False), end="")
+    elif not runs:
+        print(f"No TrainingRuns found{'' if all_namespaces else f' in {ns}'}.", file=sys.stderr)
+    else:
+        print(table(runs, all_namespaces, output == "wide"))
+    return 0
+
+
+def _api_error(exc: ApiError) -> int:
+    try:
+        message = json.loads(exc.message).get("message") or exc.message
+    except ValueError:
+        message = exc.message
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+async def delete_run(name: str, namespace: str | None, creds: Credentials) -> int:
+    """Deletes the run; its ConfigMap, volume and job follow by owner reference (the registered model stays)."""
+    kube = Kube(creds)
+    ns = namespace or creds.namespace
+    try:
+        if await kube.get("TrainingRun", ns, name) is None:
+            print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
+            return 1
+        await kube.delete("TrainingRun", ns, name, propagation="Background")
+    except ApiError as exc:
+        return unreachable(creds, exc) if exc.status >= 500 else _api_error(exc)
+    finally:
+        await kube.close()
+    print(f"trainingrun.legistra.io/{name} deleted from {ns}")
+    return 0
+
+
+async def wait_for(name: str, namespace: str | None, creds: Credentials, phase: str, timeout: float,
+                   poll: float = 2.0) -> int:
+    """0 once the run reaches `phase`; 3 if it ends Failed instead; 1 on timeout (kubectl wait's codes)."""
+    kube = Kube(creds)
+    ns = namespace or creds.namespace
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            obj = await kube.get("TrainingRun", ns, name)
+            if obj is None:
+                print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
+                return 1
+            current = (obj.get("status") or {}).get("phase", "Pending")
+            if current == phase:
+                print(f"trainingrun.legistra.io/{name} condition met: phase {phase}")
+                return 0
+            if current == "Failed" or (current == "Succeeded" and phase != "Succeeded"):
+                print(f"error: TrainingRun {name} ended {current}: {(obj.get('status') or {}).get('message', '')}",
+                      file=sys.stderr)
+                return 3
+            if asyncio.get_running_loop().time() >= deadline:
+                print(f"error: timed out after {timeout:g}s waiting for {name} to be {phase} (it is {current})",
+                      file=sys.stderr)
+                return 1
+            await asyncio.sleep(poll)
+    except ApiError as exc:
+        return unreachable(creds, exc) if exc.status >= 500 else _api_error(exc)
     finally:
         await kube.close()

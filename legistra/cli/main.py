@@ -132,9 +132,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     run = load_or_report(args.file)
     if run is None:
         return 2
-    if args.namespace:
-        run.metadata.namespace = args.namespace
-    run.metadata.namespace = run.metadata.namespace or "default"
+    # Without a namespace the objects name none, so `kubectl apply -n team -f -` puts them where it is told.
+    run.metadata.namespace = args.namespace or run.metadata.namespace
     # The API server assigns the uid; a placeholder keeps owner references visible in the review.
     run.metadata.uid = run.metadata.uid or "<assigned-by-the-api-server>"
     defaults = JobDefaults.from_env()
@@ -182,6 +181,44 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     creds = _credentials(args)
     return 1 if creds is None else asyncio.run(show_status(args.name, args.namespace, creds, args.json, args.watch))
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import get_runs
+
+    creds = _credentials(args)
+    return 1 if creds is None else asyncio.run(get_runs(args.name, args.namespace, args.all_namespaces, creds,
+                                                        args.output))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import delete_run
+
+    creds = _credentials(args)
+    return 1 if creds is None else asyncio.run(delete_run(args.name, args.namespace, creds))
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import wait_for
+
+    phase = args.for_.removeprefix("phase=").removeprefix("jsonpath={.status.phase}=")
+    if phase not in ("Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"):
+        return _err(f"--for: {args.for_!r} is not a phase (Succeeded, Failed, Running, Suspended, ...)")
+    creds = _credentials(args)
+    return 1 if creds is None else asyncio.run(wait_for(args.name, args.namespace, creds, phase,
+                                                        _seconds(args.timeout)))
+
+
+def _seconds(text: str) -> float:
+    """kubectl's durations: 90, 90s, 10m, 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
 
 
 def _credentials(args: argparse.Namespace) -> Any:
@@ -245,6 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", "-w", action="store_true", help="follow until the run finishes")
     st.set_defaults(fn=cmd_status)
+
+    def cluster_options(sp: argparse.ArgumentParser, namespaced: bool = True) -> None:
+        if namespaced:
+            sp.add_argument("--namespace", "-n", default=None, help="namespace (default: the context's)")
+        sp.add_argument("--kubeconfig", default=None, help="kubeconfig file(s) (default: $KUBECONFIG, ~/.kube/config)")
+        sp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+
+    g = sub.add_parser("get", help="list TrainingRuns like kubectl get (-A, -o wide|yaml|json)")
+    g.add_argument("name", nargs="?", default=None)
+    g.add_argument("--all-namespaces", "-A", action="store_true")
+    g.add_argument("--output", "-o", choices=["wide", "yaml", "json"], default=None)
+    cluster_options(g)
+    g.set_defaults(fn=cmd_get)
+
+    de = sub.add_parser("delete", help="delete a TrainingRun (its job, config and volume follow; models stay)")
+    de.add_argument("name")
+    cluster_options(de)
+    de.set_defaults(fn=cmd_delete)
+
+    w = sub.add_parser("wait", help="wait until a TrainingRun reaches a phase; exit 0, 1 on timeout, 3 if it failed")
+    w.add_argument("name")
+    w.add_argument("--for", dest="for_", default="Succeeded", help="the phase, e.g. Succeeded or phase=Succeeded")
+    w.add_argument("--timeout", default="3600s", help="give up after this long (90s, 30m, 2h)")
+    cluster_options(w)
+    w.set_defaults(fn=cmd_wait)
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
