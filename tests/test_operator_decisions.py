@@ -474,3 +474,19 @@ def test_a_deterministic_failure_fails_the_run_without_a_retry() -> None:
     assert failed["reason"] == "InvalidData" and "row 7" in failed["message"] and "not retried" in failed["message"]
     assert job_may_have_failed_pods(job) and not job_may_have_failed_pods(
         {"status": {"conditions": [{"type": "Running", "status": "True"}]}})
+
+
+@pytest.mark.parametrize(("conditions", "current", "suspended", "expected"), [
+    ([("Running", "True")], {}, False, True),                          # startup: a crash loop has no condition
+    ([("Running", "True")], {"progress": {"step": 3}}, False, False),  # training: nothing to look for
+    ([("Restarting", "True")], {"progress": {"step": 3}}, False, True),
+    ([("Failed", "True")], {"progress": {"step": 3}}, False, True),
+    ([("Created", "True")], {}, True, False),                          # suspended: no pods
+    ([("Succeeded", "True")], {}, False, False),
+])
+def test_when_pods_are_read_for_a_deterministic_failure(conditions: list[tuple[str, str]], current: dict[str, Any],
+                                                        suspended: bool, expected: bool) -> None:
+    from legistra.operator.status import pods_worth_reading
+
+    job = {"kind": "PyTorchJob", "status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
+    assert pods_worth_reading(job, current, suspended) is expected

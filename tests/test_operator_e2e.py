@@ -207,7 +207,10 @@ def test_suspend_then_resume(world: dict[str, Any], tiny_models: dict[str, Path]
     assert "suspended" in st["message"]
     job = cluster.get(*JOBS, NS, "risk-suspend")
     assert job is not None and job["spec"]["runPolicy"]["suspend"] is True
-    assert not world["kubeflow"].jobs["risk-suspend"].pods
+    # The stand-in sees the job on its next poll; the run can be Suspended before that.
+    stand_in = world["kubeflow"].jobs
+    assert world["cluster"].wait(lambda: "risk-suspend" in stand_in, 10, "the stand-in to see the job")
+    assert not stand_in["risk-suspend"].pods
     cluster.edit_spec(NS, "risk-suspend", {"runPolicy": {"suspend": False}})
     wait_phase(world, "risk-suspend", "Running", "Succeeded")
     st = wait_phase(world, "risk-suspend", "Succeeded")["status"]
@@ -333,7 +336,8 @@ def test_finished_runs_cost_nothing_without_mlflow_and_a_run_may_name_its_own(
 
     cluster = Cluster().start()
     kubeflow = FakeTrainingOperator(cluster, NS, tmp_path / "pods").start()
-    env = {"LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})}
+    env = {"LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}),
+           "LEGISTRA_RESYNC_SECONDS": "1"}
     operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, env, tmp_path / "operator.log").start()
     world = {"cluster": cluster, "kubeflow": kubeflow, "root": tmp_path}
     try:
@@ -352,9 +356,9 @@ def test_finished_runs_cost_nothing_without_mlflow_and_a_run_may_name_its_own(
         assert done is not None and "model" not in done["status"] and done["status"]["observedGeneration"] == 1
         names = [f"{run}{suffix}" for run in ("risk-untracked", "risk-own-mlflow")
                  for suffix in ("", "-config", "-checkpoints")]
-        time.sleep(2 * (MAX_REPORT_LOOKUPS + 1))  # resync every 2 s: the bounded late lookups are spent
+        time.sleep(MAX_REPORT_LOOKUPS + 2)  # resync every second: the bounded late lookups are spent
         before = cluster.requests_for(*names)
-        time.sleep(8)  # four more resync ticks
+        time.sleep(4)  # four more resync ticks
         assert cluster.requests_for(*names) == before, "finished runs were reconciled again"
     finally:
         operator.stop()

@@ -38,7 +38,10 @@ def test_a_run_on_two_nodes_suspended_resumed_succeeds_and_its_trainjob_expires(
     job = cluster.get(*TRAINJOBS, NS, "v2-ok")
     assert job is not None and job["spec"]["suspend"] is True and "suspended" in st["message"]
     assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["runtimeRef"] == {"name": "torch-distributed"}
-    assert not world["kubeflow"].jobs["v2-ok"].pods
+    # The stand-in sees the job on its next poll; the run can be Suspended before that.
+    stand_in = world["kubeflow"].jobs
+    assert world["cluster"].wait(lambda: "v2-ok" in stand_in, 10, "the stand-in to see the job")
+    assert not stand_in["v2-ok"].pods
     cluster.edit_spec(NS, "v2-ok", {"runPolicy": {"suspend": False}})
     done = wait_phase(world, "v2-ok", "Succeeded")
     assert job["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]

@@ -36,8 +36,8 @@ from legistra.operator.status import (
     deterministic_failure,
     finished_at,
     invalid_status,
-    job_may_have_failed_pods,
     job_state,
+    pods_worth_reading,
     trainer_status_report,
     unavailable_status,
 )
@@ -125,8 +125,8 @@ async def reconcile(
         return Outcome("Pending", [], new)
     if job is None:
         job = await kube.get(backend.kind, ns, name)
-    if job is not None and job_may_have_failed_pods(job):
-        # A pod failed: did the trainer say a retry would fail the same way (bad data, no such model)?
+    if job is not None and pods_worth_reading(job, current, rp.suspend):
+        # Did the trainer say a retry would fail the same way (bad data, no such model)?
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
         failure = deterministic_failure(pods, name, backend)
         if failure is not None:

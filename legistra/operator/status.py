@@ -64,6 +64,16 @@ def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
     return any(int(j.get("failed") or 0) for j in status.get("jobsStatus") or [])  # a TrainJob's failed node
 
 
+def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspended_in_spec: bool) -> bool:
+    """Whether to LIST the job's pods for a deterministic failure: after a pod failed (a Restarting/Failed job),
+    and while the run has reported no progress yet. Bad data and missing models fail before the first step, and
+    with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any job condition."""
+    if job_may_have_failed_pods(job):
+        return True
+    return not suspended_in_spec and not current.get("progress") and \
+        job_state(job, suspended_in_spec).phase in ("Pending", "Running")
+
+
 def trainjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
     """Phase of a Trainer v2 TrainJob: conditions Complete / Failed / Suspended, then its jobsStatus."""
     status = job.get("status") or {}
