@@ -7,9 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legistra.cli.specfile import load_or_report
+
+if TYPE_CHECKING:
+    from legistra.operator.kube import Credentials
 
 
 def _err(msg: str) -> int:
@@ -221,7 +224,7 @@ def _seconds(text: str) -> float:
     return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
 
 
-def _credentials(args: argparse.Namespace) -> Any:
+def _credentials(args: argparse.Namespace) -> Credentials | None:
     """The cluster's credentials, or None after one line that says what to do."""
     from legistra.operator.credentials import KubeconfigError, cluster_credentials
 

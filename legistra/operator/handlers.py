@@ -149,7 +149,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     await discover(rt)
     prometheus.start_server(config.metrics_port, config.metrics_addr)
     rt.tasks = [
-        asyncio.create_task(every(rt, config.resync_seconds, "resync", resync)),
+        asyncio.create_task(every(rt, config.resync_seconds, "resync", resync, first=discover)),
         asyncio.create_task(every(rt, config.schedule_tick_seconds, "schedules", tick_schedules)),
     ]
     log.info("legistra operator configured (trainer image %s, MLflow %s, registry %s)",
@@ -260,9 +260,10 @@ def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tu
     return {(namespace or "", name): dict(body)}
 
 
-async def every(rt: Runtime, interval: float, what: str,
-                work: Callable[[Runtime, str | None], Awaitable[None]]) -> None:
-    """Run `work` for each watched namespace every `interval` seconds, on the leading replica only.
+async def every(rt: Runtime, interval: float, what: str, work: Callable[[Runtime, str | None], Awaitable[None]],
+                first: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+    """Run `work` for each watched namespace every `interval` seconds, on the leading replica only; `first`
+    once per tick before them.
 
     A failing namespace is logged and retried on the next tick; it never stops the loop or the others.
     """
@@ -270,6 +271,11 @@ async def every(rt: Runtime, interval: float, what: str,
         await asyncio.sleep(interval)
         if not await acting(rt):
             continue
+        if first is not None:
+            try:
+                await first(rt)
+            except ApiError as exc:
+                log.warning("%s: %s", what, exc)
         for ns in rt.config.watched:
             try:
                 await work(rt, ns)
@@ -285,7 +291,6 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
-    await discover(rt)
     for run in await rt.kube.list("TrainingRun", ns):
         meta = run["metadata"]
         key = (meta.get("namespace", ""), meta["name"])

@@ -20,7 +20,7 @@ from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
 from legistra.contract import FAILURE_REASONS, experiment_name, primary_metric, tracking_uri
 from legistra.operator.attempts import job_attempt, plan_attempt
-from legistra.operator.backends import Backend, choose_backend
+from legistra.operator.backends import choose_backend
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
@@ -34,8 +34,8 @@ from legistra.operator.report import MlflowReporter
 from legistra.operator.status import (
     desired_status,
     deterministic_failure,
-    finished_at,
     invalid_status,
+    job_expires_at,
     job_state,
     pods_worth_reading,
     trainer_status_report,
@@ -102,6 +102,12 @@ async def reconcile(
             emit(body, "Warning", reason, new["message"])
         return Outcome("Failed", created, new)
 
+    async def over() -> Outcome:
+        """The run is finished and keeps its status; only a wait for its job's deletion (jobDeleteAt) ends."""
+        kept = {k: v for k, v in current.items() if k != "jobDeleteAt"}
+        await save(kept)
+        return Outcome(str(current.get("phase", "")), [], kept)
+
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
     except SpecError as exc:
@@ -141,11 +147,7 @@ async def reconcile(
             return Outcome("Failed", [], new)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
     if plan.action == "finished":  # e.g. its job expired by TTL
-        if current.get("jobDeleteAt"):  # we deleted it: nothing left to wait for
-            cleared = {k: v for k, v in current.items() if k != "jobDeleteAt"}
-            await save(cleared)
-            return Outcome(str(current.get("phase", "")), [], cleared)
-        return Outcome(str(current.get("phase", "")), [], current)
+        return await over()
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
@@ -187,11 +189,12 @@ async def reconcile(
             refused = await _spec_drift(kube, run, job)
             if backend.suspended(job) != rp.suspend:
                 job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(rp.suspend))
-            delete_at = await _expire(kube, backend, job, rp.ttl_seconds_after_finished, at)
-            if delete_at == "deleted":  # the run is over and keeps its status; only the wait is done
-                cleared = {k: v for k, v in current.items() if k != "jobDeleteAt"}
-                await save(cleared)
-                return Outcome(str(current.get("phase", "")), [], cleared)
+            # Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself.
+            expires = job_expires_at(job, backend, rp.ttl_seconds_after_finished)
+            if expires is not None and at >= expires:
+                await kube.delete(backend.kind, ns, name, propagation="Background")
+                return await over()
+            delete_at = _iso(expires) if expires is not None else None
 
     report = None
     # The run's own tracking server when it names one (the pods log there), else the operator's.
@@ -213,22 +216,6 @@ async def reconcile(
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
     return Outcome(new["phase"], created, new)
-
-
-async def _expire(kube: Kube, backend: Backend, job: dict[str, Any], ttl: int | None, at: dt.datetime) -> str | None:
-    """Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself. Returns when
-    (RFC 3339) while it waits, "deleted" once done, None when there is nothing to expire."""
-    if backend.name != "trainjob" or ttl is None:
-        return None
-    done = finished_at(job)
-    if done is None:
-        return None
-    due = dt.datetime.fromisoformat(done.replace("Z", "+00:00")) + dt.timedelta(seconds=ttl)
-    if at < due:
-        return _iso(due)
-    await kube.delete(backend.kind, job["metadata"].get("namespace", ""), job["metadata"]["name"],
-                      propagation="Background")
-    return "deleted"
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,15 @@ def finished_at(job: Mapping[str, Any]) -> str | None:
     conditions = (job.get("status") or {}).get("conditions") or []
     c = _true(conditions, "Complete") or _true(conditions, "Failed")
     return str(c["lastTransitionTime"]) if c and c.get("lastTransitionTime") else None
+
+
+def job_expires_at(job: Mapping[str, Any], backend: Backend, ttl: int | None) -> dt.datetime | None:
+    """When the operator deletes a finished TrainJob (runPolicy.ttlSecondsAfterFinished); None when never (a
+    PyTorchJob's TTL is the training-operator's, or no TTL, or not finished)."""
+    done = finished_at(job) if backend.name == "trainjob" and ttl is not None else None
+    if done is None or ttl is None:
+        return None
+    return dt.datetime.fromisoformat(done.replace("Z", "+00:00")) + dt.timedelta(seconds=ttl)
 
 
 def job_state(job: Mapping[str, Any] | None, suspended_in_spec: bool) -> JobState:
