@@ -38,7 +38,11 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     ap.add_argument("--runs", type=int, default=1000, help="TrainingRuns for the operator benchmark")
-    ap.add_argument("--only", choices=["trainer", "operator"], default=None)
+    ap.add_argument("--only", choices=["trainer", "operator", "data"], default=None)
+    ap.add_argument("--data-rows", type=int, nargs="+", default=[300_000, 3_000_000],
+                    help="row counts for the data benchmark")
+    ap.add_argument("--before-tree", type=Path, default=None,
+                    help="an older checkout for the data benchmark's before figures (git worktree add ...)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     import torch
@@ -60,6 +64,12 @@ def main() -> None:
         doc = {"machine": machine(), "results": res}
         (a.out / f"operator-{tag}.json").write_text(json.dumps(doc, indent=2))
         print(json.dumps(res, indent=2))
+    if a.only in (None, "data"):
+        from benchmarks.data_scale import run as run_data
+
+        data_rows = run_data(a.data_rows, a.out / "data-work", before_tree=a.before_tree, before_rows=300_000)
+        doc = {"machine": machine(), "results": data_rows}
+        (a.out / f"data-{dt.date.today().isoformat()}.json").write_text(json.dumps(doc, indent=2))
     from benchmarks.report import write_report
 
     write_report(a.out, HERE / "README.md")

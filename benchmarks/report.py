@@ -50,13 +50,30 @@ operator keeps a kopf worker per busy object for 1 s after its last event instea
 (1,000 runs: 52 s, p99 35 s on this machine); see docs/operator.md.
 """
 
+DATA = """
+## Data at scale
+
+`benchmarks/data_scale.py`: synthetic clause data (jsonl; log-normal word counts, median ~60 words with a
+tail past 1,000; Zipf-distributed labels over 12 classes), made ready to train as a rank does before its first
+step: read, checked, held out (1%), label space, tokenized with the demo's MiniLM tokenizer (512 tokens).
+`ranks` processes start at once, as torchrun starts the ranks of a node. Cold: empty cache; warm: the same
+again. "before" is the previous code (rows as Python lists, tokenized in one call, the first process saving
+and the others loading its copy), run from a `git worktree` of it.
+
+Memory: *RSS* is the kernel's peak resident set, which also counts the pages of memory-mapped Arrow files a
+rank touched (page cache shared by every process of the node, reclaimable); *private* is the peak of
+`RssAnon`, the memory that multiplies with the ranks.
+"""
+
 REPRO = """
 ## Reproduce
 
 ```bash
-make bench                                   # both, CPU or GPU, results in benchmarks/results/
+make bench                                   # all three, CPU or GPU, results in benchmarks/results/
 .venv/bin/python -m benchmarks --only trainer
 .venv/bin/python -m benchmarks --only operator --runs 1000
+git worktree add /tmp/before <older commit>  # optional: the data benchmark's before figures
+.venv/bin/python -m benchmarks --only data --before-tree /tmp/before
 ```
 """
 
@@ -147,5 +164,22 @@ def write_report(results: Path, readme: Path) -> None:
                    "next bottleneck on this machine. ")
                 + "A real API server (kind/k3d, with its own QPS limits and etcd latency) is not measured: this "
                 "machine cannot run one.")
+    parts.append(DATA)
+    data = _latest(results, "data")
+    if data:
+        m = data["machine"]
+        parts.append(f"Last run: {m['date']}, {m['host_cpu']}, {m['cores']} cores.\n")
+        parts.append("| rows | jsonl | code | ranks | cold: ready in | read + check | tokenize | warm: ready in "
+                     "| peak RSS / rank | peak private / rank |")
+        parts.append("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in data["results"]:
+            cold, warm = r["cold"], r["warm"]
+            builder = max(cold["per_rank"], key=lambda x: x["tokenize_s"])  # the rank that did the work
+            parts.append(
+                f"| {r['rows']:,} | {r['bytes'] / 2**20:,.0f} MiB | {r['code']} | {r['ranks']} | "
+                f"{cold['wall_s']:.0f} s | {builder['load_and_check_s']:.0f} s | {builder['tokenize_s']:.0f} s | "
+                f"{warm['wall_s']:.1f} s | {cold['max_peak_rss_mb']:,.0f} MB | {cold['max_peak_anon_mb']:,.0f} MB |")
+        parts.append("\nTargets (2 cores): 3,000,000 rows ready in under 3 minutes with peak RSS under 1 GB per "
+                     "rank; warm under 20 s.\n")
     parts.append(REPRO)
     readme.write_text("\n".join(parts), encoding="utf-8")

@@ -75,3 +75,23 @@ def test_gpu_runs_also_try_torch_compile_and_the_ratio_takes_our_best() -> None:
     assert q["eval_loss_ours"] == 1.95 and q["mfu_ours"] == pytest.approx(320 / 1e6)
     q = ratios([row("baseline", 100, 2.0), row("ours", 250, 1.9), row("ours-compile", 200, 1.9)])["summarization"]
     assert q["config"] == "ours" and q["tokens_per_second_ratio"] == pytest.approx(2.5)
+
+
+def test_data_scale_smoke(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from benchmarks.data_scale import run
+    from benchmarks.report import write_report
+
+    rows = run([3000], tmp_path / "work", ranks=(2,), max_length=64)
+    (r,) = rows
+    assert (r["rows"], r["code"], r["ranks"]) == (3000, "after", 2)
+    for phase in ("cold", "warm"):
+        assert [x["examples"] for x in r[phase]["per_rank"]] == [2970, 2970]  # 1% held out
+        assert all(x["api"] == "arrow" and x["peak_anon_mb"] > 0 for x in r[phase]["per_rank"])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "data-x.json").write_text(json.dumps({"machine": {"date": dt.date.today().isoformat(),
+                                                                 "host_cpu": "x", "cores": 2}, "results": rows}))
+    write_report(results, tmp_path / "README.md")
+    assert "| 3,000 | " in (tmp_path / "README.md").read_text()

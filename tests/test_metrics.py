@@ -10,7 +10,7 @@ from legistra.trainer.metrics import (
     bio_decode,
     classification_metrics,
     jaccard,
-    majority_baseline,
+    majority_label,
     multilabel_metrics,
     pr_curve_metrics,
     rouge_scores,
@@ -45,9 +45,10 @@ def test_multilabel() -> None:
     assert m["f1_macro"] == pytest.approx((1 + 1 + 0) / 3)
 
 
-def test_majority_baseline() -> None:
-    assert majority_baseline(["a", "a", "b"], ["a", "b", "b", "b"]) == ("a", 0.25)
-    assert majority_baseline([], ["a"]) == ("", 0.0)
+def test_majority_label() -> None:
+    assert majority_label({"a": 2, "b": 1}) == "a"
+    assert majority_label({"b": 2, "a": 2}) == "a"  # ties: the first in sort order
+    assert majority_label({}) == ""
 
 
 def test_jaccard() -> None:

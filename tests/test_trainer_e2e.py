@@ -31,6 +31,20 @@ def train(tmp_path: Path, doc: dict[str, Any], *extra: str, env: dict[str, str] 
     return result
 
 
+def saved_datasetdict(folder: Path, stem: str) -> Path:
+    """The example rows of `stem` as a DatasetDict saved with `save_to_disk` (train and validation splits)."""
+    import datasets
+
+    from tests.conftest import DATA
+
+    def rows(split: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (DATA / f"{stem}_{split}.jsonl").read_text().splitlines()]
+
+    datasets.DatasetDict({split: datasets.Dataset.from_list(rows(split)) for split in ("train", "validation")}
+                         ).save_to_disk(str(folder))
+    return folder
+
+
 def mlflow_run(tracking_uri: str, run_id: str) -> Any:
     from mlflow.tracking import MlflowClient
 
@@ -51,6 +65,9 @@ def test_task_end_to_end_with_zero2_on_two_ranks(
     # Gradient checkpointing on one task: the adapter check below fails if LoRA silently never trained.
     doc = base_run(task, tiny_models[model], f"e2e-{task}", deepspeed={"zeroStage": 2},
                    training={"gradientCheckpointing": task == "clause-extraction"})
+    if task == "summarization":  # as the training guide holds its data: a DatasetDict saved with save_to_disk
+        doc["spec"]["data"]["train"] = str(saved_datasetdict(tmp_path / "processed_summary", "bills"))
+        del doc["spec"]["data"]["validation"]
     result = train(tmp_path, doc)
     assert result["globalStep"] == 6
     assert metric in result["metrics"]
@@ -64,6 +81,8 @@ def test_task_end_to_end_with_zero2_on_two_ranks(
     assert manifest["adapterCheck"]["lora_b_abs_sum"] > 0  # the adapter trained (lora_B starts at zero)
     assert "adapter_model.safetensors" in manifest["files"] and "tokenizer.json" in manifest["files"]
     assert manifest["data"]["train"].split("#sha256=")[1]  # data lineage carries a checksum
+    if task == "summarization":
+        assert manifest["data"]["validation"].startswith(f"{tmp_path / 'processed_summary'}[validation]#sha256=")
     assert manifest["mlflow"]["runId"] == result["mlflow"]["runId"]
 
     run = mlflow_run(result["mlflow"]["trackingUri"], result["mlflow"]["runId"])
@@ -160,7 +179,19 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
                    registry={"uri": uri, "promotion": {"metric": "eval_loss", "direction": "minimize"}},
                    tracking={"mlflow": {"experiment": "legal-risk"}, "wandb": {"project": "legistra-tests"}})
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "WANDB_MODE": "offline"}
-    first = train(tmp_path, doc, env=env)
+    # The first run reads its data from a DatasetDict saved to S3 (the second from the example jsonl files).
+    import boto3
+
+    folder = saved_datasetdict(tmp_path / "risk-dict", "risk")
+    for f in folder.rglob("*"):
+        if f.is_file():
+            boto3.client("s3").upload_file(str(f), bucket, f"data/risk-dict/{f.relative_to(folder)}")
+    first_doc = json.loads(json.dumps(doc))
+    first_doc["spec"]["data"]["train"] = f"s3://{bucket}/data/risk-dict"
+    del first_doc["spec"]["data"]["validation"]
+    first = train(tmp_path, first_doc, env=env)
+    lineage = Registry.open(uri).version("tracked", 1).manifest["data"]
+    assert lineage["validation"].startswith(f"s3://{bucket}/data/risk-dict[validation]#sha256=")
     assert first["mlflow"]["trackingUri"] == mlflow_server
     assert first["mlflow"]["url"].startswith(mlflow_server)
     assert first["model"]["uri"] == f"{uri}/tracked/v1"

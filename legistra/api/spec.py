@@ -22,7 +22,7 @@ GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 Task = Literal["summarization", "clause-extraction", "risk-classification"]
 Precision = Literal["fp16", "bf16", "fp32"]
-DataFormat = Literal["auto", "jsonl", "csv", "parquet", "cuad"]
+DataFormat = Literal["auto", "jsonl", "csv", "parquet", "cuad", "saved-dataset"]
 
 
 class Spec(BaseModel):
@@ -55,13 +55,31 @@ class FieldNames(Spec):
     )
 
 
+class SplitNames(Spec):
+    train: str = Field("train", description="Split of a saved DatasetDict to train on.")
+    validation: str = Field(
+        "validation", description="Split of a saved DatasetDict to evaluate on (held out of train when absent)."
+    )
+
+
 class DataSpec(Spec):
-    train: Location = Field(description="Training data: s3:// URI, a path, or a hub dataset id.")
-    validation: Location | None = Field(None, description="Validation data; when absent a split of train is held out.")
+    train: Location = Field(
+        description="Training data: a file or a save_to_disk folder, as a path or s3:// URI, or a hub dataset id."
+    )
+    validation: Location | None = Field(
+        None,
+        description="Validation data; when absent, the validation split of a saved DatasetDict at train, else a "
+        "held-out fraction of train.",
+    )
     validation_split: float = Field(
         0.1, gt=0, lt=1, description="Fraction of train held out for validation when no validation is given."
     )
-    format: DataFormat = Field("auto", description="File format; auto picks it from the file extension.")
+    format: DataFormat = Field(
+        "auto",
+        description="File format; auto picks it from the file extension, or saved-dataset for a folder written by "
+        "datasets' save_to_disk (it holds dataset_dict.json or state.json).",
+    )
+    splits: SplitNames = Field(default_factory=SplitNames, description="Split names in a saved DatasetDict.")
     fields: FieldNames = Field(default_factory=FieldNames, description="Column names per task.")
     max_length: int = Field(512, ge=8, le=32768, description="Maximum input tokens.")
     max_target_length: int = Field(128, ge=4, le=4096, description="Maximum target tokens (summarization).")

@@ -83,7 +83,7 @@ def check_data(run: TrainingRun, cache_dir: Path, out: TextIO = sys.stderr) -> i
     from legistra.trainer.data import DataError, preflight
 
     try:
-        checked = preflight(run.spec.task, run.spec.data, cache_dir)
+        checked = preflight(run.spec, cache_dir)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print("the data must be fixed first; training would fail the same way", file=sys.stderr)

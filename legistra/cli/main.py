@@ -48,7 +48,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from legistra.trainer.prepare import prepare
 
     try:
-        n = prepare(args.format, Path(args.src), Path(args.dest))
+        n = prepare(args.format, Path(args.src), Path(args.dest), to=args.to, validation_split=args.validation_split)
     except (DataError, ValueError) as exc:
         return _err(str(exc))
     print(f"wrote {n} rows to {args.dest}")
@@ -313,8 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    prep = dsub.add_parser("prepare", help="convert CUAD / LEDGAR / BillSum release files to our jsonl")
+    prep = dsub.add_parser("prepare", help="convert CUAD / LEDGAR / BillSum release files to our jsonl or to a "
+                           "saved DatasetDict")
     prep.add_argument("--format", required=True, choices=["cuad", "ledgar", "billsum"])
+    prep.add_argument("--to", default="jsonl", choices=["jsonl", "saved-dataset"],
+                      help="jsonl (a file) or saved-dataset (a folder written by datasets' save_to_disk)")
+    prep.add_argument("--validation-split", type=float, default=0.0,
+                      help="with --to saved-dataset: also write a seeded validation split of this fraction")
     prep.add_argument("src")
     prep.add_argument("dest")
     prep.set_defaults(fn=cmd_data_prepare)

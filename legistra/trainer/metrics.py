@@ -7,7 +7,7 @@ precision-recall curve, its area (AUPR) and precision at 80% / 90% recall.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,13 +56,9 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def majority_baseline(train_labels: Sequence[str], eval_labels: Sequence[str]) -> tuple[str, float]:
-    """The most frequent training label and the accuracy it scores on the evaluation labels."""
-    if not train_labels or not eval_labels:
-        return "", 0.0
-    values, counts = np.unique(np.asarray(train_labels), return_counts=True)
-    top = str(values[int(np.argmax(counts))])
-    return top, float(np.mean([label == top for label in eval_labels]))
+def majority_label(counts: Mapping[str, int]) -> str:
+    """The most frequent training label (ties: the first in sort order), the baseline's constant prediction."""
+    return min(counts, key=lambda label: (-counts[label], label)) if counts else ""
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:

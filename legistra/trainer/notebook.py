@@ -11,8 +11,6 @@ is register the model: call `legistra registry push OUT/model --model NAME` when
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -101,32 +99,18 @@ def _bf16_ok() -> bool:
     return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
 
 
-def _rows(split: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in split]
-
-
-def _in_memory_data(run: TrainingRun, dataset: Any, eval_split: str | None) -> Any:
-    """The DatasetDict's rows, checked exactly as file rows are (every bad row listed)."""
-    from legistra.trainer.data import LoadedData, checked_rows, split_holdout
+def _in_memory_data(run: TrainingRun, dataset: Any, eval_split: str | None, cache_dir: Path) -> Any:
+    """The DatasetDict's rows, checked exactly as file rows are (every bad row listed), as Arrow in the cache."""
+    from legistra.trainer.data import canon_of, holdout, loaded, prepare_dataset
 
     spec = run.spec
-    label = spec.data.train
-
-    def rows_of(name: str) -> list[dict[str, Any]]:
-        raw = _rows(dataset[name])
-        if spec.task == "risk-classification":  # integer class ids are labels too
-            for r in raw:
-                if isinstance(r.get("label"), int) and not isinstance(r.get("label"), bool):
-                    r["label"] = str(r["label"])
-        return checked_rows(spec.task, iter(enumerate(raw, start=1)), spec.data, f"{label}:{name}")
-
-    train = rows_of("train")
+    label, canon = spec.data.train, canon_of(spec)
+    train = prepare_dataset(dataset["train"], f"{label}:train", canon, cache_dir)
     if eval_split:
-        validation = rows_of(eval_split)
+        validation = prepare_dataset(dataset[eval_split], f"{label}:{eval_split}", canon, cache_dir)
     else:
-        train, validation = split_holdout(train, spec.data.validation_split, spec.training.seed)
-    digest = hashlib.sha256(json.dumps([train, validation], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return LoadedData(train, validation, digest, {"train": f"{label}#sha256={digest}"})
+        train, validation = holdout(train, spec.data.validation_split, spec.training.seed, canon, cache_dir)
+    return loaded(train, validation, None)
 
 
 def train_with_tracking(
@@ -158,14 +142,17 @@ def train_with_tracking(
     task = task_of(model)
     labels = None
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    if task == "risk-classification" and num_labels and isinstance(dataset["train"][0].get("label"), int):
+    feature = dataset["train"].features.get("label")
+    if task == "risk-classification" and getattr(feature, "names", None):
+        labels = list(feature.names)  # a ClassLabel: its names, in the order of its ids
+    elif task == "risk-classification" and num_labels and isinstance(dataset["train"][0].get("label"), int):
         labels = [str(i) for i in range(num_labels)]  # class ids keep the model's own order
     run = notebook_run(task, getattr(model, "name_or_path", "") or "in-memory", out, labels=labels,
                        use_lora=use_lora, lora=lora, use_wandb=use_wandb, experiment=experiment,
                        max_length=max_length, training_args=training_args)
     eval_split = _eval_split(dataset)
-    given = InMemory(model, tokenizer, _in_memory_data(run, dataset, eval_split))
     state = Path(".legistra")
+    given = InMemory(model, tokenizer, _in_memory_data(run, dataset, eval_split, state / "cache"))
     # Without MLflow the run is still recorded, in a store beside the output (the trainer always tracks).
     uri = tracking_uri(run.spec, configured_uris()[0], state) if use_mlflow else \
         f"sqlite:///{out.resolve() / 'mlflow.db'}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from legistra import __version__
 from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
@@ -27,7 +29,8 @@ from legistra.contract import (
     TAG_TRAINING_RUN,
     experiment_name,
 )
-from legistra.trainer.data import LoadedData, load_data
+from legistra.trainer.columnar import features_table, open_dataset, write_arrow
+from legistra.trainer.data import LoadedData, cache_lock, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
 from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
 from legistra.trainer.tasks import TaskHandler, handler_for
@@ -102,12 +105,25 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_cached(
-    handler: TaskHandler, data: LoadedData, tokenizer: Any, cache_root: Path, args: Any
-) -> tuple[Any, Any, bool]:
-    """Tokenized train/validation sets, reused across runs with the same data, tokenizer and settings."""
-    import datasets
+ENCODE_BATCH = 1_000  # rows tokenized per call: large enough for the Rust tokenizer's threads, small in memory
 
+
+def encode_split(handler: TaskHandler, data: LoadedData, role: str, tokenizer: Any, path: Path) -> int:
+    """Tokenize a split batch by batch into an Arrow file (a batch of rows in Python at a time)."""
+
+    def tables() -> Iterator[pa.Table]:
+        first = 0
+        for batch in data.batches(role, ENCODE_BATCH):
+            columns = handler.encode(batch.to_pylist(), tokenizer, first)
+            first += batch.num_rows
+            yield features_table(columns)
+
+    return write_arrow(path, None, tables())
+
+
+def encode_cached(handler: TaskHandler, data: LoadedData, tokenizer: Any, cache_root: Path) -> tuple[Any, Any, bool]:
+    """Tokenized train/validation sets, reused across runs with the same data, tokenizer and settings. The first
+    process of a node to take the lock tokenizes; the others wait, then map the same files."""
     key = hashlib.sha256(
         json.dumps(
             {"data": data.fingerprint, "tok": _tokenizer_fingerprint(tokenizer), **handler.cache_key()},
@@ -116,22 +132,15 @@ def encode_cached(
     ).hexdigest()[:20]
     target = cache_root / "tokenized" / key
     hit = (target / "done").exists()
-    with args.main_process_first(desc="tokenization"):
+    with cache_lock(cache_root, f"tokenized-{key}"):
         if not (target / "done").exists():
-            train = handler.encode(data.train, tokenizer)
-            val = handler.encode(data.validation, tokenizer)
-            tmp = target.with_name(f"{key}.tmp-{os.getpid()}")
-            train.save_to_disk(str(tmp / "train"))
-            val.save_to_disk(str(tmp / "validation"))
-            (tmp / "done").write_text(__version__)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(tmp, target)
-            except OSError:  # another process of the same node won the race; its copy is identical
-                pass
-    train = datasets.load_from_disk(str(target / "train"))
-    val = datasets.load_from_disk(str(target / "validation"))
-    return train, val, hit
+            target.mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            n = encode_split(handler, data, "train", tokenizer, target / "train.arrow")
+            encode_split(handler, data, "validation", tokenizer, target / "validation.arrow")
+            (target / "done").write_text(__version__)
+            log.info("tokenized %d training examples in %.1fs", n, time.monotonic() - started)
+    return open_dataset(target / "train.arrow"), open_dataset(target / "validation.arrow"), hit
 
 
 def verify_adapter(model_dir: Path) -> dict[str, float]:
@@ -298,7 +307,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
     init_process_group(dist, cuda, ds_config is not None)
 
     handler = handler_for(spec)
-    data = given.data if given else load_data(spec.task, spec.data, paths.cache, spec.training.seed)
+    data = given.data if given else load_data(spec, paths.cache)
     handler.fit_labels(data.train, data.validation)
     model_path = spec.model.name
     if given:
@@ -311,7 +320,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
             )
 
     args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
-    train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache, args)
+    train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache)
     handler.bind_eval(eval_ds, data.validation, tokenizer)
     log.info(
         "%s: %d train / %d validation rows -> %d / %d examples (tokenization %s)",

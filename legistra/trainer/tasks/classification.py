@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from legistra.contract import DEFAULT_METRIC
+from legistra.trainer.columnar import table_of
 from legistra.trainer.data import DataError, Row
-from legistra.trainer.metrics import classification_metrics, majority_baseline, multilabel_metrics
-from legistra.trainer.tasks.base import TaskHandler
+from legistra.trainer.metrics import classification_metrics, majority_label, multilabel_metrics
+from legistra.trainer.tasks.base import Columns, TaskHandler, token_ids
 
 
 class RiskClassification(TaskHandler):
@@ -20,25 +23,19 @@ class RiskClassification(TaskHandler):
     def multi_label(self) -> bool:
         return self.spec.classification.multi_label
 
-    def fit_labels(self, train: list[Row], validation: list[Row]) -> None:
-        def labels_of(row: Row) -> list[str]:
-            value = row["label"]
-            return list(value) if isinstance(value, list) else [value]
-
+    def fit_labels(self, train: Any, validation: Any) -> None:
         if self.spec.classification.labels:
             self.labels = list(self.spec.classification.labels)
         else:
-            self.labels = sorted({label for row in train for label in labels_of(row)})
-        known = set(self.labels)
-        for split, rows in (("train", train), ("validation", validation)):
-            for i, row in enumerate(rows, start=1):
-                for label in labels_of(row):
-                    if label not in known:
-                        raise DataError(
-                            split, i, "label", f"label {label!r} is not in the label set {self.labels}"
-                        )
-            if not self.multi_label and any(isinstance(r["label"], list) for r in rows):
-                raise DataError(split, None, "label", "lists of labels need spec.classification.multiLabel")
+            self.labels = sorted(str(v) for v in pc.unique(_flat_labels(train)[0]).to_pylist())
+        known = pa.array(self.labels, pa.string())
+        for split, ds in (("train", train), ("validation", validation)):
+            values, rows = _flat_labels(ds)
+            at = pc.index(pc.invert(pc.is_in(values, value_set=known)), True).as_py()
+            if at >= 0:
+                row = at if rows is None else rows[at].as_py()
+                raise DataError(split, row + 1, "label",
+                                f"label {values[at].as_py()!r} is not in the label set {self.labels}")
         if len(self.labels) < 2:
             raise DataError("train", None, "label", "risk-classification needs at least two labels")
 
@@ -54,28 +51,19 @@ class RiskClassification(TaskHandler):
             **kwargs,
         )
 
-    def encode(self, rows: list[Row], tokenizer: Any) -> Any:
-        import datasets
-
+    def encode(self, rows: list[Row], tokenizer: Any, first: int = 0) -> Columns:
         index = {label: i for i, label in enumerate(self.labels)}
-        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=self.spec.data.max_length)
+        ids = token_ids(tokenizer, [r["text"] for r in rows], self.spec.data.max_length)
         if self.multi_label:
             labels: list[Any] = []
             for r in rows:
                 vec = [0.0] * len(self.labels)
-                for label in r["label"] if isinstance(r["label"], list) else [r["label"]]:
+                for label in r["label"]:
                     vec[index[label]] = 1.0
                 labels.append(vec)
         else:
             labels = [index[r["label"]] for r in rows]
-        return datasets.Dataset.from_dict(
-            {
-                "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"],
-                "labels": labels,
-                "length": [len(ids) for ids in enc["input_ids"]],
-            }
-        )
+        return {"input_ids": ids, "labels": labels, "length": [len(x) for x in ids]}
 
     def collator(self, tokenizer: Any, model: Any) -> Any:
         from transformers import DataCollatorWithPadding
@@ -90,11 +78,21 @@ class RiskClassification(TaskHandler):
             return multilabel_metrics(labels > 0.5, np.asarray(logits) > 0.0)
         return classification_metrics(labels.tolist(), np.argmax(logits, axis=-1).tolist(), len(self.labels))
 
-    def baseline(self, train: list[Row], validation: list[Row]) -> dict[str, float]:
+    def baseline(self, train: Any, validation: Any) -> dict[str, float]:
         if self.multi_label:
             return {}
-        top, acc = majority_baseline([r["label"] for r in train], [r["label"] for r in validation])
-        n = len(self.labels)
-        y_true = [self.labels.index(r["label"]) for r in validation]
-        f1 = classification_metrics(y_true, [self.labels.index(top)] * len(y_true), n)["f1_macro"]
-        return {"majority_accuracy": acc, "majority_f1_macro": f1}
+        counts = {c["values"]: c["counts"] for c in pc.value_counts(table_of(train).column("label")).to_pylist()}
+        top = majority_label(counts)
+        truth = table_of(validation).column("label")
+        acc = pc.mean(pc.equal(truth, top).cast(pa.float64())).as_py() or 0.0
+        y_true = [self.labels.index(v) for v in truth.to_pylist()]
+        f1 = classification_metrics(y_true, [self.labels.index(top)] * len(y_true), len(self.labels))["f1_macro"]
+        return {"majority_accuracy": float(acc), "majority_f1_macro": f1}
+
+
+def _flat_labels(ds: Any) -> tuple[pa.Array, pa.Array | None]:
+    """Every label of a split, flattened for multi-label rows, with the row each came from (None: one per row)."""
+    col = table_of(ds).column("label").combine_chunks()
+    if pa.types.is_list(col.type):
+        return pc.list_flatten(col), pc.list_parent_indices(col)
+    return col, None

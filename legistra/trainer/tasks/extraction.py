@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from legistra.contract import DEFAULT_METRIC
+from legistra.trainer.columnar import table_of
 from legistra.trainer.data import DataError, Row
 from legistra.trainer.metrics import Span, bio_decode, span_metrics
-from legistra.trainer.tasks.base import TaskHandler
+from legistra.trainer.tasks.base import Columns, TaskHandler
 
 IGNORE = -100
 
@@ -38,19 +41,20 @@ class ClauseExtraction(TaskHandler):
         self._eval_windows: list[tuple[int, list[tuple[int, int]]]] = []
         self._eval_docs: list[Row] = []
 
-    def fit_labels(self, train: list[Row], validation: list[Row]) -> None:
+    def fit_labels(self, train: Any, validation: Any) -> None:
         if self.spec.extraction.clause_types:
             self.clause_types = list(self.spec.extraction.clause_types)
         else:
-            self.clause_types = sorted({s["label"] for r in train for s in r["spans"]})
+            self.clause_types = sorted(str(v) for v in pc.unique(_span_labels(train)[0]).to_pylist())
         if not self.clause_types:
             raise DataError("train", None, "spans", "no clause spans found in the training data")
-        known = set(self.clause_types)
-        for split, rows in (("train", train), ("validation", validation)):
-            for i, row in enumerate(rows, start=1):
-                for s in row["spans"]:
-                    if s["label"] not in known:
-                        raise DataError(split, i, "spans", f"clause type {s['label']!r} is not in {self.clause_types}")
+        known = pa.array(self.clause_types, pa.string())
+        for split, ds in (("train", train), ("validation", validation)):
+            values, rows = _span_labels(ds)
+            at = pc.index(pc.invert(pc.is_in(values, value_set=known)), True).as_py()
+            if at >= 0:
+                raise DataError(split, rows[at].as_py() + 1, "spans",
+                                f"clause type {values[at].as_py()!r} is not in {self.clause_types}")
         self.labels = ["O"] + [f"{p}-{c}" for c in self.clause_types for p in ("B", "I")]
 
     def load_model(self, path: str, **kwargs: Any) -> Any:
@@ -64,9 +68,7 @@ class ClauseExtraction(TaskHandler):
             **kwargs,
         )
 
-    def encode(self, rows: list[Row], tokenizer: Any) -> Any:
-        import datasets
-
+    def encode(self, rows: list[Row], tokenizer: Any, first: int = 0) -> Columns:
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("spec.model.name: clause-extraction needs a fast tokenizer (character offsets)")
         d = self.spec.data
@@ -80,22 +82,19 @@ class ClauseExtraction(TaskHandler):
             return_offsets_mapping=True,
         )
         tag_index = {label: i for i, label in enumerate(self.labels)}
-        columns: dict[str, list[Any]] = {
-            "input_ids": [], "attention_mask": [], "labels": [], "length": [], "doc_index": [], "offsets": []
-        }
+        columns: Columns = {"input_ids": [], "labels": [], "length": [], "doc_index": [], "offsets": []}
         for w, doc in enumerate(enc["overflow_to_sample_mapping"]):
             offsets = [tuple(o) for o in enc["offset_mapping"][w]]
             columns["input_ids"].append(enc["input_ids"][w])
-            columns["attention_mask"].append(enc["attention_mask"][w])
             columns["labels"].append(token_tags(offsets, rows[doc]["spans"], tag_index))
             columns["length"].append(len(enc["input_ids"][w]))
             # Not model inputs (the Trainer drops them from batches); kept to map predictions to characters.
-            columns["doc_index"].append(int(doc))
+            columns["doc_index"].append(first + int(doc))
             columns["offsets"].append([list(o) for o in offsets])
-        return datasets.Dataset.from_dict(columns)
+        return columns
 
-    def bind_eval(self, dataset: Any, rows: list[Row], tokenizer: Any) -> None:
-        self._eval_docs = rows
+    def bind_eval(self, dataset: Any, rows: Any, tokenizer: Any) -> None:
+        self._eval_docs = table_of(rows).to_pylist()
         self._eval_windows = [
             (int(d), [(int(a), int(b)) for a, b in offs]) for d, offs in zip(dataset["doc_index"], dataset["offsets"])
         ]
@@ -139,3 +138,9 @@ class ClauseExtraction(TaskHandler):
         predictions = self.decode(np.asarray(packed))
         references = [[Span(s["start"], s["end"], s["label"]) for s in r["spans"]] for r in self._eval_docs]
         return span_metrics(predictions, references)
+
+
+def _span_labels(ds: Any) -> tuple[pa.Array, pa.Array]:
+    """The clause type of every span of a split, and the row each span belongs to."""
+    spans = table_of(ds).column("spans").combine_chunks()
+    return pc.struct_field(pc.list_flatten(spans), "label"), pc.list_parent_indices(spans)

@@ -8,9 +8,10 @@ import numpy as np
 
 from legistra.api.spec import is_t5_family
 from legistra.contract import DEFAULT_METRIC
+from legistra.trainer.columnar import table_of
 from legistra.trainer.data import Row
 from legistra.trainer.metrics import rouge_scores
-from legistra.trainer.tasks.base import TaskHandler
+from legistra.trainer.tasks.base import Columns, TaskHandler, token_ids
 
 
 class Summarization(TaskHandler):
@@ -33,30 +34,16 @@ class Summarization(TaskHandler):
 
         return AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
 
-    def encode(self, rows: list[Row], tokenizer: Any) -> Any:
-        import datasets
-
+    def encode(self, rows: list[Row], tokenizer: Any, first: int = 0) -> Columns:
         d = self.spec.data
-        enc = tokenizer(
-            [self.prefix + r["text"] for r in rows],
-            text_target=[r["summary"] for r in rows],
-            truncation=True,
-            max_length=d.max_length,
-        )
-        # text_target shares max_length; re-truncate targets to their own budget.
-        labels = [ids[: d.max_target_length - 1] + ids[-1:] if len(ids) > d.max_target_length else ids
-                  for ids in enc["labels"]]
-        return datasets.Dataset.from_dict(
-            {
-                "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"],
-                "labels": labels,
-                "length": [len(ids) for ids in enc["input_ids"]],
-            }
-        )
+        ids = token_ids(tokenizer, [self.prefix + r["text"] for r in rows], d.max_length)
+        # Targets through __call__: some tokenizers switch to a target mode (language codes) for text_target.
+        labels = tokenizer(text_target=[r["summary"] for r in rows], truncation=True,
+                           max_length=d.max_target_length)["input_ids"]
+        return {"input_ids": ids, "labels": list(labels), "length": [len(x) for x in ids]}
 
-    def bind_eval(self, dataset: Any, rows: list[Row], tokenizer: Any) -> None:
-        self._tokenizer, self._references = tokenizer, [r["summary"] for r in rows]
+    def bind_eval(self, dataset: Any, rows: Any, tokenizer: Any) -> None:
+        self._tokenizer, self._references = tokenizer, table_of(rows).column("summary").to_pylist()
 
     def collator(self, tokenizer: Any, model: Any) -> Any:
         from transformers import DataCollatorForSeq2Seq
