@@ -6,11 +6,13 @@ import argparse
 import datetime as dt
 import json
 import platform
+import tempfile
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+WORK = Path(tempfile.gettempdir()) / "legistra-bench"  # generated data and scratch runs (GBs), never committed
 
 
 def machine() -> dict[str, Any]:
@@ -38,7 +40,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     ap.add_argument("--runs", type=int, default=1000, help="TrainingRuns for the operator benchmark")
-    ap.add_argument("--only", choices=["trainer", "operator", "data"], default=None)
+    ap.add_argument("--only", choices=["trainer", "operator", "data", "preemption"], default=None)
     ap.add_argument("--data-rows", type=int, nargs="+", default=[300_000, 3_000_000],
                     help="row counts for the data benchmark")
     ap.add_argument("--before-tree", type=Path, default=None,
@@ -67,9 +69,14 @@ def main() -> None:
     if a.only in (None, "data"):
         from benchmarks.data_scale import run as run_data
 
-        data_rows = run_data(a.data_rows, a.out / "data-work", before_tree=a.before_tree, before_rows=300_000)
+        data_rows = run_data(a.data_rows, WORK / "data", before_tree=a.before_tree, before_rows=300_000)
         doc = {"machine": machine(), "results": data_rows}
         (a.out / f"data-{dt.date.today().isoformat()}.json").write_text(json.dumps(doc, indent=2))
+    if a.only in (None, "preemption"):
+        from benchmarks.preemption import run as run_preemption
+
+        doc = {"machine": machine(), "results": run_preemption(WORK / "preemption")}
+        (a.out / f"preemption-{dt.date.today().isoformat()}.json").write_text(json.dumps(doc, indent=2))
     from benchmarks.report import write_report
 
     write_report(a.out, HERE / "README.md")

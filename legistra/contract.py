@@ -74,6 +74,12 @@ def run_document(run: TrainingRun) -> dict[str, Any]:
 # -- Where tracking and models go: spec -> operator / environment -> local default ---------------------------
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_REGISTRY_URI = "LEGISTRA_REGISTRY_URI"
+ENV_CHECKPOINT_URI = "LEGISTRA_CHECKPOINT_URI"
+
+
+def checkpoint_uri(spec: TrainingRunSpec, configured: str | None) -> str | None:
+    """Object storage for a run's checkpoints: its spec's, else the operator's (None: a volume holds them)."""
+    return spec.checkpoints.uri or configured
 
 
 def tracking_uri(spec: TrainingRunSpec | None, configured: str | None,
@@ -107,20 +113,25 @@ def configured_uris(env: Mapping[str, str] | None = None) -> tuple[str | None, s
 # only fails the same way again, so the operator ends it at once with that reason and message.
 EXIT_DETERMINISTIC = 2
 FAILURE_REASONS: tuple[str, ...] = ("InvalidData", "InvalidModel", "TrainerError")
+# A stop on SIGTERM after a saved checkpoint (eviction, preemption, drain): the next attempt resumes there, and
+# the operator does not count the attempt. 143 = 128 + SIGTERM, what a retry-on-signal policy expects.
+EXIT_PREEMPTED = 143
+PREEMPTED = "Preempted"
 ENV_TERMINATION_LOG = "LEGISTRA_TERMINATION_LOG"
 TERMINATION_LOG_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
 
 
 def termination_message(reason: str, message: str) -> str:
-    assert reason in FAILURE_REASONS, reason
+    assert reason in (*FAILURE_REASONS, PREEMPTED), reason
     return f"{reason}: {' '.join(message.split())}"[:TERMINATION_MESSAGE_LIMIT]
 
 
-def parse_termination_message(text: str | None) -> tuple[str, str] | None:
-    """(reason, message) when `text` is a deterministic failure written by the trainer; None otherwise (log
-    lines from FallbackToLogsOnError, a crash, an OOM kill)."""
+def parse_termination_message(text: str | None,
+                              reasons: tuple[str, ...] = FAILURE_REASONS) -> tuple[str, str] | None:
+    """(reason, message) when `text` is a message the trainer wrote with one of `reasons` (by default the
+    deterministic failures); None otherwise (log lines from FallbackToLogsOnError, a crash, an OOM kill)."""
     reason, sep, message = (text or "").strip().partition(": ")
-    if sep and reason in FAILURE_REASONS and message.strip():
+    if sep and reason in reasons and message.strip():
         return reason, message.strip()
     return None

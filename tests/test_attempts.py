@@ -147,3 +147,29 @@ def test_fields_a_status_drops_are_nulled_in_the_merge_patch() -> None:
 
     assert status_patch({"phase": "Retrying", "retryAt": "t", "attempt": 1}, {"phase": "Pending", "attempt": 2}) == \
         {"phase": "Pending", "attempt": 2, "retryAt": None}
+
+
+def test_a_preempted_failure_is_retried_at_once_and_not_counted() -> None:
+    from legistra.operator.status import preempted
+
+    running = {"phase": "Running", "attempt": 3, "jobName": "r"}
+    failed = job(3, failed_seconds_ago=1)
+    # Attempts are spent (3 of 3): an ordinary failure ends the run, a preemption does not, and waits for nothing.
+    assert plan_attempt(running, failed, 3, 60, NOW) == AttemptPlan("keep", 3)
+    assert plan_attempt(running, failed, 3, 60, NOW, preempted=True) == AttemptPlan("retry", 4, preempted=True)
+    # Two preemptions so far: maxAttempts 3 allows five jobs, and the next ordinary failure of job 4 retries.
+    assert plan_attempt({**running, "attempt": 4, "preemptions": 2}, job(4, failed_seconds_ago=1000), 3, 60,
+                        NOW) == AttemptPlan("retry", 5)
+    assert plan_attempt({**running, "attempt": 5, "preemptions": 2}, job(5, failed_seconds_ago=60), 3, 60,
+                        NOW) == AttemptPlan("keep", 5)
+
+    def pod(message: str, job_name: str = "r") -> dict[str, Any]:
+        return {"metadata": {"labels": {"training.kubeflow.org/job-name": job_name}},
+                "status": {"containerStatuses": [{"name": "pytorch", "lastState": {"terminated": {
+                    "exitCode": 1, "message": message}}}]}}
+
+    said = "Preempted: stopped on a termination signal; checkpoint-40 saved, the next attempt resumes there"
+    assert preempted([pod(said)], "r")
+    assert not preempted([pod(said, job_name="other")], "r")
+    assert not preempted([pod("InvalidData: train.jsonl, row 2: missing label")], "r")
+    assert not preempted([pod("Traceback (most recent call last): ...")], "r")

@@ -477,3 +477,19 @@ def test_prepare_writes_a_saved_datasetdict(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     data = load_data(spec(dest, task="summarization"), tmp_path / "cache")
     assert (len(data.train), len(data.validation)) == (8, 2)
+
+
+def test_the_tokenization_pass_gets_the_tokenizer_threads_and_gives_them_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from legistra.trainer.train import tokenizer_threads
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # as pods and `legistra train` set it
+    with tokenizer_threads():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # data-loader workers fork with it off
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    with tokenizer_threads():
+        pass
+    assert "TOKENIZERS_PARALLELISM" not in os.environ

@@ -56,6 +56,8 @@ SHAPED: dict[str, Any] = {
     "LEGISTRA_S3_ENDPOINT": lambda i: f"http://minio-{i}:9000",
     "LEGISTRA_MLFLOW_TRACKING_URI": lambda i: f"http://mlflow-{i}:5000",
     "LEGISTRA_BACKEND": lambda i: "trainjob",
+    "LEGISTRA_CHECKPOINT_URI": lambda i: f"s3://checkpoints-{i}/runs",
+    "LEGISTRA_CHECKPOINT_RWX": lambda i: False,
     **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
                                          "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS")},
 }
@@ -74,7 +76,7 @@ def test_helm_sets_each_setting_from_its_documented_value() -> None:
         value: Any = SHAPED.get(name, (lambda i: f"value-{i}"))(i)
         *parents, leaf = path.split(".")
         reduce(lambda d, k: d.setdefault(k, {}), parents, values)[leaf] = value
-        expected[name] = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
+        expected[name] = json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, bool)) else str(value)
     got = deployment_env(render(values))
     for name, want in expected.items():
         assert got[name]["value"] == want, f"{name} is not set from .Values.{known[name].metadata['helm']}"

@@ -409,6 +409,8 @@ def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
     statuses = [
         desired_status({}, None, generation=1, now=now, suspended_in_spec=False),
         desired_status({}, job, generation=1, now=now, suspended_in_spec=False, refused=["lora.r"]),
+        desired_status({}, None, generation=1, now=now, suspended_in_spec=False,
+                       storage=("NoReadWriteMany", "spec.checkpoints.uri: ...")),
         invalid_status({}, ["spec.x: bad"], now, 1),
     ]
     written = {c["type"] for s in statuses for c in s["conditions"]}
@@ -490,3 +492,95 @@ def test_when_pods_are_read_for_a_deterministic_failure(conditions: list[tuple[s
 
     job = {"kind": "PyTorchJob", "status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
     assert pods_worth_reading(job, current, suspended) is expected
+
+
+# -- checkpoints in object storage, and storage that cannot be had ------------------------------------------
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_object_storage_checkpoints_claim_no_volume(backend: str) -> None:
+    from legistra.operator.build import build_children
+
+    run = parse_training_run(run_doc(resources={"nodes": 3, "terminationGracePeriodSeconds": 120},
+                                     checkpoints={"uri": "s3://ckpt/legal", "localSize": "200Gi"}))
+    defaults = JobDefaults(s3_secret="legistra-s3")
+    children = build_children(run, defaults, 1, backend)  # type: ignore[arg-type]
+    assert [c["kind"] for c in children] == ["ConfigMap", BACKENDS[backend].kind]  # no PVC, no RWX needed
+    job = children[-1]
+    (validate_job if backend == "pytorchjob" else validate_trainjob)(job)
+    pod = (job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"] if backend == "pytorchjob" else
+           job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+           ["template"]["spec"]["template"]["spec"])
+    assert {"name": "checkpoints", "emptyDir": {"sizeLimit": "200Gi"}} in pod["volumes"]
+    assert pod["terminationGracePeriodSeconds"] == 120
+    env = {e["name"]: e for e in (job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+                                  if backend == "pytorchjob" else job["spec"]["trainer"])["env"]}
+    assert env["LEGISTRA_CHECKPOINT_URI"]["value"] == "s3://ckpt/legal"
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "105"  # the grace period, less torchrun's margin
+    # Credentials only from the existing S3 Secret: references, never values.
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {
+        "secretKeyRef": {"name": "legistra-s3", "key": "AWS_SECRET_ACCESS_KEY"}}}
+    assert not any("value" in e and "AWS_SECRET" in e["name"] for e in env.values())
+
+    # The operator's default URI counts as the spec's; without either, the PVC is back.
+    plain = parse_training_run(run_doc(resources={"nodes": 3}))
+    assert [c["kind"] for c in build_children(plain, JobDefaults(checkpoint_uri="s3://ckpt/x"), 1, backend)][:2] == [  # type: ignore[arg-type]
+        "ConfigMap", BACKENDS[backend].kind]
+    kinds = [c["kind"] for c in build_children(plain, JobDefaults(), 1, backend)]  # type: ignore[arg-type]
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", BACKENDS[backend].kind]
+
+
+def test_checkpoint_uri_must_be_object_storage() -> None:
+    from legistra.api.validation import SpecError
+
+    with pytest.raises(SpecError, match="spec.checkpoints.uri"):
+        parse_training_run(run_doc(checkpoints={"uri": "/mnt/nfs/checkpoints"}))
+
+
+def test_multi_node_without_object_storage_on_a_cluster_without_rwx_is_warned() -> None:
+    from legistra.operator.build import storage_warning
+
+    multi = parse_training_run(run_doc(resources={"nodes": 2}))
+    no_rwx = JobDefaults(checkpoint_rwx=False)
+    assert "set spec.checkpoints.uri" in (storage_warning(multi, no_rwx) or "")
+    assert storage_warning(multi, JobDefaults()) is None  # the cluster has RWX (the default)
+    assert storage_warning(parse_training_run(run_doc()), no_rwx) is None  # one node: RWO is enough
+    with_uri = parse_training_run(run_doc(resources={"nodes": 2}, checkpoints={"uri": "s3://c/p"}))
+    assert storage_warning(with_uri, no_rwx) is None
+    assert JobDefaults.from_env({"LEGISTRA_CHECKPOINT_RWX": "false"}).checkpoint_rwx is False
+    with pytest.raises(ValueError, match="LEGISTRA_CHECKPOINT_RWX='no': expected true or false"):
+        JobDefaults.from_env({"LEGISTRA_CHECKPOINT_RWX": "no"})
+
+
+def test_a_pending_checkpoint_volume_says_why_and_what_to_do() -> None:
+    import datetime as dt
+
+    from legistra.operator.status import volume_problem, volume_worth_checking
+
+    now = dt.datetime(2026, 11, 25, 10, 5, tzinfo=dt.timezone.utc)
+    pvc = {"metadata": {"name": "contract-risk-checkpoints", "creationTimestamp": "2026-11-25T10:00:00Z"},
+           "spec": {"accessModes": ["ReadWriteMany"]}, "status": {"phase": "Pending"}}
+    problem = volume_problem(pvc, now)
+    assert problem == ("checkpoint volume contract-risk-checkpoints is still Pending: no ReadWriteMany volume from "
+                       "the cluster's default storage class (if it has one); set spec.checkpoints.uri to an s3:// "
+                       "prefix (no volume needed), or the operator's checkpoints.storageClassName to a class that "
+                       "provides ReadWriteMany")
+    assert volume_problem({**pvc, "status": {"phase": "Bound"}}, now) is None
+    assert volume_problem(pvc, dt.datetime(2026, 11, 25, 10, 0, 30, tzinfo=dt.timezone.utc)) is None  # young
+    assert volume_problem(None, now) is None
+
+    job = {"kind": "PyTorchJob", "metadata": {"creationTimestamp": "2026-11-25T10:00:00Z"},
+           "status": {"conditions": [{"type": "Created", "status": "True"}]}}
+    assert volume_worth_checking(job, False, now)
+    assert not volume_worth_checking(job, True, now)  # suspended: pods are not meant to run
+    assert not volume_worth_checking(job, False, dt.datetime(2026, 11, 25, 10, 0, 10, tzinfo=dt.timezone.utc))
+    running = {**job, "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+    assert not volume_worth_checking(running, False, now)
+
+    st = desired_status({}, job, generation=1, now=NOW, suspended_in_spec=False,
+                        storage=("VolumePending", problem))
+    assert st["phase"] == "Pending" and st["message"] == problem
+    cond = next(c for c in st["conditions"] if c["type"] == "CheckpointStorage")
+    assert (cond["status"], cond["reason"]) == ("False", "VolumePending")
+    bound = desired_status(st, job, generation=1, now=NOW, suspended_in_spec=False)
+    cond = next(c for c in bound["conditions"] if c["type"] == "CheckpointStorage")
+    assert (cond["status"], cond["reason"]) == ("True", "Available")

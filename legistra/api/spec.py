@@ -8,7 +8,7 @@ expect; Python code uses snake_case attributes.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -191,6 +191,10 @@ class ResourcesSpec(Spec):
                                           description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
     service_account_name: DnsName | None = Field(None, description="ServiceAccount of the pods.")
     shm_size: Quantity | None = Field("8Gi", description="Size of /dev/shm for data loaders and NCCL.")
+    termination_grace_period_seconds: int = Field(
+        300, ge=30, le=86400,
+        description="Seconds a pod has after SIGTERM (eviction, preemption, node drain, suspend) to finish its "
+        "step, save a checkpoint and upload it before it is killed.")
     backend: Literal["auto", "pytorchjob", "trainjob"] = Field(
         "auto", description="Job kind: pytorchjob (Kubeflow training-operator), trainjob (Kubeflow Trainer v2), or "
         "auto (the operator's setting; with auto there too, what the cluster serves, PyTorchJob first).")
@@ -229,6 +233,19 @@ class PromotionSpec(Spec):
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Which way is better.")
     alias: str = Field(
         "champion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Alias the new version takes if it wins."
+    )
+
+
+class CheckpointsSpec(Spec):
+    uri: Annotated[str, Field(pattern=r"^s3://[^/]+", max_length=1024)] | None = Field(
+        None,
+        description="Object storage for checkpoints (s3://bucket/prefix): pods keep working checkpoints on "
+        "node-local storage, upload every save in the background and resume from the newest complete one on "
+        "any node; no volume is claimed. Defaults to the operator's; without one, a PersistentVolumeClaim holds "
+        "the checkpoints (ReadWriteMany when the run has several nodes).",
+    )
+    local_size: Quantity = Field(
+        "50Gi", description="Size limit of each pod's node-local storage (an emptyDir) when uri is set."
     )
 
 
@@ -277,6 +294,7 @@ class TrainingRunSpec(Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pods, GPUs and scheduling.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     registry: RegistrySpec = Field(description="Where the trained model is registered.")
+    checkpoints: CheckpointsSpec = Field(default_factory=CheckpointsSpec, description="Where checkpoints are kept.")
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job-level policy.")
 
     @model_validator(mode="after")

@@ -9,12 +9,13 @@ from pydantic import Field
 from legistra.api.spec import Spec
 
 # The condition types the operator writes (the phase says Running / Succeeded / Suspended).
-ConditionType = Literal["Ready", "JobCreated", "Failed", "SpecChangeRefused"]
+ConditionType = Literal["Ready", "JobCreated", "Failed", "SpecChangeRefused", "CheckpointStorage"]
 Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(Spec):
-    type: ConditionType = Field(description="Ready (for Argo CD / Flux), JobCreated, Failed or SpecChangeRefused.")
+    type: ConditionType = Field(description="Ready (for Argo CD / Flux), JobCreated, Failed, SpecChangeRefused or "
+                                "CheckpointStorage (False: the checkpoint volume cannot be provided, and why).")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field("", description="Human-readable detail.")
@@ -47,6 +48,9 @@ class TrainingRunStatus(Spec):
         "Pending", description="Pending, Running, Retrying (a job failed; the next attempt is scheduled), Succeeded, "
         "Failed or Suspended.")
     attempt: int | None = Field(None, ge=1, description="Which PyTorchJob attempt this is (see runPolicy.maxAttempts).")
+    preemptions: int | None = Field(
+        None, ge=0, description="Attempts that ended on a termination signal after saving (not counted against "
+        "maxAttempts).")
     retry_at: str | None = Field(None, description="When the next attempt starts, while Retrying (RFC 3339).")
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions, Ready among them.")
     observed_generation: int | None = Field(None, description="Last spec generation the operator acted on.")

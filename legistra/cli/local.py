@@ -18,6 +18,8 @@ from legistra.contract import (
     ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
     EXIT_DETERMINISTIC,
+    EXIT_PREEMPTED,
+    PREEMPTED,
     parse_termination_message,
     run_document,
 )
@@ -92,6 +94,36 @@ def check_data(run: TrainingRun, cache_dir: Path, out: TextIO = sys.stderr) -> i
     return None
 
 
+def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run torchrun in a session of its own and pass it SIGINT / SIGTERM exactly once each time one arrives
+    here, as the kubelet signals a pod's first process: the first asks the ranks to save and stop after the
+    step in flight, a second one stops them at once. (A terminal's Ctrl-C would otherwise reach torchrun twice,
+    once from the terminal and once from us, and the second signal cuts its graceful shutdown short.)
+    Returns the exit code and whether the user interrupted it (SIGINT)."""
+    import signal
+
+    from legistra.trainer.runtime import die_with_parent
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            preexec_fn=lambda: die_with_parent(os.getppid()))  # killed with this process
+    got: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
+        if signum == signal.SIGINT and len(got) == 1:
+            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+                  file=sys.stderr)
+        proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return rc, signal.SIGINT in got
+
+
 def train_locally(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.file)
     if loaded is None:
@@ -146,13 +178,17 @@ def train_locally(args: argparse.Namespace) -> int:
     ]
     print(f"training '{run.metadata.name}' ({run.spec.task}) with {nproc} process(es); state in {state}",
           file=sys.stderr)
-    try:
-        rc = subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    rc, interrupted = launch(cmd, env)
     if rc != 0:
-        declared = parse_termination_message(termination.read_text() if termination.exists() else None)
+        said = termination.read_text() if termination.exists() else None
+        stopped = parse_termination_message(said, (PREEMPTED,))
+        if stopped is not None:
+            print(f"stopped: {stopped[1]}", file=sys.stderr)
+            return 130 if interrupted else EXIT_PREEMPTED
+        if interrupted:
+            print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+            return 130
+        declared = parse_termination_message(said)
         if declared is not None:
             print(f"error: {declared[0]}: {declared[1]}", file=sys.stderr)
             print("this is not transient: fix it and run with --fresh; resuming would fail the same way",

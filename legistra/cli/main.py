@@ -28,6 +28,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             bad += 1
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
+        from legistra.operator.build import storage_warning
+        from legistra.operator.config import JobDefaults
+
+        # The cluster's facts as the operator is told them (LEGISTRA_CHECKPOINT_RWX, LEGISTRA_CHECKPOINT_URI).
+        warning = storage_warning(run, JobDefaults.from_env())
+        if warning:
+            print(f"  warning: {warning}")
         if args.data:
             from legistra.cli.local import absolutize_data, check_data
 

@@ -30,6 +30,7 @@ class AttemptPlan:
     action: Action
     attempt: int
     retry_at: dt.datetime | None = None
+    preempted: bool = False  # a retry after a preemption: at once, and not counted against maxAttempts
 
 
 def job_attempt(job: Mapping[str, Any]) -> int:
@@ -57,9 +58,11 @@ def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
 
 
 def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_attempts: int,
-                 delay_seconds: int, now: dt.datetime) -> AttemptPlan:
-    """`current`: the run's status; `job`: its PyTorchJob or None."""
+                 delay_seconds: int, now: dt.datetime, preempted: bool = False) -> AttemptPlan:
+    """`current`: the run's status; `job`: its PyTorchJob or None; `preempted`: its pods stopped on a
+    termination signal after saving (`status.preempted`). Preemptions do not count against `max_attempts`."""
     attempt = max(1, int(current.get("attempt") or 1))
+    max_attempts += int(current.get("preemptions") or 0)
     phase = current.get("phase")
     if job is None:
         had_job = bool(current.get("jobName"))
@@ -73,6 +76,8 @@ def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_
     if built_for < attempt:
         return AttemptPlan("replace", attempt)
     attempt = max(attempt, built_for)  # a status that lost its attempt (restored from a backup) follows the job
+    if job_state(job, False).phase == "Failed" and preempted:
+        return AttemptPlan("retry", attempt + 1, preempted=True)
     if job_state(job, False).phase != "Failed" or attempt >= max_attempts:
         return AttemptPlan("keep", attempt)
     due = _failed_at(job, now) + retry_delay(delay_seconds, attempt)

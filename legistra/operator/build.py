@@ -15,11 +15,13 @@ from pydantic import ValidationError
 
 from legistra.api.spec import GROUP_VERSION, TrainingRun, TrainingRunSpec
 from legistra.contract import (
+    ENV_CHECKPOINT_URI,
     ENV_REGISTRY_URI,
     ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
     MUTABLE_RUN_POLICY,
     TERMINATION_LOG_PATH,
+    checkpoint_uri,
     registry_uri,
     run_document,
     tracking_uri,
@@ -137,6 +139,13 @@ def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]
     if defaults.s3_secret:
         env.append(_secret_env("AWS_ACCESS_KEY_ID", defaults.s3_secret, "AWS_ACCESS_KEY_ID"))
         env.append(_secret_env("AWS_SECRET_ACCESS_KEY", defaults.s3_secret, "AWS_SECRET_ACCESS_KEY"))
+    ckpt = object_storage(run, defaults)
+    if ckpt:
+        env.append({"name": ENV_CHECKPOINT_URI, "value": ckpt})
+    # torchrun forwards SIGTERM to the ranks and kills them after this long: leave them the grace period to
+    # save and upload (less a margin for torchrun itself); the variable is torchrun's own.
+    grace = spec.resources.termination_grace_period_seconds
+    env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(max(10, grace - 15))})
     wandb = spec.tracking.wandb
     if wandb is not None:
         if wandb.api_key_secret is not None:
@@ -186,13 +195,32 @@ POD_SECURITY = {
 }
 
 
-def volumes(run: TrainingRun) -> list[dict[str, Any]]:
+def object_storage(run: TrainingRun, defaults: JobDefaults) -> str | None:
+    """Where the run keeps its checkpoints when not on a volume: its spec's URI, else the operator's."""
+    return checkpoint_uri(run.spec, defaults.checkpoint_uri)
+
+
+def storage_warning(run: TrainingRun, defaults: JobDefaults) -> str | None:
+    """A multi-node run that needs a ReadWriteMany volume on a cluster said to have none."""
+    if run.spec.resources.nodes > 1 and not object_storage(run, defaults) and not defaults.checkpoint_rwx:
+        return (f"spec.checkpoints.uri: this run has {run.spec.resources.nodes} nodes and no checkpoint URI, so "
+                "it needs a ReadWriteMany volume, which this cluster does not provide (the PVC would stay "
+                "Pending); set spec.checkpoints.uri to an s3:// prefix")
+    return None
+
+
+def volumes(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     shm: dict[str, Any] = {"medium": "Memory"}
     if run.spec.resources.shm_size:
         shm["sizeLimit"] = run.spec.resources.shm_size
+    # With object storage, working checkpoints live on the node (uploaded after each save): any node can
+    # resume, and no ReadWriteMany class is needed.
+    work: dict[str, Any] = (
+        {"emptyDir": {"sizeLimit": run.spec.checkpoints.local_size}} if object_storage(run, defaults)
+        else {"persistentVolumeClaim": {"claimName": pvc_name(run)}})
     return [
         {"name": "config", "configMap": {"name": config_name(run)}},
-        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc_name(run)}},
+        {"name": "checkpoints", **work},
         {"name": "dshm", "emptyDir": shm},
         {"name": "tmp", "emptyDir": {}},
     ]
@@ -231,8 +259,9 @@ def pod_template(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
     res = _resources(run)
     if res:
         container["resources"] = res
-    pod: dict[str, Any] = {"containers": [container], "securityContext": POD_SECURITY, "volumes": volumes(run),
-                           **scheduling(run, defaults)}
+    pod: dict[str, Any] = {"containers": [container], "securityContext": POD_SECURITY,
+                           "volumes": volumes(run, defaults), **scheduling(run, defaults),
+                           "terminationGracePeriodSeconds": r.termination_grace_period_seconds}
     if r.priority_class_name:
         pod["priorityClassName"] = r.priority_class_name
     return {"metadata": {"labels": run_labels(run)}, "spec": pod}
@@ -306,8 +335,9 @@ def build_trainjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) ->
     pod: dict[str, Any] = {
         "containers": [{"name": node, "volumeMounts": VOLUME_MOUNTS, "securityContext": CONTAINER_SECURITY}],
         "securityContext": POD_SECURITY,
-        "volumes": volumes(run),
+        "volumes": volumes(run, defaults),
         **scheduling(run, defaults),
+        "terminationGracePeriodSeconds": r.termination_grace_period_seconds,
     }
     patch = {"manager": RUNTIME_PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
         {"name": node, "template": {"spec": {"template": {"metadata": {"labels": run_labels(run)}, "spec": pod}}}},
@@ -326,9 +356,11 @@ def build_trainjob(run: TrainingRun, defaults: JobDefaults, attempt: int = 1) ->
 
 def build_children(run: TrainingRun, defaults: JobDefaults, attempt: int = 1,
                    backend: BackendName = "pytorchjob") -> list[dict[str, Any]]:
-    """In creation order: the job last, so its pods never start without their config and volume."""
+    """In creation order: the job last, so its pods never start without their config and volume (none when
+    checkpoints go to object storage)."""
     build = build_trainjob if backend == "trainjob" else build_pytorchjob
-    return [build_configmap(run), build_pvc(run, defaults), build(run, defaults, attempt)]
+    volume = [] if object_storage(run, defaults) else [build_pvc(run, defaults)]
+    return [build_configmap(run), *volume, build(run, defaults, attempt)]
 
 
 def changed_paths(old: Any, new: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -46,6 +46,10 @@ def _parse(kind: Any, raw: str, env: str) -> Any:
             return {str(k): str(v) for k, v in value.items()}
         if kind in (int, float):
             return kind(raw)
+        if kind is bool:
+            if raw.lower() not in ("true", "false"):
+                raise ValueError("expected true or false")
+            return raw.lower() == "true"
     except ValueError as exc:
         raise ValueError(f"{env}={raw!r}: {exc}") from None
     return raw
@@ -90,6 +94,12 @@ class JobDefaults:
                                                    "checkpoints.storageClassName")
     checkpoint_size: str = setting("LEGISTRA_CHECKPOINT_SIZE", "50Gi", "size of each checkpoint volume",
                                    "checkpoints.size")
+    checkpoint_uri: str | None = setting("LEGISTRA_CHECKPOINT_URI", None,
+                                         "object storage (s3://bucket/prefix) for the checkpoints of runs that set "
+                                         "none; then no volume is claimed", "checkpoints.uri")
+    checkpoint_rwx: bool = setting("LEGISTRA_CHECKPOINT_RWX", True,
+                                   "whether the cluster provides ReadWriteMany volumes; false: multi-node runs "
+                                   "without checkpoints.uri get a warning", "checkpoints.readWriteMany")
     backend: Literal["auto", "pytorchjob", "trainjob"] = setting("LEGISTRA_BACKEND", "auto",
                            "job kind for runs that choose none: auto (what the cluster serves, PyTorchJob first), "
                            "pytorchjob or trainjob", "operator.backend")

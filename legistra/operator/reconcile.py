@@ -25,8 +25,11 @@ from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
     config_name,
+    object_storage,
+    pvc_name,
     refused_changes,
     spec_hash,
+    storage_warning,
 )
 from legistra.operator.config import JobDefaults
 from legistra.operator.kube import ApiError, Kube
@@ -38,8 +41,11 @@ from legistra.operator.status import (
     job_expires_at,
     job_state,
     pods_worth_reading,
+    preempted,
     trainer_status_report,
     unavailable_status,
+    volume_problem,
+    volume_worth_checking,
 )
 
 log = logging.getLogger("legistra.operator")
@@ -131,6 +137,7 @@ async def reconcile(
         return Outcome("Pending", [], new)
     if job is None:
         job = await kube.get(backend.kind, ns, name)
+    was_preempted = False
     if job is not None and pods_worth_reading(job, current, rp.suspend):
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
@@ -145,15 +152,19 @@ async def reconcile(
                 # Its pods would only crash-loop until backoffLimit: stop them now.
                 await kube.delete(backend.kind, ns, name, propagation="Background")
             return Outcome("Failed", [], new)
-    plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at)
+        was_preempted = preempted(pods, name, backend)
+    plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
     if plan.action == "finished":  # e.g. its job expired by TTL
         return await over()
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
+        preemptions = int(current.get("preemptions") or 0) + (1 if plan.preempted else 0)
         new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                              metric=primary_metric(run.spec), attempt=plan.attempt,
-                             max_attempts=rp.max_attempts, replacing=True)
+                             max_attempts=rp.max_attempts + preemptions, replacing=True)
+        if preemptions:
+            new["preemptions"] = preemptions
         patched = await save(new)
         if patched and emit is not None and plan.action == "retry":
             emit(body, "Normal", "AttemptStarted", new["message"])
@@ -207,11 +218,20 @@ async def reconcile(
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
     report = report or trainer_status_report(job)  # Trainer v2 reports progress itself (TrainJobStatus gate)
 
+    storage: tuple[str, str] | None = None
+    warning = storage_warning(run, defaults)
+    if warning is not None:
+        storage = ("NoReadWriteMany", warning)
+    elif job is not None and not object_storage(run, defaults) and volume_worth_checking(job, rp.suspend, at):
+        pending = volume_problem(await kube.get("PersistentVolumeClaim", ns, pvc_name(run)), at)
+        storage = ("VolumePending", pending) if pending else None
+
     new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                          refused=refused, report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
-                         max_attempts=rp.max_attempts,
+                         max_attempts=rp.max_attempts + int(current.get("preemptions") or 0),
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
-                         replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at)
+                         replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at,
+                         storage=storage)
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
@@ -246,3 +266,8 @@ def _emit_transitions(emit: EventSink, body: dict[str, Any], old: dict[str, Any]
     new_refused = next((c for c in new.get("conditions", []) if c["type"] == "SpecChangeRefused"), None)
     if new_refused and new_refused["status"] == "True" and (not old_refused or old_refused["status"] != "True"):
         emit(body, "Warning", "SpecChangeRefused", new_refused["message"])
+    old_storage = next((c for c in old.get("conditions", []) if c["type"] == "CheckpointStorage"), None)
+    new_storage = next((c for c in new.get("conditions", []) if c["type"] == "CheckpointStorage"), None)
+    if new_storage and new_storage["status"] == "False" and (
+            not old_storage or (old_storage["status"], old_storage["reason"]) != ("False", new_storage["reason"])):
+        emit(body, "Warning", new_storage["reason"], new_storage["message"])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from legistra.contract import MUTABLE_RUN_POLICY, parse_termination_message
+from legistra.contract import MUTABLE_RUN_POLICY, PREEMPTED, parse_termination_message
 from legistra.operator.backends import BACKENDS, Backend, backend_of
 
 # As users write them: "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds".
@@ -37,11 +37,9 @@ def failed_replicas(replica_statuses: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str,
-                          backend: Backend = BACKENDS["pytorchjob"]) -> JobState | None:
-    """A failure the trainer declared deterministic (bad data, a model that cannot load), read from the
-    termination message of any terminated trainer container of the job's pods, now or before its last
-    restart. Pods of other jobs are ignored even if a list returned them."""
+def _trainer_messages(pods: Sequence[Mapping[str, Any]], job_name: str, backend: Backend) -> Iterator[str]:
+    """Termination messages of the job's terminated trainer containers, now or before their last restart.
+    Pods of other jobs are ignored even if a list returned them."""
     for pod in pods:
         if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label) != job_name:
             continue
@@ -49,11 +47,62 @@ def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str,
             if cs.get("name") != backend.container:
                 continue
             for state in (cs.get("state"), cs.get("lastState")):
-                terminated = (state or {}).get("terminated") or {}
-                parsed = parse_termination_message(terminated.get("message"))
-                if parsed is not None:
-                    return JobState("Failed", parsed[0], parsed[1])
+                message = ((state or {}).get("terminated") or {}).get("message")
+                if message:
+                    yield str(message)
+
+
+def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str,
+                          backend: Backend = BACKENDS["pytorchjob"]) -> JobState | None:
+    """A failure the trainer declared deterministic (bad data, a model that cannot load), read from the
+    termination message of any terminated trainer container of the job's pods."""
+    for message in _trainer_messages(pods, job_name, backend):
+        parsed = parse_termination_message(message)
+        if parsed is not None:
+            return JobState("Failed", parsed[0], parsed[1])
     return None
+
+
+def preempted(pods: Sequence[Mapping[str, Any]], job_name: str, backend: Backend = BACKENDS["pytorchjob"]) -> bool:
+    """Whether the job's trainer stopped on a termination signal after saving (the Preempted message), so
+    that its failure is the cluster's doing, not the run's."""
+    return any(parse_termination_message(m, (PREEMPTED,)) is not None
+               for m in _trainer_messages(pods, job_name, backend))
+
+
+VOLUME_GRACE_SECONDS = 60  # a claim is bound within seconds where a class can provide it
+
+
+def _time(text: Any) -> dt.datetime | None:
+    try:
+        t = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def volume_worth_checking(job: Mapping[str, Any], suspended_in_spec: bool, now: dt.datetime) -> bool:
+    """Whether to GET the checkpoint PVC: the job's pods have been pending for a while (no request otherwise)."""
+    created = _time((job.get("metadata") or {}).get("creationTimestamp"))
+    return (not suspended_in_spec and job_state(job, False).phase == "Pending" and created is not None
+            and (now - created).total_seconds() >= VOLUME_GRACE_SECONDS)
+
+
+def volume_problem(pvc: Mapping[str, Any] | None, now: dt.datetime) -> str | None:
+    """Why a checkpoint PVC is still unbound a minute after its creation, and what to do; None if it is fine."""
+    if not pvc:
+        return None
+    phase = (pvc.get("status") or {}).get("phase")
+    created = _time((pvc.get("metadata") or {}).get("creationTimestamp"))
+    if phase == "Bound" or created is None or (now - created).total_seconds() < VOLUME_GRACE_SECONDS:
+        return None
+    spec = pvc.get("spec") or {}
+    mode = "ReadWriteMany" if "ReadWriteMany" in (spec.get("accessModes") or []) else "ReadWriteOnce"
+    cls = spec.get("storageClassName")
+    source = f"storage class {cls!r}" if cls else "the cluster's default storage class (if it has one)"
+    return (f"checkpoint volume {pvc['metadata'].get('name')} is still {phase or 'Pending'}: no {mode} volume "
+            f"from {source}; set spec.checkpoints.uri to an s3:// prefix (no volume needed), or the operator's "
+            f"checkpoints.storageClassName to a class that provides {mode}")
 
 
 def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
@@ -196,6 +245,7 @@ def desired_status(
     replacing: bool = False,
     failure: JobState | None = None,
     job_delete_at: str | None = None,
+    storage: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
 
@@ -203,6 +253,7 @@ def desired_status(
     `replacing`: the job on hand belongs to an earlier attempt and is being deleted (nothing to mirror).
     `failure`: the trainer declared the failure deterministic (`deterministic_failure`): Failed, no retry.
     `job_delete_at`: a finished TrainJob is deleted then (ttlSecondsAfterFinished, done by the operator).
+    `storage`: (reason, message) of a checkpoint-storage problem (`volume_problem`, `build.storage_warning`).
     """
     of = f"attempt {attempt} of {max_attempts}"
     if failure is not None:
@@ -221,6 +272,8 @@ def desired_status(
             state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
         elif attempt > 1 and state.phase in ("Pending", "Running"):
             state = JobState(state.phase, state.reason, f"{of}: {state.message}")
+        if storage is not None and storage[0] == "VolumePending" and state.phase == "Pending":
+            state = JobState("Pending", storage[0], storage[1])  # the reason the pods wait, said plainly
     st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt", "jobDeleteAt")}
     conditions = list(current.get("conditions") or [])
     st["phase"] = state.phase
@@ -271,6 +324,11 @@ def desired_status(
     elif any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
         # maxAttempts was raised after the run failed: a new attempt clears the verdict.
         conditions = set_condition(conditions, "Failed", "False", "NewAttempt", state.message, now, generation)
+    if storage is not None:
+        conditions = set_condition(conditions, "CheckpointStorage", "False", storage[0], storage[1], now, generation)
+    elif any(c["type"] == "CheckpointStorage" and c["status"] == "False" for c in conditions):
+        conditions = set_condition(conditions, "CheckpointStorage", "True", "Available",
+                                   "the checkpoint storage is available", now, generation)
     if refused:
         conditions = set_condition(
             conditions, "SpecChangeRefused", "True", "ImmutableAfterStart",

@@ -20,8 +20,12 @@ die_with_parent(PARENT_PID)
 
 from legistra.api.validation import SpecError, parse_training_run  # noqa: E402
 from legistra.contract import (  # noqa: E402
+    ENV_CHECKPOINT_URI,
     ENV_TERMINATION_LOG,
     EXIT_DETERMINISTIC,
+    EXIT_PREEMPTED,
+    PREEMPTED,
+    checkpoint_uri,
     configured_uris,
     registry_uri,
     termination_message,
@@ -32,15 +36,16 @@ from legistra.trainer.modeling import ModelError  # noqa: E402
 
 
 def fail(reason: str, exc: Exception) -> int:
-    """A failure that a retry would repeat: one line on stderr and in the termination message, exit 2."""
-    print(f"error: {exc}", file=sys.stderr)
+    """A failure that a retry would repeat: one line on stderr and in the termination message, exit 2.
+    Or a stop on SIGTERM after a saved checkpoint (Preempted): the next attempt resumes, exit 143."""
+    print(f"{'stopped' if reason == PREEMPTED else 'error'}: {exc}", file=sys.stderr)
     path = os.environ.get(ENV_TERMINATION_LOG)
     if path:
         try:
             Path(path).write_text(termination_message(reason, str(exc)), encoding="utf-8")
         except OSError:
             pass  # no such file outside a pod; the message is on stderr anyway
-    return EXIT_DETERMINISTIC
+    return EXIT_PREEMPTED if reason == PREEMPTED else EXIT_DETERMINISTIC
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri=str(tracking_uri(run.spec, configured_tracking, state)),
         registry_uri=str(registry_uri(run.spec, configured_registry, state)),
         mlflow_artifact_root=os.environ.get("LEGISTRA_MLFLOW_ARTIFACT_ROOT"),
+        checkpoint_uri=checkpoint_uri(run.spec, os.environ.get(ENV_CHECKPOINT_URI)),
     )
+    from legistra.trainer.checkpoints import Preempted
+
     try:
         run_training(run, paths, settings)
+    except Preempted as exc:
+        return fail(PREEMPTED, exc)
     except DataError as exc:
         return fail("InvalidData", exc)
     except ModelError as exc:

@@ -278,7 +278,10 @@ def resolve(location: str, declared: str, cache_dir: Path) -> Source:
             raise DataError(location, None, None, "a folder, but not one written by save_to_disk (no "
                             "dataset_dict.json or state.json); point at a file or a saved dataset")
         return Source(location, "saved-dataset", path, _stat_identity(path))
-    if fmt is None or fmt == "saved-dataset":
+    if fmt == "saved-dataset":
+        raise DataError(location, None, None, "spec.data.format is saved-dataset, but this is a file; point at "
+                        "the folder that save_to_disk wrote")
+    if fmt is None:
         raise DataError(location, None, None, "cannot tell the format from the extension; set spec.data.format")
     return Source(location, fmt, path, _stat_identity(path))
 

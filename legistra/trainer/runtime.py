@@ -13,6 +13,7 @@ class DistInfo:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int = 1  # processes on this node (torchrun's --nproc-per-node)
 
     @property
     def is_main(self) -> bool:
@@ -24,6 +25,7 @@ class DistInfo:
             rank=int(os.environ.get("RANK", "0")),
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         )
 
 

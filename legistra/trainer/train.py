@@ -6,9 +6,11 @@ every rank in each forward); rank 0 alone logs, tracks, saves, registers and wri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,14 @@ from legistra.contract import (
     TAG_TASK,
     TAG_TRAINING_RUN,
     experiment_name,
+)
+from legistra.trainer.checkpoints import (
+    CheckpointSync,
+    Preempted,
+    RemoteCheckpoints,
+    StopOnSignal,
+    remote_prefix,
+    restore,
 )
 from legistra.trainer.columnar import features_table, open_dataset, write_arrow
 from legistra.trainer.data import LoadedData, cache_lock, load_data
@@ -68,6 +78,7 @@ class RunSettings:
     tracking_uri: str
     registry_uri: str | None  # None: train and track, but register nothing (the notebook API)
     mlflow_artifact_root: str | None = None
+    checkpoint_uri: str | None = None  # object storage for checkpoints (`legistra.contract.checkpoint_uri`)
 
 
 @dataclass
@@ -79,6 +90,16 @@ class InMemory:
     tokenizer: Any
     data: LoadedData
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def remote_checkpoints(run: TrainingRun, settings: RunSettings) -> RemoteCheckpoints | None:
+    """The run's checkpoint prefix in object storage: per namespace, run and identity (its uid; its spec's
+    hash for a local run), so a recreated run of the same name never resumes another's checkpoints."""
+    if not settings.checkpoint_uri:
+        return None
+    identity = run.metadata.uid or run_key(run).rsplit("-", 1)[-1]
+    return RemoteCheckpoints(remote_prefix(settings.checkpoint_uri, run.metadata.namespace, run.metadata.name,
+                                           identity))
 
 
 def run_key(run: TrainingRun) -> str:
@@ -121,6 +142,23 @@ def encode_split(handler: TaskHandler, data: LoadedData, role: str, tokenizer: A
     return write_arrow(path, None, tables())
 
 
+@contextlib.contextmanager
+def tokenizer_threads() -> Iterator[None]:
+    """The Rust tokenizer's thread pool for the one tokenization pass of a node. Pods and `legistra train` set
+    TOKENIZERS_PARALLELISM=false so that data-loader workers, forked later, never inherit a pool mid-use; the
+    variable is read at every call, so the pass can have every core (1.65x on 2 cores, more on a GPU node's
+    dozens) and the workers still start with it off."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def encode_cached(handler: TaskHandler, data: LoadedData, tokenizer: Any, cache_root: Path) -> tuple[Any, Any, bool]:
     """Tokenized train/validation sets, reused across runs with the same data, tokenizer and settings. The first
     process of a node to take the lock tokenizes; the others wait, then map the same files."""
@@ -132,7 +170,7 @@ def encode_cached(handler: TaskHandler, data: LoadedData, tokenizer: Any, cache_
     ).hexdigest()[:20]
     target = cache_root / "tokenized" / key
     hit = (target / "done").exists()
-    with cache_lock(cache_root, f"tokenized-{key}"):
+    with cache_lock(cache_root, f"tokenized-{key}"), tokenizer_threads():
         if not (target / "done").exists():
             target.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
@@ -288,6 +326,12 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
 
     dist = DistInfo.from_env()
     setup_logging(dist)
+    remote = remote_checkpoints(run, settings)
+    if remote is not None and not paths.result.exists():
+        finished = remote.get_result()  # a new pod, with empty local storage, of a run that finished
+        if finished is not None:
+            paths.result.parent.mkdir(parents=True, exist_ok=True)
+            paths.result.write_bytes(finished)
     if paths.result.exists():
         # A pod restarted after the run finished: never train or register twice.
         log.info("run already finished (%s); nothing to do", paths.result)
@@ -386,6 +430,16 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
 
     metrics_cb = MetricsCallback(mlflow, wandb)
     callbacks: list[Any] = [metrics_cb, LogLineCallback()] if not show_progress_bar() else [metrics_cb]
+    # Before the upload callback: a stop request turns the step's end into a save, which the upload then sees.
+    stop = StopOnSignal() if given is None else None  # a notebook keeps its own Ctrl-C
+    if stop is not None:
+        stop.install()
+        callbacks.append(stop)
+    sync = None
+    if remote is not None:
+        nodes = max(1, dist.world_size // max(1, dist.local_world_size))
+        sync = CheckpointSync(remote, dist, nodes, spec.training.save_total_limit)
+        callbacks.append(sync)
     if spec.training.early_stopping is not None:
         es = spec.training.early_stopping
         callbacks.append(EarlyStoppingCallback(es.patience, es.threshold))
@@ -415,12 +469,18 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # LogLineCallback prints the readable version
+    if remote is not None:
+        restore(remote, paths.checkpoints, dist)  # the newest complete save, unless this node holds it
     last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
     status = "FAILED"
     try:
         train_out = trainer.train(resume_from_checkpoint=last)
+        if stop is not None and stop.stopped_at is not None:
+            status = "KILLED"  # saved (and uploaded: on_train_end waited) at the step the signal ended
+            leave_process_group(dist)
+            raise Preempted(int(trainer.state.global_step))
         final = final_eval(trainer)
         if ds_config and mlflow is not None and getattr(args, "hf_deepspeed_config", None) is not None:
             mlflow.log_dict(args.hf_deepspeed_config.config, "deepspeed_config.json")
@@ -428,9 +488,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         status = "FINISHED"
         leave_process_group(dist)
     finally:
-        if dist.is_main and status == "FAILED":
+        if stop is not None:
+            stop.uninstall()
+        if dist.is_main and status in ("FAILED", "KILLED"):
             if mlflow is not None:
-                mlflow.end("FAILED")
+                mlflow.end(status)  # KILLED: the next attempt finds the same run again and goes on
             if wandb is not None:
                 wandb.finish(exit_code=1)
 
@@ -479,5 +541,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         wandb.log({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
         wandb.finish()
     result["wallSeconds"] = round(time.time() - started, 1)
+    if sync is not None:
+        result["checkpoints"] = {"uri": remote.uri if remote else None, "uploadedBytes": sync.times.bytes_sent,
+                                 "stallSeconds": [round(x, 3) for x in sync.times.stalls],
+                                 "uploadSeconds": [round(x, 3) for x in sync.times.uploads]}
     paths.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if remote is not None:
+        remote.put_result(paths.result)  # the marker that this run is done, for pods with empty storage
     return result
