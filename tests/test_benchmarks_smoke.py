@@ -83,11 +83,11 @@ def test_data_scale_smoke(tmp_path: Path) -> None:
     from benchmarks.data_scale import run
     from benchmarks.report import write_report
 
-    rows = run([3000], tmp_path / "work", ranks=(2,), max_length=64)
+    rows = run([3000], tmp_path / "work", ranks=(1,), max_length=64)
     (r,) = rows
-    assert (r["rows"], r["code"], r["ranks"]) == (3000, "after", 2)
+    assert (r["rows"], r["code"], r["ranks"]) == (3000, "after", 1)
     for phase in ("cold", "warm"):
-        assert [x["examples"] for x in r[phase]["per_rank"]] == [2970, 2970]  # 1% held out
+        assert [x["examples"] for x in r[phase]["per_rank"]] == [2970]  # 1% held out
         assert all(x["api"] == "arrow" and x["peak_anon_mb"] > 0 for x in r[phase]["per_rank"])
     results = tmp_path / "results"
     results.mkdir()

@@ -532,7 +532,7 @@ def test_object_storage_checkpoints_claim_no_volume(backend: str) -> None:
 def test_checkpoint_uri_must_be_object_storage() -> None:
     from legistra.api.validation import SpecError
 
-    with pytest.raises(SpecError, match="spec.checkpoints.uri"):
+    with pytest.raises(SpecError, match=r"spec\.checkpoints\.uri"):
         parse_training_run(run_doc(checkpoints={"uri": "/mnt/nfs/checkpoints"}))
 
 
