@@ -5,6 +5,8 @@ The demo's MiniLM on the example clauses, 2 processes with ZeRO-2, a save every 
 moto S3 server (in this process). Each interruption lands at a random moment after a periodic save; the run is
 then resumed by a fresh `legistra train` with empty local storage, as a new pod on another node would.
 Steps lost = the last step the interrupted run logged minus the step the next run resumed from.
+Last, two nodes without a shared volume: two torchrun agents with separate local storage, drained by SIGTERM
+and resumed by two fresh ones (`two_nodes`).
 """
 
 from __future__ import annotations
@@ -118,9 +120,72 @@ def run(work: Path, steps: int = 60, save_steps: int = 10, seed: int = 0) -> dic
                         "stall_seconds": ck.get("stallSeconds"), "upload_seconds": ck.get("uploadSeconds"),
                         "uploaded_bytes": ck.get("uploadedBytes")}
             print(json.dumps({how: out[how]}), flush=True)
+        out["two_nodes"] = two_nodes(work, env, "s3://bench/checkpoints", steps=30, save_steps=save_steps)
+        print(json.dumps({"two_nodes": out["two_nodes"]}), flush=True)
         return out
     finally:
         server.stop()
+
+
+def two_nodes(work: Path, env: dict[str, str], uri: str, steps: int, save_steps: int) -> dict[str, Any]:
+    """Two nodes on this machine: two torchrun agents (one rank each, static rendezvous), each with its own
+    local storage, as two pods of a PyTorchJob. Both get SIGTERM mid-run (a drain); then two fresh pods resume."""
+    from legistra.api.validation import parse_training_run
+    from legistra.contract import run_document
+    from legistra.trainer.checkpoints import COMPLETE, NODE_DONE, RemoteCheckpoints, remote_prefix, steps_in
+
+    run = parse_training_run(_doc("two-nodes", uri, steps, save_steps))
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "two-nodes.json"
+    config.write_text(json.dumps(run_document(run)))
+    remote = RemoteCheckpoints(remote_prefix(uri, None, "two-nodes", _spec_digest(run)))
+
+    def pods(attempt: int) -> list[subprocess.Popen[str]]:
+        port, procs = _free_port(), []
+        for node in (0, 1):
+            d = work / f"two-nodes-{attempt}-node{node}"
+            d.mkdir(parents=True, exist_ok=True)
+            node_env = {**env, "LEGISTRA_TERMINATION_LOG": str(d / "termination"), "LEGISTRA_PROGRESS": "log",
+                        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'two-nodes-mlflow.db'}",
+                        "LEGISTRA_REGISTRY_URI": str(work / "two-nodes-registry"), "OMP_NUM_THREADS": "1"}
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                   "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                   "-m", "legistra.trainer", "--config", str(config), "--output-dir", str(d / "output"),
+                   "--state-dir", str(d)]
+            procs.append(subprocess.Popen(cmd, env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True))
+        return procs
+
+    first = pods(1)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not complete_at_least(remote, save_steps, COMPLETE, steps_in):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    for proc in first:
+        proc.send_signal(signal.SIGTERM)  # the kubelet signals each pod's first process
+    codes = [proc.wait(timeout=600) for proc in first]
+    by_step = steps_in(remote.keys())
+    stopped = max(s for s, names in by_step.items() if COMPLETE in names)
+    markers = sorted(n for n in by_step[stopped] if n.startswith(NODE_DONE))
+    second = pods(2)
+    errors = [proc.communicate(timeout=900)[1] for proc in second]
+    assert all(proc.returncode == 0 for proc in second), errors[0][-3000:] + errors[1][-3000:]
+    result = json.loads((work / "two-nodes-2-node0" / "output" / "result.json").read_text())
+    return {"exit_codes": codes, "stopped_at": stopped, "node_markers": markers,
+            "files_at_stop": sorted(n for n in by_step[stopped] if not n.startswith(("_", "global_step"))),
+            "shards_at_stop": sorted(n.split("/", 1)[1] for n in by_step[stopped] if n.startswith("global_step")),
+            "resumed_from": str(result.get("resumedFrom", "")).rsplit("/", 1)[-1],
+            "final_step": result["globalStep"]}
+
+
+def complete_at_least(remote: Any, step: int, marker: str, steps_in: Any) -> bool:
+    return any(s >= step and marker in names for s, names in steps_in(remote.keys()).items())
+
+
+def _spec_digest(run: Any) -> str:
+    from legistra.trainer.train import run_key
+
+    return str(run_key(run).rsplit("-", 1)[-1])
 
 
 if __name__ == "__main__":

@@ -224,5 +224,16 @@ def write_report(results: Path, readme: Path) -> None:
                          f"{stall} | {upload} |")
         parts.append("\nTargets: 0 steps lost on SIGTERM when the grace period covers one save; at most one save "
                      "interval on SIGKILL (plus the steps of an upload still in flight when the node dies).\n")
+        two = r.get("two_nodes")
+        if two:
+            parts.append(
+                f"**Two nodes, no shared volume.** Two torchrun agents on this machine (static rendezvous, one rank "
+                f"each, separate local storage), both sent SIGTERM after the first save: they stopped together at "
+                f"step {two['stopped_at']} (torchrun exit codes {two['exit_codes']}; the ranks said Preempted); "
+                f"the checkpoint held every rank's files ({', '.join(two['shards_at_stop'])} in its `global_step` "
+                f"folder; no node sees another's local storage, so each uploaded its own) and both node markers "
+                f"({', '.join(two['node_markers'])}) before the first rank wrote `_COMPLETE`. Two fresh pods with "
+                f"empty storage resumed from {two['resumed_from']} and "
+                f"finished at step {two['final_step']}.\n")
     parts.append(REPRO)
     readme.write_text("\n".join(parts), encoding="utf-8")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import signal
 import threading
 import time
@@ -260,6 +261,12 @@ class CheckpointSync(TrainerCallback):
                 self.remote.mark_complete(step)
                 for old in to_prune(self.remote.keys(), self.keep):
                     self.remote.delete_step(old)
+            elif self.keep:
+                # The Trainer rotates local checkpoints on the first node only; the others keep theirs in check.
+                saved = sorted((int(p.name.split("-")[1]), p) for p in local.parent.glob("checkpoint-*")
+                               if p.name.split("-")[1].isdigit())
+                for _, stale in saved[:-self.keep]:
+                    shutil.rmtree(stale, ignore_errors=True)
             self.times.uploads.append(time.monotonic() - started)
             log.info("checkpoint-%d uploaded to %s in %.1fs", step, self.remote.uri, self.times.uploads[-1])
         except BaseException as exc:  # reported on the training thread, at the next save or at the end
