@@ -241,6 +241,26 @@ def test_deletion_cascades_to_children(world: dict[str, Any], tiny_models: dict[
                  30, "the children to be collected")
 
 
+def test_object_storage_checkpoints_create_no_volume(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    """Through the operator process: a run with checkpoints.uri gets its ConfigMap and job, node-local storage in
+    the pods, the URI and the grace period, and no PersistentVolumeClaim."""
+    cluster: Cluster = world["cluster"]
+    doc = training_run("risk-s3ckpt", tiny_models, runPolicy={"suspend": True},
+                       checkpoints={"uri": "s3://checkpoints/legal", "localSize": "20Gi"})
+    doc["spec"]["resources"]["terminationGracePeriodSeconds"] = 90
+    cluster.apply_run(doc)
+    st = wait_phase(world, "risk-s3ckpt", "Suspended")["status"]
+    assert not any(c["type"] == "CheckpointStorage" for c in st["conditions"])
+    job = cluster.get(*JOBS, NS, "risk-s3ckpt")
+    assert job is not None and cluster.get("v1", "configmaps", NS, "risk-s3ckpt-config") is not None
+    assert cluster.get("v1", "persistentvolumeclaims", NS, "risk-s3ckpt-checkpoints") is None
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert {"name": "checkpoints", "emptyDir": {"sizeLimit": "20Gi"}} in pod["volumes"]
+    assert pod["terminationGracePeriodSeconds"] == 90
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["LEGISTRA_CHECKPOINT_URI"] == "s3://checkpoints/legal"
+
+
 def test_invalid_spec_is_failed_without_a_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     """What the CRD schema would reject server-side; the emulator does not validate, the operator still must."""
     doc = training_run("risk-invalid", tiny_models, training={"learningRate": -1, "batchSize": 0})
