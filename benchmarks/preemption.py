@@ -132,13 +132,15 @@ def two_nodes(work: Path, env: dict[str, str], uri: str, steps: int, save_steps:
     local storage, as two pods of a PyTorchJob. Both get SIGTERM mid-run (a drain); then two fresh pods resume."""
     from legistra.api.validation import parse_training_run
     from legistra.contract import run_document
-    from legistra.trainer.checkpoints import COMPLETE, NODE_DONE, RemoteCheckpoints, remote_prefix, steps_in
+    from legistra.trainer.checkpoints import NODE_DONE, complete_steps, steps_in
+    from legistra.trainer.train import RunSettings, remote_checkpoints
 
     run = parse_training_run(_doc("two-nodes", uri, steps, save_steps))
     work.mkdir(parents=True, exist_ok=True)
     config = work / "two-nodes.json"
     config.write_text(json.dumps(run_document(run)))
-    remote = RemoteCheckpoints(remote_prefix(uri, None, "two-nodes", _spec_digest(run)))
+    remote = remote_checkpoints(run, RunSettings(tracking_uri="", registry_uri=None, checkpoint_uri=uri))
+    assert remote is not None
 
     def pods(attempt: int) -> list[subprocess.Popen[str]]:
         port, procs = _free_port(), []
@@ -158,14 +160,15 @@ def two_nodes(work: Path, env: dict[str, str], uri: str, steps: int, save_steps:
 
     first = pods(1)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not complete_at_least(remote, save_steps, COMPLETE, steps_in):
+    while time.monotonic() < deadline and not complete_steps(remote.keys()):
         time.sleep(0.1)
     time.sleep(0.5)
     for proc in first:
         proc.send_signal(signal.SIGTERM)  # the kubelet signals each pod's first process
     codes = [proc.wait(timeout=600) for proc in first]
-    by_step = steps_in(remote.keys())
-    stopped = max(s for s, names in by_step.items() if COMPLETE in names)
+    keys = remote.keys()
+    by_step = steps_in(keys)
+    stopped = complete_steps(keys)[-1]
     markers = sorted(n for n in by_step[stopped] if n.startswith(NODE_DONE))
     second = pods(2)
     errors = [proc.communicate(timeout=900)[1] for proc in second]
@@ -176,17 +179,3 @@ def two_nodes(work: Path, env: dict[str, str], uri: str, steps: int, save_steps:
             "shards_at_stop": sorted(n.split("/", 1)[1] for n in by_step[stopped] if n.startswith("global_step")),
             "resumed_from": str(result.get("resumedFrom", "")).rsplit("/", 1)[-1],
             "final_step": result["globalStep"]}
-
-
-def complete_at_least(remote: Any, step: int, marker: str, steps_in: Any) -> bool:
-    return any(s >= step and marker in names for s, names in steps_in(remote.keys()).items())
-
-
-def _spec_digest(run: Any) -> str:
-    from legistra.trainer.train import run_key
-
-    return str(run_key(run).rsplit("-", 1)[-1])
-
-
-if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/legistra-preemption")), indent=2))

@@ -91,6 +91,13 @@ git worktree add /tmp/before <older commit>  # optional: the data benchmark's be
 """
 
 
+def _head(*columns: str) -> list[str]:
+    """A Markdown table's header and rule; a leading '#' marks a right-aligned (numeric) column."""
+    names = [c.removeprefix("#") for c in columns]
+    rule = ["---:" if c.startswith("#") else "---" for c in columns]
+    return ["| " + " | ".join(names) + " |", "| " + " | ".join(rule) + " |"]
+
+
 def _latest(results: Path, prefix: str) -> dict[str, Any] | None:
     files = sorted(results.glob(f"{prefix}-*.json"))
     return json.loads(files[-1].read_text()) if files else None
@@ -125,9 +132,8 @@ def write_report(results: Path, readme: Path) -> None:
         m = trainer["machine"]
         parts.append(f"Last run: {m['date']}, {trainer['device']} ({m.get('gpu') or m['host_cpu']}, "
                      f"{m['cores']} cores), torch {m['torch']}, transformers {m['transformers']}.\n")
-        parts.append("| workload | config | tokens/s | samples/s | eval loss | peak GPU GB | peak RSS GB "
-                     "| model TFLOP/s | MFU |")
-        parts.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        parts += _head("workload", "config", "#tokens/s", "#samples/s", "#eval loss", "#peak GPU GB", "#peak RSS GB",
+                       "#model TFLOP/s", "#MFU")
         for r in trainer["results"]:
             gpu = f"{r['peak_gpu_memory_gb']:.1f}" if r.get("peak_gpu_memory_gb") is not None else "-"
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a (CPU)"
@@ -135,8 +141,7 @@ def write_report(results: Path, readme: Path) -> None:
                          f"{r['samples_per_second']:.1f} | {r['eval_loss']:.4f} | {gpu} | {r['peak_rss_gb']:.2f} | "
                          f"{r['model_tflops']:.3f} | {mfu} |")
         parts.append("")
-        parts.append("| workload | best of ours | (b)/(a) tokens/s | (b)/(a) samples/s | target on one H100 |")
-        parts.append("| --- | --- | ---: | ---: | --- |")
+        parts += _head("workload", "best of ours", "#(b)/(a) tokens/s", "#(b)/(a) samples/s", "target on one H100")
         for w, q in trainer["ratios"].items():
             parts.append(f"| {w} | {q.get('config', 'ours')} | {q['tokens_per_second_ratio']:.2f}x | "
                          f"{q['samples_per_second_ratio']:.2f}x | "
@@ -150,8 +155,7 @@ def write_report(results: Path, readme: Path) -> None:
         r = op["results"]
         p1, p2 = r["phase1_create"], r["phase2_transitions"]
         parts.append(f"Last run: {op['machine']['date']}, {r.get('cores')} cores.\n")
-        parts.append("| measure | result | target (2 cores) |")
-        parts.append("| --- | ---: | --- |")
+        parts += _head("measure", "#result", "target (2 cores)")
         parts.append(f"| runs reconciled (job + Pending status) | {p1['reconciled']}/{p1['runs']} in "
                      f"{p1['all_reconciled_seconds']:.1f} s | all 1,000 within 30 s |")
         parts.append(f"| create -> job latency p50 / p99 | {p1['p50_latency_s']:.2f} s / {p1['p99_latency_s']:.2f} s "
@@ -182,9 +186,8 @@ def write_report(results: Path, readme: Path) -> None:
     if data:
         m = data["machine"]
         parts.append(f"Last run: {m['date']}, {m['host_cpu']}, {m['cores']} cores.\n")
-        parts.append("| rows | jsonl | code | ranks | cold: ready in | read + check | tokenize | warm: ready in "
-                     "| peak RSS / rank | peak private / rank |")
-        parts.append("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        parts += _head("#rows", "#jsonl", "code", "#ranks", "#cold: ready in", "#read + check", "#tokenize",
+                       "#warm: ready in", "#peak RSS / rank", "#peak private / rank")
         for r in data["results"]:
             cold, warm = r["cold"], r["warm"]
             builder = max(cold["per_rank"], key=lambda x: x["tokenize_s"])  # the rank that did the work
@@ -214,8 +217,8 @@ def write_report(results: Path, readme: Path) -> None:
     if pre:
         r = pre["results"]
         parts.append(f"Last run: {pre['machine']['date']}, {pre['machine']['cores']} cores.\n")
-        parts.append("| stop | at step | resumed from | steps lost | stall per save | upload per save (background) |")
-        parts.append("| --- | ---: | ---: | ---: | --- | --- |")
+        parts += _head("stop", "#at step", "#resumed from", "#steps lost", "stall per save",
+                       "upload per save (background)")
         for how in ("sigterm", "sigkill"):
             x = r[how]
             stall = ", ".join(f"{v:.2f}" for v in x["stall_seconds"] or []) + " s"

@@ -154,15 +154,21 @@ def test_bad_data_fails_at_once_with_the_row_named(world: dict[str, Any], tiny_m
     assert cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-bad-row") is None, 30, "the crash-looping job to go")
 
 
+def kill_after_first_checkpoint(world: dict[str, Any], name: str, replica: str) -> None:
+    """Wait for the run's checkpoint-10 on its volume, then kill one pod of `replica` as a node loss would."""
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    ckpt = kubeflow.pvc_dir(name) / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    world["cluster"].wait(ckpt.exists, 240, "the first checkpoint")
+    kubeflow.kill_pod(name, replica)
+
+
 def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     doc = training_run("risk-restart", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
                        data={"maxSamples": 200})
     cluster: Cluster = world["cluster"]
     kubeflow: FakeTrainingOperator = world["kubeflow"]
     cluster.apply_run(doc)
-    ckpt = kubeflow.pvc_dir("risk-restart") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
-    cluster.wait(ckpt.exists, 240, "the first checkpoint")
-    kubeflow.kill_pod("risk-restart", "Worker")
+    kill_after_first_checkpoint(world, "risk-restart", "Worker")
     restarting = cluster.wait(lambda: (r := cluster.run(NS, "risk-restart")) and
                               any(c.get("reason") == "PyTorchJobRestarting" for c in
                                   (cluster.get(*JOBS, NS, "risk-restart") or {}).get("status", {}).get("conditions", []))
@@ -184,9 +190,7 @@ def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, An
     kubeflow: FakeTrainingOperator = world["kubeflow"]
     posts = cluster.creates("pytorchjobs")
     cluster.apply_run(doc)
-    ckpt = kubeflow.pvc_dir("risk-retry") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
-    cluster.wait(ckpt.exists, 240, "the first checkpoint")
-    kubeflow.kill_pod("risk-retry", "Worker")
+    kill_after_first_checkpoint(world, "risk-retry", "Worker")
     retrying = wait_phase(world, "risk-retry", "Retrying", timeout=60)["status"]
     assert retrying["attempt"] == 1 and retrying["retryAt"]
     assert retrying["message"].startswith("attempt 1 of 2 failed: PyTorchJob risk-retry is failed")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.k8s_harness import Cluster, FakeTrainingOperator, OperatorProcess
-from tests.test_operator_e2e import NS, full_world, training_run, wait_phase
+from tests.test_operator_e2e import NS, full_world, kill_after_first_checkpoint, training_run, wait_phase
 
 pytestmark = pytest.mark.slow
 TRAINJOBS = ("trainer.kubeflow.org/v1alpha1", "trainjobs")
@@ -72,9 +72,7 @@ def test_a_failed_node_is_retried_and_resumes(world: dict[str, Any], tiny_models
     trainer: FakeTrainingOperator = world["kubeflow"]
     posts = cluster.creates("trainjobs")
     cluster.apply_run(doc)
-    ckpt = trainer.pvc_dir("v2-retry") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
-    cluster.wait(ckpt.exists, 240, "the first checkpoint")
-    trainer.kill_pod("v2-retry", "Node")
+    kill_after_first_checkpoint(world, "v2-retry", "Node")
     retrying = wait_phase(world, "v2-retry", "Retrying", timeout=60)["status"]
     assert retrying["attempt"] == 1 and "jobset v2-retry failed (node job: " in retrying["message"]
     done = wait_phase(world, "v2-retry", "Succeeded")["status"]

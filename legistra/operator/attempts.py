@@ -57,12 +57,17 @@ def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(86_400, base_seconds * 2 ** max(0, failed_attempt - 1)))
 
 
+def attempt_limit(status: Mapping[str, Any], max_attempts: int) -> int:
+    """How many jobs the run may have: `maxAttempts`, plus one per preemption (those do not count)."""
+    return max_attempts + int(status.get("preemptions") or 0)
+
+
 def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_attempts: int,
                  delay_seconds: int, now: dt.datetime, preempted: bool = False) -> AttemptPlan:
     """`current`: the run's status; `job`: its PyTorchJob or None; `preempted`: its pods stopped on a
     termination signal after saving (`status.preempted`). Preemptions do not count against `max_attempts`."""
     attempt = max(1, int(current.get("attempt") or 1))
-    max_attempts += int(current.get("preemptions") or 0)
+    max_attempts = attempt_limit(current, max_attempts)
     phase = current.get("phase")
     if job is None:
         had_job = bool(current.get("jobName"))

@@ -19,7 +19,7 @@ from typing import Any
 from legistra.api.spec import TrainingRun
 from legistra.api.validation import SpecError, parse_training_run
 from legistra.contract import FAILURE_REASONS, experiment_name, primary_metric, tracking_uri
-from legistra.operator.attempts import job_attempt, plan_attempt
+from legistra.operator.attempts import attempt_limit, job_attempt, plan_attempt
 from legistra.operator.backends import choose_backend
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
@@ -159,12 +159,10 @@ async def reconcile(
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
-        preemptions = int(current.get("preemptions") or 0) + (1 if plan.preempted else 0)
-        new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
+        counted = {**current, "preemptions": int(current.get("preemptions") or 0) + 1} if plan.preempted else current
+        new = desired_status(counted, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                              metric=primary_metric(run.spec), attempt=plan.attempt,
-                             max_attempts=rp.max_attempts + preemptions, replacing=True)
-        if preemptions:
-            new["preemptions"] = preemptions
+                             max_attempts=attempt_limit(counted, rp.max_attempts), replacing=True)
         patched = await save(new)
         if patched and emit is not None and plan.action == "retry":
             emit(body, "Normal", "AttemptStarted", new["message"])
@@ -228,7 +226,7 @@ async def reconcile(
 
     new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
                          refused=refused, report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
-                         max_attempts=rp.max_attempts + int(current.get("preemptions") or 0),
+                         max_attempts=attempt_limit(current, rp.max_attempts),
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at,
                          storage=storage)

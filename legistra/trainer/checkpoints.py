@@ -85,6 +85,12 @@ def to_prune(keys: Iterable[str], keep: int | None) -> list[int]:
     return sorted(drop)
 
 
+def local_steps(folder: Path) -> list[tuple[int, Path]]:
+    """The checkpoint folders the Trainer wrote under `folder`, oldest first."""
+    found = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return sorted(found)
+
+
 def node_needs(name: str, ranks: range) -> bool:
     """Whether a node holding `ranks` needs file `name` of a checkpoint (another rank's shard: no)."""
     m = RANK_FILE.search(Path(name).name)
@@ -131,19 +137,28 @@ class RemoteCheckpoints:
     def mark_complete(self, step: int) -> None:
         self._put(f"checkpoint-{step}/{COMPLETE}", json.dumps({"step": step, "at": time.time()}).encode())
 
-    def delete_step(self, step: int) -> None:
-        names = steps_in(self.keys()).get(step, set())
+    def delete_step(self, step: int, names: set[str] | None = None) -> None:
+        """`names`: the step's objects when the caller has just listed them (saves a listing per step)."""
+        names = steps_in(self.keys()).get(step, set()) if names is None else names
         # The marker first: a half-deleted checkpoint is then an incomplete one, never a complete one.
         ordered = sorted(names, key=lambda n: n != COMPLETE)
         for name in ordered:
             self.client.delete_object(Bucket=self.bucket, Key=f"{self.key}/checkpoint-{step}/{name}")
 
-    def download_step(self, step: int, target: Path, ranks: range) -> Path:
+    def prune(self, keep: int | None) -> None:
+        """Delete what `to_prune` names, from one listing."""
+        keys = self.keys()
+        by_step = steps_in(keys)
+        for step in to_prune(keys, keep):
+            self.delete_step(step, by_step[step])
+
+    def download_step(self, step: int, target: Path, ranks: range, names: set[str] | None = None) -> Path:
         """The checkpoint's files this node needs, into `target/checkpoint-<step>` (written under a temporary
         name first: a download cut short never looks like a checkpoint)."""
         final = target / f"checkpoint-{step}"
         tmp = target / f".download-{step}"
-        for name in sorted(steps_in(self.keys()).get(step, set())):
+        names = steps_in(self.keys()).get(step, set()) if names is None else names
+        for name in sorted(names):
             if name.startswith((COMPLETE, NODE_DONE)) or not node_needs(name, ranks):
                 continue
             dest = tmp / name
@@ -169,18 +184,20 @@ def restore(remote: RemoteCheckpoints, local: Path, dist: DistInfo) -> int | Non
 
     local.mkdir(parents=True, exist_ok=True)
     with FileLock(str(local / ".restore.lock")):
-        step = newest_complete(remote.keys())
+        keys = remote.keys()
+        by_step = steps_in(keys)
+        step = newest_complete(keys)
         if step is None:
             return None
         if (local / f"checkpoint-{step}").is_dir():
             return step
-        newer = [int(p.name.split("-")[1]) for p in local.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-        if newer and max(newer) > step:
-            return max(newer)  # this node's own storage survived and holds a newer save
+        here = local_steps(local)
+        if here and here[-1][0] > step:
+            return here[-1][0]  # this node's own storage survived and holds a newer save
         per_node = max(1, dist.local_world_size)
         node = dist.rank // per_node
         started = time.monotonic()
-        remote.download_step(step, local, range(node * per_node, (node + 1) * per_node))
+        remote.download_step(step, local, range(node * per_node, (node + 1) * per_node), by_step[step])
         log.info("downloaded checkpoint-%d from %s in %.1fs", step, remote.uri, time.monotonic() - started)
         return step
 
@@ -259,13 +276,10 @@ class CheckpointSync(TrainerCallback):
                         raise TimeoutError(f"not every node uploaded checkpoint-{step} within {NODE_WAIT_SECONDS}s")
                     time.sleep(1.0)
                 self.remote.mark_complete(step)
-                for old in to_prune(self.remote.keys(), self.keep):
-                    self.remote.delete_step(old)
+                self.remote.prune(self.keep)
             elif self.keep:
                 # The Trainer rotates local checkpoints on the first node only; the others keep theirs in check.
-                saved = sorted((int(p.name.split("-")[1]), p) for p in local.parent.glob("checkpoint-*")
-                               if p.name.split("-")[1].isdigit())
-                for _, stale in saved[:-self.keep]:
+                for _, stale in local_steps(local.parent)[:-self.keep]:
                     shutil.rmtree(stale, ignore_errors=True)
             self.times.uploads.append(time.monotonic() - started)
             log.info("checkpoint-%d uploaded to %s in %.1fs", step, self.remote.uri, self.times.uploads[-1])

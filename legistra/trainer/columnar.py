@@ -51,12 +51,14 @@ def _is_int(t: pa.DataType) -> bool:
     return pa.types.is_integer(t)
 
 
+def _all_nonempty(col: pa.ChunkedArray | pa.Array) -> bool:
+    """Every string has at least one character (an empty column passes)."""
+    return bool(pc.all(pc.greater(pc.utf8_length(col), 0)).as_py() in (True, None))
+
+
 def _nonblank(col: pa.ChunkedArray | pa.Array) -> bool:
     """Every value present and holding more than whitespace."""
-    if not _is_text(col.type) or col.null_count:
-        return False
-    trimmed = pc.utf8_trim_whitespace(col)
-    return bool(pc.all(pc.greater(pc.utf8_length(trimmed), 0)).as_py() in (True, None))
+    return _is_text(col.type) and not col.null_count and _all_nonempty(pc.utf8_trim_whitespace(col))
 
 
 def _as_strings(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -69,7 +71,7 @@ def _label(col: pa.ChunkedArray | pa.Array, multi_label: bool) -> pa.Array | Non
     if col.null_count or pa.types.is_boolean(t):
         return None
     if _is_text(t) or _is_int(t):
-        if _is_text(t) and not bool(pc.all(pc.greater(pc.utf8_length(col), 0)).as_py() in (True, None)):
+        if _is_text(t) and not _all_nonempty(col):
             return None  # an empty label is a missing one
         values = _as_strings(col)
         if not multi_label:
@@ -188,6 +190,11 @@ def open_dataset(path: Path) -> Any:
     import datasets
 
     return datasets.Dataset.from_file(str(path))
+
+
+def first_outside(values: pa.Array, names: list[str]) -> int:
+    """Index of the first value that is not one of `names`, or -1."""
+    return int(pc.index(pc.invert(pc.is_in(values, value_set=pa.array(names, pa.string()))), True).as_py())
 
 
 def table_of(dataset: Any) -> pa.Table:

@@ -187,9 +187,19 @@ class Source:
         if self.path.is_file():
             return "sha256=" + sha256_file(self.path)
         h = hashlib.sha256()
-        for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
+        for f in _files(self.path):
             h.update(f"{f.relative_to(self.path)}\0{sha256_file(f)}\n".encode())
         return "sha256=" + h.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    """The file itself, or every file under a folder, in a stable order."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _is_hub(location: str) -> bool:
+    """A hub dataset id (`hf://ID`, or anything that is neither s3:// nor a local path)."""
+    return location.startswith("hf://") or not (s3.is_s3(location) or _is_local(location))
 
 
 def _is_local(location: str) -> bool:
@@ -202,8 +212,7 @@ def _by_extension(location: str) -> str | None:
 
 
 def _stat_identity(path: Path) -> str:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    parts = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    parts = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in _files(path)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -261,7 +270,7 @@ def fetch_prefix(location: str, cache_dir: Path) -> Path | None:
 
 def resolve(location: str, declared: str, cache_dir: Path) -> Source:
     """Where `location`'s bytes are locally (downloading them once) and which format they are in."""
-    if location.startswith("hf://") or not (s3.is_s3(location) or _is_local(location)):
+    if _is_hub(location):
         return Source(location, "hub", None, location)
     fmt = declared if declared != "auto" else _by_extension(location)
     if s3.is_s3(location) and fmt in (None, "saved-dataset"):
@@ -493,7 +502,7 @@ def load_data(spec: TrainingRunSpec, cache_dir: Path) -> LoadedData:
 
 def may_hold_splits(location: str, data: DataSpec) -> bool:
     """Whether `location` may hold a validation split of its own (a saved DatasetDict)."""
-    if location.startswith("hf://") or not (s3.is_s3(location) or _is_local(location)):
+    if _is_hub(location):
         return False
     return data.format == "saved-dataset" or (data.format == "auto" and _by_extension(location) is None)
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from legistra.contract import DEFAULT_METRIC
-from legistra.trainer.columnar import table_of
+from legistra.trainer.columnar import first_outside, table_of
 from legistra.trainer.data import DataError, Row
 from legistra.trainer.metrics import classification_metrics, majority_label, multilabel_metrics
 from legistra.trainer.tasks.base import Columns, TaskHandler, token_ids
@@ -28,10 +28,9 @@ class RiskClassification(TaskHandler):
             self.labels = list(self.spec.classification.labels)
         else:
             self.labels = sorted(str(v) for v in pc.unique(_flat_labels(train)[0]).to_pylist())
-        known = pa.array(self.labels, pa.string())
         for split, ds in (("train", train), ("validation", validation)):
             values, rows = _flat_labels(ds)
-            at = pc.index(pc.invert(pc.is_in(values, value_set=known)), True).as_py()
+            at = first_outside(values, self.labels)
             if at >= 0:
                 row = at if rows is None else rows[at].as_py()
                 raise DataError(split, row + 1, "label",

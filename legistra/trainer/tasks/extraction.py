@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from legistra.contract import DEFAULT_METRIC
-from legistra.trainer.columnar import table_of
+from legistra.trainer.columnar import first_outside, table_of
 from legistra.trainer.data import DataError, Row
 from legistra.trainer.metrics import Span, bio_decode, span_metrics
 from legistra.trainer.tasks.base import Columns, TaskHandler
@@ -48,10 +48,9 @@ class ClauseExtraction(TaskHandler):
             self.clause_types = sorted(str(v) for v in pc.unique(_span_labels(train)[0]).to_pylist())
         if not self.clause_types:
             raise DataError("train", None, "spans", "no clause spans found in the training data")
-        known = pa.array(self.clause_types, pa.string())
         for split, ds in (("train", train), ("validation", validation)):
             values, rows = _span_labels(ds)
-            at = pc.index(pc.invert(pc.is_in(values, value_set=known)), True).as_py()
+            at = first_outside(values, self.clause_types)
             if at >= 0:
                 raise DataError(split, rows[at].as_py() + 1, "spans",
                                 f"clause type {values[at].as_py()!r} is not in {self.clause_types}")
