@@ -88,6 +88,25 @@ git worktree add /tmp/before <older commit>  # optional: the data benchmark's be
 .venv/bin/python -m benchmarks --only data --before-tree /tmp/before
 .venv/bin/python -m benchmarks --only preemption
 ```
+
+## On a GPU
+
+The GPU machine is bare (the image's Python 3.12 with torch, transformers, peft, accelerate, no deepspeed,
+datasets or pydantic) and reaches no registry. `make gpu-kit` puts the missing wheels (`benchmarks/gpu/kit.txt`,
+built for CPython 3.12 manylinux x86-64, ~8 MiB, deepspeed built here as a pure-Python wheel) in
+`.gpu-kit/wheels`; `make test` rehearses the whole GPU run on CPU in an environment holding only the image's
+packages (`benchmarks/gpu/image-packages.txt`, transformers at the image's version) and the kit. There, one
+command, with `.gpu-kit` carried along:
+
+```bash
+bash benchmarks/gpu.sh "$OUT"     # install the kit privately, versions + GPU, tests/test_gpu.py, trainer benchmark
+```
+
+Each step has a time budget and the whole stops within 6 minutes (`LEGISTRA_GPU_BUDGET_S`, default 360), so a
+run and a rerun fit in 15 minutes of device time; `steps.json`, `gpu.log`, `versions.json`, `pip-list.txt`,
+`test_gpu.xml` and `trainer-gpu-<date>.json` (rewritten after every configuration) come back in `$OUT`. Copy the
+trainer JSON to `benchmarks/results/` and regenerate this report (`python -m benchmarks.report`); update
+`image-packages.txt` from `pip-list.txt` where it differs.
 """
 
 
@@ -109,7 +128,7 @@ def plot(trainer: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = trainer["results"]
+    rows = [r for r in trainer["results"] if "error" not in r]
     workloads = sorted({r["workload"] for r in rows})
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 3.6))
     for ax, w in zip(axes if len(workloads) > 1 else [axes], workloads):
@@ -132,13 +151,20 @@ def write_report(results: Path, readme: Path) -> None:
         m = trainer["machine"]
         parts.append(f"Last run: {m['date']}, {trainer['device']} ({m.get('gpu') or m['host_cpu']}, "
                      f"{m['cores']} cores), torch {m['torch']}, transformers {m['transformers']}.\n")
-        parts += _head("workload", "config", "#tokens/s", "#samples/s", "#eval loss", "#peak GPU GB", "#peak RSS GB",
-                       "#model TFLOP/s", "#MFU")
+        parts += _head("workload", "config", "#tokens/s", "#samples/s", "#eval loss", "#peak GPU GB",
+                       "#plan's estimate GB", "#peak RSS GB", "#model TFLOP/s", "#MFU")
         for r in trainer["results"]:
+            if "error" in r:
+                parts.append(f"| {r['workload']} | {r['config']} | failed: {' '.join(r['error'])[:80]} |")
+                continue
             gpu = f"{r['peak_gpu_memory_gb']:.1f}" if r.get("peak_gpu_memory_gb") is not None else "-"
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a (CPU)"
+            est = f"{r['estimated_gpu_memory_gb']:.1f}" if r.get("estimated_gpu_memory_gb") is not None else "-"
+            if r.get("memory_estimate_error") is not None:
+                est += f" ({100 * r['memory_estimate_error']:+.0f}%)"
             parts.append(f"| {r['workload']} | {r['config']} | {r['tokens_per_second']:,.0f} | "
-                         f"{r['samples_per_second']:.1f} | {r['eval_loss']:.4f} | {gpu} | {r['peak_rss_gb']:.2f} | "
+                         f"{r['samples_per_second']:.1f} | {r['eval_loss']:.4f} | {gpu} | {est} | "
+                         f"{r['peak_rss_gb']:.2f} | "
                          f"{r['model_tflops']:.3f} | {mfu} |")
         parts.append("")
         parts += _head("workload", "best of ours", "#(b)/(a) tokens/s", "#(b)/(a) samples/s", "target on one H100")
@@ -240,3 +266,8 @@ def write_report(results: Path, readme: Path) -> None:
                 f"finished at step {two['final_step']}.\n")
     parts.append(REPRO)
     readme.write_text("\n".join(parts), encoding="utf-8")
+
+
+if __name__ == "__main__":  # regenerate the report from the committed results (after copying in a GPU run's)
+    here = Path(__file__).parent
+    write_report(here / "results", here / "README.md")

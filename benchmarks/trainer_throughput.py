@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,8 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     pad = 1 if w["kind"] == "bart" else 0
     tok = Tokenizer(pad).tok
     spec = TrainingRunSpec.model_validate({
-        "task": w["task"], "model": {"name": "synthetic"}, "data": {"train": "synthetic",
-                                                                     "maxLength": w["max_len"]},
+        "task": w["task"], "model": {"name": "synthetic"},
+        "data": {"train": "synthetic", "maxLength": w["max_len"], "maxTargetLength": w.get("target_len", 128)},
         "training": {"batchSize": 8, "maxSteps": steps, "learningRate": 2e-4, "precision": "bf16" if big else "fp16",
                      "evaluation": "no", "dataloaderWorkers": 2 if big else 0, "loggingSteps": 1000,
                      "saveSteps": 100000, "compile": config == "ours-compile"},
@@ -224,11 +225,23 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
         "precision": precision,
     }
     result.update(_mfu(trainer.model, w, train_rows, tokens / measured, cuda))
+    result.update(_memory_estimate(spec, model, result["peak_gpu_memory_gb"]))
     out.write_text(json.dumps(result, indent=2))
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _memory_estimate(spec: Any, model: Any, measured_gb: float | None) -> dict[str, Any]:
+    """`legistra plan`'s estimate for this configuration (what max_memory_allocated should read), and its error."""
+    from legistra.memory import ModelShape, estimate
+    from legistra.trainer.modeling import lora_targets
+
+    shape = ModelShape.from_config(model.config.to_dict())
+    est = estimate(spec, shape, lora_targets(shape.model_type, spec.lora)).allocated / 2**30
+    return {"estimated_gpu_memory_gb": est,
+            "memory_estimate_error": est / measured_gb - 1 if measured_gb else None}
 
 
 def _rss_gb() -> float:
@@ -286,27 +299,44 @@ def configs(device: str) -> tuple[str, ...]:
     return ("baseline", "ours", "ours-compile") if device == "gpu" else ("baseline", "ours")
 
 
-def run(device: str, out_dir: Path, workloads: list[str]) -> list[dict[str, Any]]:
-    """One row per workload and configuration: the repeat with the median tokens/s, with every repeat's figure."""
+def run(device: str, out_dir: Path, workloads: list[str],
+        on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """One row per workload and configuration: the repeat with the median tokens/s, with every repeat's figure.
+    `on_row` gets the rows so far after each configuration's last repeat."""
     repeats = int(os.environ.get("LEGISTRA_BENCH_REPEATS", REPEATS[device]))
-    results = []
+    results: list[dict[str, Any]] = []
     for wname in workloads:
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs(device)}
-        for _ in range(repeats):
+        for repeat in range(repeats):
             for config in runs:  # interleaved, so a slow spell of the machine hits every configuration
                 out = out_dir / f"throughput-{wname}-{config}.json"
                 cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--one", wname, config,
                        "--device", device, "--out", str(out)]
                 env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "LEGISTRA_PROGRESS": "log"}
-                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                runs[config].append(json.loads(out.read_text()))
-                out.unlink()
-        for rows in runs.values():
-            ordered = sorted(rows, key=lambda r: r["tokens_per_second"])
-            median = dict(ordered[len(ordered) // 2])
-            median["tokens_per_second_repeats"] = [r["tokens_per_second"] for r in rows]
-            results.append(median)
+                done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if done.returncode != 0:
+                    # One configuration failing (an OOM, a compile error on a new GPU) must not cost the others.
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    runs[config].append({"workload": wname, "config": config, "device": device,
+                                         "error": done.stderr.strip().splitlines()[-1:] or ["failed"]})
+                else:
+                    runs[config].append(json.loads(out.read_text()))
+                    out.unlink()
+                if repeat == repeats - 1:
+                    results.append(_median(runs[config]))
+                    if on_row:
+                        on_row(results)
     return results
+
+
+def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median tokens/s, with every repeat's figure; a failed one when none succeeded."""
+    ok = sorted((r for r in rows if "error" not in r), key=lambda r: r["tokens_per_second"])
+    if not ok:
+        return rows[-1]
+    median = dict(ok[len(ok) // 2])
+    median["tokens_per_second_repeats"] = [r["tokens_per_second"] for r in ok]
+    return median
 
 
 def main() -> None:

@@ -99,8 +99,11 @@ def write_run(path: Path, doc: dict[str, Any]) -> Path:
 
 def legistra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    # The console script where pip installed one; the module itself on the GPU machine, which has none.
+    script = VENV_BIN / "legistra"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "legistra.cli.main"]
     return subprocess.run(
-        [str(VENV_BIN / "legistra"), *args], capture_output=True, text=True, timeout=timeout,
+        [*command, *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=cwd,
     )
 
