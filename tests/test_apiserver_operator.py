@@ -122,3 +122,19 @@ def test_the_real_api_server_refuses_malformed_kubernetes_values(crds: ApiServer
     for field in ("spec.resources.cpu", "spec.resources.memory", "spec.resources.priorityClassName"):
         assert field in res.stderr, res.stderr
     assert crds.kubectl("get", "trainingrun", "risk-bad-values", "-n", ns, check=False).returncode != 0
+
+
+@pytest.mark.apiserver
+def test_batch_size_is_a_number_or_auto_on_the_real_api_server(crds: ApiServer, ns: str) -> None:
+    """`batchSize` is int-or-string in the CRD: 8 and auto are stored as given, anything else is refused."""
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    for name, value in (("risk-auto", "auto"), ("risk-eight", 8)):
+        doc["metadata"] = {"name": name, "namespace": ns}
+        doc["spec"]["training"]["batchSize"] = value
+        crds.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        got = crds.kubectl("get", "trainingrun", name, "-n", ns, "-o", "jsonpath={.spec.training.batchSize}")
+        assert got.stdout == str(value)
+    doc["metadata"] = {"name": "risk-big", "namespace": ns}
+    doc["spec"]["training"]["batchSize"] = "big"
+    res = crds.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert res.returncode != 0 and "spec.training.batchSize" in res.stderr, res.stderr

@@ -58,6 +58,7 @@ SHAPED: dict[str, Any] = {
     "LEGISTRA_BACKEND": lambda i: "trainjob",
     "LEGISTRA_CHECKPOINT_URI": lambda i: f"s3://checkpoints-{i}/runs",
     "LEGISTRA_CHECKPOINT_RWX": lambda i: False,
+    "LEGISTRA_GPU_PRODUCT": lambda i: f"NVIDIA-H100-80GB-HBM{i}",
     **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
                                          "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS")},
 }

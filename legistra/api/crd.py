@@ -7,6 +7,7 @@ committed files differ from what this module generates.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,20 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if len(options) == 1:
             default = {"default": schema["default"]} if schema.get("default") is not None else {}
             return structural({**options[0], **rest, **default}, defs)
+        if sorted(o.get("type", "string") for o in options) == ["integer", "string"]:
+            # A number or a keyword (batchSize: 8 | auto), the one union a structural schema allows. Its
+            # alternatives may not carry types, so the bounds and the keywords go side by side: minimum and
+            # maximum constrain numbers only, a pattern strings only.
+            number = next(o for o in options if o.get("type") == "integer")
+            keyword = next(o for o in options if o.get("type") != "integer")
+            words = keyword.get("enum") or ([keyword["const"]] if "const" in keyword else [])
+            either = {k: v for k, v in rest.items() if k in KEEP}
+            either.update({k: number[k] for k in ("minimum", "maximum") if k in number})
+            if words:
+                either["pattern"] = "^(" + "|".join(re.escape(w) for w in words) + ")$"
+            if schema.get("default") is not None:
+                either["default"] = schema["default"]
+            return {"x-kubernetes-int-or-string": True, **either}
         return {"x-kubernetes-preserve-unknown-fields": True, **{k: v for k, v in rest.items() if k in KEEP}}
     out: dict[str, Any] = {k: v for k, v in schema.items() if k in KEEP}
     if "const" in schema:

@@ -98,7 +98,9 @@ class TrainingSpec(Spec):
     epochs: float = Field(3, gt=0, description="Number of passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate.")
-    batch_size: int = Field(8, ge=1, le=4096, description="Per-device batch size.")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
+        8, description="Per-device batch size, or 'auto': the largest that fits the GPU, found at start-up "
+                       "(the memory estimate, then a real step that backs off on out-of-memory; 8 on a CPU).")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     precision: Precision = Field("fp16", description="fp16 (default), bf16 or fp32. CPU runs fall back to fp32.")
     evaluation: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate.")

@@ -65,12 +65,29 @@ def _message(err: Mapping[str, Any]) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
+# pydantic names the alternative of a union (`batchSize: 8 | auto`) in the error's location.
+def _union_member(part: int | str) -> bool:
+    return isinstance(part, str) and (part.startswith(("function-", "constrained-", "literal[")) or part in ("int",
+                                                                                                          "str"))
+
+
 def problems_of(exc: ValidationError) -> list[str]:
     problems = []
+    unions: set[str] = set()
     for err in exc.errors():
         msg = _message(err)
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        tagged = bool(err["loc"]) and _union_member(err["loc"][-1])
+        loc = [p for p in err["loc"] if not _union_member(p)]
         path = _field_path(loc)
+        if tagged:
+            # One line per field: the number's bound for a number, the keywords for anything else.
+            is_number = isinstance(err.get("input"), int)
+            if path in unions or (err["type"] == "literal_error") == is_number:
+                continue
+            unions.add(path)
+            if not is_number:
+                msg = f"must be a whole number or one of {(err.get('ctx') or {}).get('expected')} " \
+                      f"(got {err.get('input')!r})"
         # Cross-field rules already name their own path(s) in the message.
         if msg.startswith("spec.") or not path:
             problems.append(msg)

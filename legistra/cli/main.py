@@ -28,13 +28,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
             bad += 1
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
-        from legistra.operator.build import storage_warning
+        from legistra.operator.build import memory_refusal, storage_warning
         from legistra.operator.config import JobDefaults
 
-        # The cluster's facts as the operator is told them (LEGISTRA_CHECKPOINT_RWX, LEGISTRA_CHECKPOINT_URI).
-        warning = storage_warning(run, JobDefaults.from_env())
+        # The cluster's facts as the operator is told them (LEGISTRA_CHECKPOINT_RWX, LEGISTRA_CHECKPOINT_URI,
+        # LEGISTRA_GPU_PRODUCT): what the operator would warn about or refuse, said now.
+        defaults = JobDefaults.from_env()
+        warning = storage_warning(run, defaults)
         if warning:
             print(f"  warning: {warning}")
+        misfit = memory_refusal(run, defaults)
+        if misfit:
+            print(f"  error: {misfit}")
+            bad += 1
         if args.data:
             from legistra.cli.local import absolutize_data, check_data
 
@@ -42,6 +48,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if check_data(run, Path(args.state_dir).resolve() / "cache", out=sys.stdout) is not None:
                 bad += 1
     return 1 if bad else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from legistra.cli.plan import EXIT_DOES_NOT_FIT, PlanError, plan, render
+
+    run = load_or_report(args.file)
+    if run is None:
+        return 1
+    try:
+        doc = plan(run.spec, Path(args.file).resolve().parent, args.gpu)
+    except PlanError as exc:
+        return _err(str(exc))
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return EXIT_DOES_NOT_FIT if doc["checked"] and not doc["gpus"][0]["fits"] else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -261,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local sqlite store)")
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("plan", help="GPU memory per rank and the largest batch that fits; exit 3 if it does not fit")
+    pl.add_argument("file")
+    pl.add_argument("--gpu", help="GPU type, e.g. H100-80GB, A100-40GB, L4 (default: the run's "
+                                  "nvidia.com/gpu.product node selector, else a table of common GPUs)")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plan)
 
     rn = sub.add_parser("render", help="print the objects the operator would create for a TrainingRun")
     rn.add_argument("file")

@@ -209,6 +209,23 @@ def storage_warning(run: TrainingRun, defaults: JobDefaults) -> str | None:
     return None
 
 
+def memory_refusal(run: TrainingRun, defaults: JobDefaults) -> str | None:
+    """Why a run cannot fit the GPU it will get, when the operator knows the GPU (the run's nvidia.com/gpu.product
+    node selector, else its default) and the model's shape (a well-known model); None when it fits or is unknown."""
+    from legistra.memory import fit, gpu_memory, gpu_of, known_shape
+    from legistra.trainer.modeling import lora_targets
+
+    product = gpu_of(run.spec, defaults.gpu_product)
+    gpu = gpu_memory(product) if product else None
+    shape = known_shape(run.spec.model.name)
+    if gpu is None or shape is None or run.spec.resources.gpus_per_node == 0:
+        return None
+    verdict = fit(run.spec, shape, lora_targets(shape.model_type, run.spec.lora), *gpu)
+    if verdict.fits:
+        return None
+    return f"spec.training.batchSize: {verdict.message()}"
+
+
 def volumes(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     shm: dict[str, Any] = {"medium": "Memory"}
     if run.spec.resources.shm_size:

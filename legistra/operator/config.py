@@ -100,6 +100,10 @@ class JobDefaults:
     checkpoint_rwx: bool = setting("LEGISTRA_CHECKPOINT_RWX", True,
                                    "whether the cluster provides ReadWriteMany volumes; false: multi-node runs "
                                    "without checkpoints.uri get a warning", "checkpoints.readWriteMany")
+    gpu_product: str | None = setting("LEGISTRA_GPU_PRODUCT", None,
+                                      "GPU type of the training nodes (e.g. NVIDIA-H100-80GB-HBM3) for runs without "
+                                      "an nvidia.com/gpu.product node selector; runs that cannot fit it are refused",
+                                      "trainer.gpuProduct")
     backend: Literal["auto", "pytorchjob", "trainjob"] = setting("LEGISTRA_BACKEND", "auto",
                            "job kind for runs that choose none: auto (what the cluster serves, PyTorchJob first), "
                            "pytorchjob or trainjob", "operator.backend")

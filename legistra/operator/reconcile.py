@@ -25,6 +25,7 @@ from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
     config_name,
+    memory_refusal,
     object_storage,
     pvc_name,
     refused_changes,
@@ -51,6 +52,9 @@ from legistra.operator.status import (
 log = logging.getLogger("legistra.operator")
 
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
+
+# A Failed run with one of these reasons stays failed at its generation: only an edit tries again.
+FINAL_REASONS = ("InvalidSpec", "InsufficientGPUMemory", "ChildCreateFailed", *FAILURE_REASONS)
 
 
 def utc_now() -> dt.datetime:
@@ -123,7 +127,7 @@ async def reconcile(
     created: list[str] = []
     refused: list[str] = []
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
-            c.get("type") == "Failed" and c.get("reason") in ("InvalidSpec", "ChildCreateFailed", *FAILURE_REASONS)
+            c.get("type") == "Failed" and c.get("reason") in FINAL_REASONS
             for c in current.get("conditions", [])):
         return Outcome("Failed", [], current)  # refused or failed for good at this generation; an edit retries
 
@@ -175,6 +179,9 @@ async def reconcile(
             return Outcome(new["phase"], [], new)
     delete_at = None
     if job is None:
+        misfit = memory_refusal(run, defaults)
+        if misfit is not None:  # deterministic: no GPU is spent finding out that it runs out of memory
+            return await refuse([misfit], "InsufficientGPUMemory", [])
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
         for obj in build_children(run, defaults, plan.attempt, backend.name):
             try:

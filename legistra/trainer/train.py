@@ -321,8 +321,15 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
 
     from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
     from legistra.tracking.wandb_tracker import WandbTracker
+    from legistra.trainer.batchsize import resolve_batch_size
     from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
-    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, model_loading, resolve_model
+    from legistra.trainer.modeling import (
+        apply_lora,
+        enable_gradient_checkpointing,
+        lora_targets,
+        model_loading,
+        resolve_model,
+    )
 
     dist = DistInfo.from_env()
     setup_logging(dist)
@@ -363,7 +370,6 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
                 model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
             )
 
-    args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
     train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache)
     handler.bind_eval(eval_ds, data.validation, tokenizer)
     log.info(
@@ -385,6 +391,11 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         enable_gradient_checkpointing(model)
     if spec.lora.enabled:
         model = apply_lora(model, spec.task, spec.lora)
+    batch = resolve_batch_size(spec, model, lora_targets(model.config.model_type, spec.lora),
+                               len(handler.labels), precision, cuda)
+    if batch != spec.training.batch_size:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"batch_size": batch})})
+    args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
@@ -412,6 +423,7 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         params.update(
             {
                 "resolved.world_size": dist.world_size,
+                "resolved.batch_size": spec.training.batch_size,
                 "resolved.precision": precision,
                 "resolved.zero_stage": zero_stage_of(ds_config),
                 "resolved.trainable_params": trainable,

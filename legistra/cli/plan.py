@@ -1,0 +1,94 @@
+"""`legistra plan FILE [--gpu NAME]`: per-rank GPU memory of a TrainingRun, and the largest batch that fits.
+
+The model's shape comes from its config.json: a local folder, the Hugging Face cache, or the operator's list of
+well-known models; the estimate is `legistra.memory`'s, the same the operator refuses runs with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from legistra.api.spec import TrainingRunSpec
+from legistra.memory import GIB, GPUS, ModelShape, estimate, fit, gpu_memory, gpu_of, known_shape, lora_params
+
+EXIT_DOES_NOT_FIT = 3
+
+
+class PlanError(Exception):
+    pass
+
+
+def model_shape(spec: TrainingRunSpec, base: Path) -> tuple[ModelShape, str]:
+    """(shape, where its config.json came from); PlanError naming spec.model.name when none can be read."""
+    name = spec.model.name
+    folder = Path(name) if Path(name).is_absolute() else base / name
+    candidates = [folder / "config.json"]
+    if not name.startswith(("s3://", "/", ".")) and name.count("/") <= 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json", revision=spec.model.revision)
+            if isinstance(cached, str):
+                candidates.append(Path(cached))
+        except ImportError:
+            pass
+    for path in candidates:
+        if path.is_file():
+            try:
+                return ModelShape.from_config(json.loads(path.read_text())), str(path)
+            except ValueError as exc:
+                raise PlanError(f"spec.model.name: {path}: {exc}") from None
+    shape = known_shape(name)
+    if shape is not None:
+        return shape, "legistra's list of well-known models"
+    raise PlanError(f"spec.model.name: no config.json for {name!r} (not a local folder, not in the Hugging Face "
+                    "cache, not a well-known model); download it once or point model.name at a local copy")
+
+
+def lora_targets_of(spec: TrainingRunSpec, shape: ModelShape) -> list[str] | str:
+    from legistra.trainer.modeling import lora_targets
+
+    return lora_targets(shape.model_type, spec.lora)
+
+
+def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
+    """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits."""
+    shape, source = model_shape(spec, base)
+    targets = lora_targets_of(spec, shape)
+    e = estimate(spec, shape, targets)
+    wanted = gpu or gpu_of(spec)
+    if wanted is not None:
+        known = gpu_memory(wanted)
+        if known is None:
+            raise PlanError(f"--gpu {wanted}: unknown GPU; one of {', '.join(GPUS)}")
+        gpus = [known]
+    else:
+        gpus = list(GPUS.items())
+    fits = [fit(spec, shape, targets, name, size) for name, size in gpus]
+    return {
+        "model": spec.model.name, "config": source, "params": shape.params,
+        "trainable": lora_params(shape, targets, spec.lora.r) if spec.lora.enabled else shape.params,
+        "batchSize": e.batch_size, "maxLength": spec.data.max_length,
+        "perRankGiB": {k: round(v / GIB, 2) for k, v in e.parts().items()},
+        "totalGiB": round(e.total / GIB, 2),
+        "gpus": [{"gpu": f.gpu, "memoryGiB": round(f.capacity / GIB, 1), "fits": f.fits,
+                  "largestBatch": f.largest_batch, "message": f.message()} for f in fits],
+        "checked": wanted is not None,
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [f"model {doc['model']}: {doc['params'] / 1e6:.0f}M parameters, {doc['trainable'] / 1e6:.2f}M trainable "
+             f"(shape from {doc['config']})",
+             f"per GPU at batch {doc['batchSize']}, {doc['maxLength']} tokens:"]
+    lines += [f"  {part:<12}{gib:>8.2f} GiB" for part, gib in doc["perRankGiB"].items()]
+    lines.append(f"  {'total':<12}{doc['totalGiB']:>8.2f} GiB (with the allocator's reserve)")
+    lines.append(f"{'GPU':<11}{'memory':>9}  {'fits':<5}{'largest batch':>14}")
+    for g in doc["gpus"]:
+        fits = "yes" if g["fits"] else "NO"
+        lines.append(f"{g['gpu']:<11}{g['memoryGiB']:>7.1f}Gi  {fits:<5}{g['largestBatch']:>14}")
+    if doc["checked"] and not doc["gpus"][0]["fits"]:
+        lines.append(doc["gpus"][0]["message"])
+    return "\n".join(lines)
