@@ -277,6 +277,24 @@ def test_invalid_spec_is_failed_without_a_job(world: dict[str, Any], tiny_models
     assert world["operator"].proc.poll() is None  # the operator did not crash
 
 
+def test_a_run_that_cannot_fit_its_gpu_is_failed_without_a_job(world: dict[str, Any],
+                                                              tiny_models: dict[str, Path]) -> None:
+    """BART-large at batch 64 over 1024 tokens on a T4 node: refused before a GPU is spent, the batch that fits named."""
+    doc = training_run("bart-on-t4", tiny_models, training={"batchSize": 64},
+                       data={"maxLength": 1024, "maxTargetLength": 256})
+    doc["spec"]["resources"] = {"gpusPerNode": 1, "nodeSelector": {"nvidia.com/gpu.product": "Tesla-T4"}}
+    doc["spec"]["task"] = "summarization"
+    doc["spec"]["model"]["name"] = "facebook/bart-large"
+    doc["spec"]["registry"].pop("promotion")
+    world["cluster"].apply_run(doc)
+    st = wait_phase(world, "bart-on-t4", "Failed")["status"]
+    assert st["message"].startswith("spec.training.batchSize: batch 64 does not fit on T4: about ")
+    assert "the largest batch that fits is" in st["message"]
+    assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "InsufficientGPUMemory"
+    assert world["cluster"].get(*JOBS, NS, "bart-on-t4") is None
+    assert world["cluster"].get("v1", "configmaps", NS, "bart-on-t4-config") is None
+
+
 def test_operator_killed_mid_run_creates_no_second_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     cluster: Cluster = world["cluster"]
     operator: OperatorProcess = world["operator"]
