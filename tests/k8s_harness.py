@@ -664,9 +664,10 @@ class OperatorProcess:
     """`legistra operator` as a real process against the emulator (so it can be killed and restarted)."""
 
     def __init__(self, kubeconfig: Path, namespace: str, env: dict[str, str], log: Path,
-                 standalone: bool = True) -> None:
+                 standalone: bool = True, args: list[str] | None = None) -> None:
+        """`args`: the command's own arguments (a Deployment's), instead of --namespace and --standalone."""
         self.kubeconfig, self.ns, self.env, self.log = kubeconfig, namespace, env, log
-        self.standalone = standalone
+        self.standalone, self.args = standalone, args
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.liveness_port = free_port()
@@ -675,10 +676,10 @@ class OperatorProcess:
         env = {**os.environ, "LEGISTRA_RESYNC_SECONDS": "2", "LEGISTRA_SCHEDULE_TICK": "1", **self.env,
                "KUBECONFIG": str(self.kubeconfig), "LEGISTRA_METRICS_PORT": str(self.metrics_port),
                "LEGISTRA_METRICS_ADDR": "127.0.0.1"}
+        args = self.args or ["operator", "--namespace", self.ns, *(["--standalone"] if self.standalone else []),
+                             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "legistra"), "operator", "--namespace", self.ns,
-             *(["--standalone"] if self.standalone else []),
-             "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+            [str(VENV_BIN / "legistra"), *args],
             env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         return self
 
