@@ -217,3 +217,62 @@ def test_render_applies_to_any_namespace(apiserver: ApiServer) -> None:
     assert all("namespace" not in d["metadata"] for d in yaml.safe_load_all(rendered.stdout))
     out = api.kubectl("apply", "--validate=false", "-n", ns, "-f", "-", input=rendered.stdout).stdout
     assert out.count("created") == 3, out
+
+
+@pytest.mark.apiserver
+def test_status_watch_draws_a_progress_bar_on_a_terminal(apiserver: ApiServer) -> None:
+    """On a terminal (a pseudo-terminal here) `status --watch` is one bar that moves with the run's steps, its
+    phase and latest metric beside it, each new message above it, and the whole status at the end."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import threading
+
+    from tests.conftest import VENV_BIN
+
+    api = apiserver
+    api.install_crds()
+    ns = api.namespace("watch")
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    doc["metadata"] = {"name": "risk-w", "namespace": ns}
+    api.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
+    set_status(api, ns, "risk-w", {"phase": "Running", "progress": {"step": 3, "totalSteps": 10, "percent": 30}})
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # a terminal 120 columns wide
+    proc = subprocess.Popen([str(VENV_BIN / "legistra"), "status", "risk-w", "-n", ns, "--watch"],
+                            stdin=side, stdout=side, stderr=side, env={**os.environ, **api.env()})
+    os.close(side)
+    later = [(3.0, {"phase": "Running", "progress": {"step": 7, "totalSteps": 10, "percent": 70},
+                    "keyMetric": "f1_macro=0.58", "message": "evaluating"}),
+             (6.0, {"phase": "Succeeded", "progress": {"step": 10, "totalSteps": 10, "percent": 100},
+                    "keyMetric": "f1_macro=0.64", "message": "registered clause-risk v1"})]
+    timers = [threading.Timer(t, set_status, (api, ns, "risk-w", st)) for t, st in later]
+    for t in timers:
+        t.start()
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        for t in timers:
+            t.join()
+        os.close(main)
+    assert proc.wait(30) == 0
+    text = out.decode(errors="replace")
+    assert text.splitlines()[0].strip() == f"{ns}/risk-w  risk-classification  Running"
+    assert "3/10" in text and "7/10" in text and "10/10" in text  # one bar, redrawn in place
+    assert "\r" in text and "f1_macro=0.58" in text
+    assert "  evaluating" in text and "  registered clause-risk v1" in text
+    assert text.rstrip().splitlines()[-1].strip() == "metric:   f1_macro=0.64"  # the full status block closes it

@@ -54,8 +54,8 @@ def format_status(obj: dict[str, Any]) -> str:
         lines.append(f"  {st['message']}")
     prog = st.get("progress")
     if prog:
-        lines.append(f"  progress: step {prog.get('step')}/{prog.get('totalSteps')} ({prog.get('percent')}%)"
-                     f", epoch {prog.get('epoch')}")
+        epoch = f", epoch {prog['epoch']}" if prog.get("epoch") is not None else ""
+        lines.append(f"  progress: step {prog.get('step')}/{prog.get('totalSteps')} ({prog.get('percent')}%){epoch}")
     if st.get("keyMetric"):
         lines.append(f"  metric:   {st['keyMetric']}")
     if st.get("mlflow", {}).get("runId"):
@@ -69,8 +69,58 @@ def format_status(obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def progress_line(st: dict[str, Any]) -> tuple[int, int | None, str]:
+    """(step, total steps, what follows the bar) of a status: the phase, the key metric, the epoch."""
+    prog = st.get("progress") or {}
+    parts = [str(st.get("phase", "Pending"))]
+    if st.get("keyMetric"):
+        parts.append(str(st["keyMetric"]))
+    if prog.get("epoch") is not None:
+        parts.append(f"epoch {prog['epoch']}")
+    total = prog.get("totalSteps")
+    return int(prog.get("step") or 0), int(total) if total else None, "  ".join(parts)
+
+
+class Watch:
+    """`status --watch` on a terminal: one progress bar (steps, phase, latest metric), each new message above
+    it, the full status at the end. Elsewhere (a pipe, a log) each changed status is printed whole."""
+
+    def __init__(self, terminal: bool) -> None:
+        self.terminal = terminal
+        self.last: str | None = None
+        self.message: str | None = None
+        self.bar: Any = None
+
+    def show(self, obj: dict[str, Any], final: bool) -> None:
+        if not self.terminal:
+            text = format_status(obj)
+            if text != self.last:
+                print(text, flush=True)
+                self.last = text
+            return
+        from tqdm import tqdm
+
+        st = obj.get("status") or {}
+        step, total, postfix = progress_line(st)
+        if self.bar is None:
+            print(format_status(obj).splitlines()[0], flush=True)
+            self.bar = tqdm(total=total, unit="step", file=sys.stdout)
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = step
+        self.bar.set_postfix_str(postfix, refresh=False)
+        if st.get("message") and st["message"] != self.message:
+            self.bar.write(f"  {st['message']}")
+            self.message = st["message"]
+        self.bar.refresh()
+        if final:
+            self.bar.close()
+            print(format_status(obj), flush=True)
+
+
 async def show_status(name: str, namespace: str | None, creds: Credentials, as_json: bool, watch: bool) -> int:
     kube = Kube(creds)
+    watcher = Watch(terminal=watch and not as_json and sys.stdout.isatty())
     try:
         ns = namespace or kube.creds.namespace
         last = None
@@ -85,12 +135,16 @@ async def show_status(name: str, namespace: str | None, creds: Credentials, as_j
             if obj is None:
                 print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
                 return 1
-            text = json.dumps(obj.get("status") or {}, indent=2) if as_json else format_status(obj)
-            if text != last:
-                print(text, flush=True)
-                last = text
             phase = (obj.get("status") or {}).get("phase")
-            if not watch or phase in ("Succeeded", "Failed"):
+            done = not watch or phase in ("Succeeded", "Failed")
+            if as_json:
+                text = json.dumps(obj.get("status") or {}, indent=2)
+                if text != last:
+                    print(text, flush=True)
+                    last = text
+            else:
+                watcher.show(obj, final=done)
+            if done:
                 return 0 if phase != "Failed" else 3
             await asyncio.sleep(2)
     finally:
