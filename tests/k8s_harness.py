@@ -59,6 +59,19 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def selector(text: str) -> list[tuple[str, str | None]]:
+    """An equality-based label selector (`a=b,c`), which kmock ignores: (key, value or None for "has key")."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = term.partition("=")
+        terms.append((key.rstrip("="), value.lstrip("=") if "=" in term else None))
+    return terms
+
+
+def matches(labels: dict[str, str], terms: list[tuple[str, str | None]]) -> bool:
+    return all(key in labels and (value is None or labels[key] == value) for key, value in terms)
+
+
 def lean_emulator() -> Any:
     """kmock's KubernetesEmulator that forgets each request once it is served, after counting it.
 
@@ -72,14 +85,17 @@ def lean_emulator() -> Any:
         counts: dict[tuple[str, str, bool], int]
         named_counts: dict[tuple[str, str, str], int]
         writes_by_agent: dict[str, int]
+        pod_logs: dict[tuple[str, str], Pod]
 
         def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
             # kmock's own scan compares every stored object's resource (slow) before its name; the answer is the
             # same when a named request skips other names first. A private hook: if kmock renames it, only speed is lost.
             check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
             name = request.name
+            wanted = selector(request.params.get("labelSelector", ""))
             return [obj for (resource, namespace, oname), obj in self._objects._objects.items()
-                    if (name is None or oname == name) and check(request, resource, namespace, oname, strict=strict)]
+                    if (name is None or oname == name) and check(request, resource, namespace, oname, strict=strict)
+                    and matches(obj.get("metadata", {}).get("labels") or {}, wanted)]
 
         def _forget(self, request: Any) -> None:
             log = self._requests
@@ -95,6 +111,9 @@ def lean_emulator() -> Any:
 
         async def _handle(self, request: Any) -> Any:
             try:
+                path = request.url.path
+                if path.endswith("/log") and "/pods/" in path:
+                    return await self._pod_log(request)
                 return await super()._handle(request)
             finally:
                 self._forget(request)
@@ -109,6 +128,21 @@ def lean_emulator() -> Any:
                     agent = request.headers.get("User-Agent", "")
                     self.writes_by_agent[agent] = self.writes_by_agent.get(agent, 0) + 1
 
+        async def _pod_log(self, request: Any) -> Any:
+            """A kubelet's pods/log: the stand-in's pod output; with follow=true, once its process has ended."""
+            from aiohttp import web
+
+            parts = request.url.path.split("/")  # /api/v1/namespaces/NS/pods/NAME/log
+            pod = self.pod_logs.get((parts[4], parts[6]))
+            if pod is None:
+                return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                                          "reason": "NotFound", "message": f'pods "{parts[6]}" not found'},
+                                         status=404)
+            if request.params.get("follow") == "true":
+                while pod.proc.poll() is None:
+                    await asyncio.sleep(0.3)
+            return web.Response(text=pod.log.read_text(errors="replace"), content_type="text/plain")
+
     return LeanEmulator
 
 
@@ -122,6 +156,7 @@ class Cluster:
         self.counts: dict[tuple[str, str, bool], int] = {}
         self.named_counts: dict[tuple[str, str, str], int] = {}
         self.writes_by_agent: dict[str, int] = {}
+        self.pod_logs: dict[tuple[str, str], Pod] = {}  # (namespace, pod name): what pods/log serves
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,6 +175,7 @@ class Cluster:
         emulator.counts = self.counts
         emulator.named_counts = self.named_counts
         emulator.writes_by_agent = self.writes_by_agent
+        emulator.pod_logs = self.pod_logs
         for key, (kind, namespaced, subresources) in RESOURCES.items():
             if key in self.without:
                 continue
@@ -554,9 +590,25 @@ class FakeTrainingOperator(Poller):
             if replica not in specs:
                 continue
             for index in range(int(specs[replica].get("replicas", 1))):
-                state.pods.append(self._pod(name, specs[replica]["template"], replica, index, node_rank, nnodes,
-                                            nproc, port))
+                pod = self._pod(name, specs[replica]["template"], replica, index, node_rank, nnodes, nproc, port)
+                state.pods.append(pod)
+                self._announce_pod(name, pod)
                 node_rank += 1
+
+    def _announce_pod(self, job: str, pod: Pod) -> None:
+        """The running pod as the API shows it, labelled as the training-operator labels it (what Kubeflow's
+        TrainingClient selects by), its output served as pods/log."""
+        name = f"{job}-{pod.replica.lower()}-{pod.index}"
+        labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": pod.replica.lower(),
+                  "training.kubeflow.org/replica-index": str(pod.index)}
+        if pod.replica == "Master":
+            labels["training.kubeflow.org/job-role"] = "master"
+        self.cluster.pod_logs[(self.ns, name)] = pod
+        if self.cluster.get("v1", "pods", self.ns, name) is None:
+            self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns, "labels": labels},
+                "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}})
+        self.cluster.patch("v1", "pods", self.ns, name, {"status": {"phase": "Running"}}, sub="status")
 
     def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,
              nproc: str, port: int, container: str = "pytorch") -> Pod:

@@ -276,3 +276,15 @@ def test_status_watch_draws_a_progress_bar_on_a_terminal(apiserver: ApiServer) -
     assert "\r" in text and "f1_macro=0.58" in text
     assert "  evaluating" in text and "  registered clause-risk v1" in text
     assert text.rstrip().splitlines()[-1].strip() == "metric:   f1_macro=0.64"  # the full status block closes it
+
+
+def test_a_rank_maps_to_the_pod_that_runs_it() -> None:
+    from legistra.cli.logs import Replica, replica_of
+
+    assert replica_of(0, 1, 8) == Replica("master", 0, 0)
+    assert replica_of(7, 2, 8) == Replica("master", 0, 0)
+    assert replica_of(8, 2, 8) == Replica("worker", 0, 1)
+    assert replica_of(23, 3, 8) == Replica("worker", 1, 2)
+    assert replica_of(1, 2, 0) == Replica("worker", 0, 1)  # CPU pods: one process each
+    with pytest.raises(ValueError, match=r"--rank 16: this run has 16 ranks \(0-15\)"):
+        replica_of(16, 2, 8)

@@ -110,6 +110,22 @@ def test_run_succeeds_with_metrics_mlflow_and_model_in_status(world: dict[str, A
     assert run.data.params["resolved.world_size"] == "2"
     assert run.data.tags["legistra.run_key"] == done["metadata"]["uid"]
 
+    # Its pods' logs, found and read by Kubeflow's TrainingClient through `legistra logs` (pods/log here is the
+    # stand-in's process output): rank 0's by default, the Worker's for rank 1, every line when following.
+    from tests.conftest import legistra
+
+    kubeconfig = str(world["root"] / "kubeconfig")
+    master = legistra("logs", "risk-ok", "--kubeconfig", kubeconfig)
+    assert master.returncode == 0, master.stderr
+    assert "validation rows" in master.stdout  # what rank 0 alone logs
+    worker = legistra("logs", "risk-ok", "--rank", "1", "--kubeconfig", kubeconfig)
+    assert worker.returncode == 0, worker.stderr
+    assert "validation rows" not in worker.stdout
+    followed = legistra("logs", "risk-ok", "-f", "--kubeconfig", kubeconfig)
+    assert followed.returncode == 0 and "[Pod risk-ok-master-0]:" in followed.stdout, followed.stderr
+    beyond = legistra("logs", "risk-ok", "--rank", "2", "--kubeconfig", kubeconfig)
+    assert beyond.returncode == 1 and beyond.stderr.strip() == "error: --rank 2: this run has 2 ranks (0-1)"
+
 
 def test_failing_replica_marks_the_run_failed_with_why(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     """A crash that says nothing (a killed pod, an NCCL hang): restarted up to backoffLimit, then Failed."""

@@ -151,6 +151,26 @@ async def show_status(name: str, namespace: str | None, creds: Credentials, as_j
         await kube.close()
 
 
+async def read_run(name: str, namespace: str | None, creds: Credentials) -> dict[str, Any] | int:
+    """The TrainingRun, or the exit code after one line that says what went wrong."""
+    kube = Kube(creds)
+    try:
+        ns = namespace or kube.creds.namespace
+        try:
+            obj = await kube.get("TrainingRun", ns, name)
+        except ApiError as exc:
+            if exc.status >= 500:
+                return unreachable(creds, exc)
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        if obj is None:
+            print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
+            return 1
+        return obj
+    finally:
+        await kube.close()
+
+
 def age(created: str | None, now: dt.datetime | None = None) -> str:
     """kubectl's AGE column: 45s, 12m, 5h, 3d."""
     if not created:

@@ -213,6 +213,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if creds is None else asyncio.run(show_status(args.name, args.namespace, creds, args.json, args.watch))
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from legistra.cli.cluster import read_run
+    from legistra.cli.logs import show_logs
+
+    creds = _credentials(args)
+    if creds is None:
+        return 1
+    run = asyncio.run(read_run(args.name, args.namespace, creds))
+    return run if isinstance(run, int) else show_logs(run, args.rank, args.follow, args.kubeconfig, args.context)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -332,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", choices=["wide", "yaml", "json"], default=None)
     cluster_options(g)
     g.set_defaults(fn=cmd_get)
+
+    lg = sub.add_parser("logs", help="a run's training logs (the master pod, or --rank N's) via Kubeflow's client")
+    lg.add_argument("name")
+    lg.add_argument("--follow", "-f", action="store_true", help="stream until the pod's training ends")
+    lg.add_argument("--rank", type=int, default=None, help="the pod that holds this global rank (default: rank 0)")
+    cluster_options(lg)
+    lg.set_defaults(fn=cmd_logs)
 
     de = sub.add_parser("delete", help="delete a TrainingRun (its job, config and volume follow; models stay)")
     de.add_argument("name")
