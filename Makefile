@@ -31,8 +31,9 @@ lint: install
 	$(BIN)/ruff check legistra tests benchmarks examples
 	$(BIN)/mypy
 
+# Two workers (CI has 2 cores), whole files per worker: module fixtures (API emulator, operator) start once.
 test: lint $(GITOPS_STAMP) gpu-kit
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The wheels the GPU machine's image lacks (benchmarks/gpu/kit.txt), for CPython 3.12, at this venv's versions.
 gpu-kit: install

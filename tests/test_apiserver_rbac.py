@@ -20,7 +20,6 @@ from tests.test_operator_config import deployment_env
 from tests.test_shipping import render
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
-SYSTEM = "legistra-system"
 
 
 def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
@@ -33,9 +32,9 @@ def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
     raise TimeoutError(what)
 
 
-def token_kubeconfig(api: ApiServer, path: Path, service_account: str) -> Path:
+def token_kubeconfig(api: ApiServer, path: Path, namespace: str, service_account: str) -> Path:
     """A kubeconfig that is the ServiceAccount: a bound token from the TokenRequest API, never the admin's."""
-    token = api.kubectl("-n", SYSTEM, "create", "token", service_account, "--duration", "1h").stdout.strip()
+    token = api.kubectl("-n", namespace, "create", "token", service_account, "--duration", "1h").stdout.strip()
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",
         "clusters": [{"name": "envtest", "cluster": {"server": api.server, "certificate-authority": api.ca_file}}],
@@ -60,18 +59,22 @@ def test_two_replicas_with_only_the_charts_rbac_act_once_and_hand_over(apiserver
                                                                         tmp_path: Path) -> None:
     api = apiserver
     api.install_crds()
-    api.ensure_namespace(SYSTEM)
-    docs = render({})
+    system = api.namespace("rbac-system")  # the session's server is shared: not the docs' legistra-system
+    docs = render({}, namespace=system)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert deployment_env([deployment])["LEGISTRA_PEERING"]["value"]  # peering on, as installed
     identity = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     for d in identity:
         if d["kind"] == "ServiceAccount":
-            d["metadata"]["namespace"] = SYSTEM
+            d["metadata"]["namespace"] = system
+        else:  # cluster-scoped, named per install so the test leaves the chart's own names to other tests
+            d["metadata"]["name"] = f"{system}-operator"
+            if d["kind"] == "ClusterRoleBinding":
+                d["roleRef"]["name"] = f"{system}-operator"
     api.apply(identity)
     sa = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    kubeconfig = token_kubeconfig(api, tmp_path / "sa.kubeconfig", sa)
+    kubeconfig = token_kubeconfig(api, tmp_path / "sa.kubeconfig", system, sa)
     ns = api.namespace("rbac")
     # Really the ServiceAccount, not the admin: RBAC refuses what the chart does not grant.
     refused = api.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", "-n", ns, check=False)
@@ -123,3 +126,4 @@ def test_two_replicas_with_only_the_charts_rbac_act_once_and_hand_over(apiserver
     finally:
         for p in procs:
             p.stop()
+        api.kubectl("delete", "clusterrolebinding,clusterrole", f"{system}-operator", check=False)

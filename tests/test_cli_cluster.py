@@ -177,7 +177,7 @@ def test_get_wait_delete_and_the_kubectl_plugin(apiserver: ApiServer, tmp_path: 
     wide = legistra("get", "-n", ns, "-o", "wide", env=env).stdout.splitlines()
     assert wide[0].split()[-3:] == ["BACKEND", "JOB", "VERSION"] and wide[1].split()[-3:] == ["trainjob", "risk-a", "-"]
     every = legistra("get", "-A", env=env).stdout
-    assert every.splitlines()[0].startswith("NAMESPACE") and f"{ns}   risk-b" in every
+    assert every.splitlines()[0].startswith("NAMESPACE") and [ns, "risk-b"] in [r.split()[:2] for r in every.splitlines()]
     items = json.loads(legistra("get", "-n", ns, "-o", "json", env=env).stdout)["items"]
     assert [i["metadata"]["name"] for i in items] == ["risk-a", "risk-b", "risk-c"]
     one = yaml.safe_load(legistra("get", "risk-a", "-n", ns, "-o", "yaml", env=env).stdout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ LINKED = ("examples", "manifests", "helm", "docs")
 
 # What this test did, for the session summary (conftest prints it).
 SUMMARY: list[str] = []
+SUMMARY_FILE = Path(tempfile.gettempdir()) / "legistra-docs-commands-summary.txt"
 
 
 @dataclass
@@ -128,4 +130,6 @@ def test_docs_commands_run_as_written(apiserver: ApiServer, tmp_path: Path) -> N
                    f"(in {len(skipped)} blocks)")
     SUMMARY.extend(f"  ran     {r}" for r in ran)
     SUMMARY.extend(f"  not run {s}" for s in skipped)
+    # Under pytest-xdist this runs in a worker; the session's summary is printed by the controller.
+    SUMMARY_FILE.write_text("\n".join(SUMMARY) + "\n")
     assert len(ran) >= 15, ran

@@ -32,11 +32,12 @@ def k8s_valid(obj: dict[str, Any]) -> None:
 # -- Helm ------------------------------------------------------------------------------------------------
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, namespace: str = "legistra-system") -> list[dict[str, Any]]:
+    """The chart as `helm install legistra -n NAMESPACE` renders it."""
     import helm_python as helm
 
     chart = helm.Chart.load(str(CHART))
-    out = chart.render(values or {}, name="legistra", namespace="legistra-system", is_install=True)
+    out = chart.render(values or {}, name="legistra", namespace=namespace, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith(".yaml"):
