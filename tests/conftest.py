@@ -172,17 +172,6 @@ def apiserver() -> Iterator[Any]:
     yield from envtest.start()
 
 
-# The longest files first: `make test` runs the suite on two pytest-xdist workers, one file per worker at a
-# time (--dist loadfile), so a long file left for the end would keep one worker busy while the other idles.
-LONGEST_FIRST = ("test_trainer_e2e.py", "test_operator_e2e.py", "test_docs_commands.py", "test_checkpoints.py",
-                 "test_gpu_kit.py", "test_operator_trainjob.py", "test_benchmarks_smoke.py", "test_cli_cluster.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     from tests.test_docs_commands import SUMMARY_FILE
 
