@@ -125,16 +125,9 @@ async def show_status(name: str, namespace: str | None, creds: Credentials, as_j
         ns = namespace or kube.creds.namespace
         last = None
         while True:
-            try:
-                obj = await kube.get("TrainingRun", ns, name)
-            except ApiError as exc:
-                if exc.status >= 500:
-                    return unreachable(creds, exc)
-                print(f"error: {exc.message}", file=sys.stderr)
-                return 1
-            if obj is None:
-                print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
-                return 1
+            obj = await _fetch(kube, name, ns)
+            if isinstance(obj, int):
+                return obj
             phase = (obj.get("status") or {}).get("phase")
             done = not watch or phase in ("Succeeded", "Failed")
             if as_json:
@@ -151,22 +144,26 @@ async def show_status(name: str, namespace: str | None, creds: Credentials, as_j
         await kube.close()
 
 
-async def read_run(name: str, namespace: str | None, creds: Credentials) -> dict[str, Any] | int:
+async def _fetch(kube: Kube, name: str, ns: str) -> dict[str, Any] | int:
     """The TrainingRun, or the exit code after one line that says what went wrong."""
+    try:
+        obj = await kube.get("TrainingRun", ns, name)
+    except ApiError as exc:
+        if exc.status >= 500:
+            return unreachable(kube.creds, exc)
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    if obj is None:
+        print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
+        return 1
+    return obj
+
+
+async def read_run(name: str, namespace: str | None, creds: Credentials) -> dict[str, Any] | int:
+    """The TrainingRun once (`legistra logs`), or the exit code after one line that says what went wrong."""
     kube = Kube(creds)
     try:
-        ns = namespace or kube.creds.namespace
-        try:
-            obj = await kube.get("TrainingRun", ns, name)
-        except ApiError as exc:
-            if exc.status >= 500:
-                return unreachable(creds, exc)
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
-        if obj is None:
-            print(f"error: TrainingRun {name} not found in {ns}", file=sys.stderr)
-            return 1
-        return obj
+        return await _fetch(kube, name, namespace or kube.creds.namespace)
     finally:
         await kube.close()
 

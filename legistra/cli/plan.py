@@ -47,16 +47,12 @@ def model_shape(spec: TrainingRunSpec, base: Path) -> tuple[ModelShape, str]:
                     "cache, not a well-known model); download it once or point model.name at a local copy")
 
 
-def lora_targets_of(spec: TrainingRunSpec, shape: ModelShape) -> list[str] | str:
-    from legistra.trainer.modeling import lora_targets
-
-    return lora_targets(shape.model_type, spec.lora)
-
-
 def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
     """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits."""
+    from legistra.trainer.modeling import lora_targets
+
     shape, source = model_shape(spec, base)
-    targets = lora_targets_of(spec, shape)
+    targets = lora_targets(shape.model_type, spec.lora)
     e = estimate(spec, shape, targets)
     wanted = gpu or gpu_of(spec)
     if wanted is not None:
