@@ -19,7 +19,7 @@ from legistra.contract import run_document
 from legistra.operator.build import SPEC_HASH_ANNOTATION, build_children, spec_hash
 from legistra.operator.config import JobDefaults
 from legistra.operator.credentials import cluster_credentials
-from legistra.operator.kube import Kube
+from legistra.operator.kube import ApiError, Kube
 from legistra.operator.reconcile import reconcile
 from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
@@ -138,3 +138,56 @@ def test_batch_size_is_a_number_or_auto_on_the_real_api_server(crds: ApiServer, 
     doc["spec"]["training"]["batchSize"] = "big"
     res = crds.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert res.returncode != 0 and "spec.training.batchSize" in res.stderr, res.stderr
+
+
+def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) -> None:
+    """Two writers of one run's status (another replica, a lagging index): each status write carries the
+    resourceVersion it was computed from, the real API server answers 409 to the stale one, and the operator's
+    handler re-reads and decides again from the live object."""
+    from legistra.operator.config import OperatorConfig
+    from legistra.operator.handlers import Runtime, _reconcile_run, discover
+
+    stale = apply_run(crds, ns, "risk-race")
+
+    async def go() -> None:
+        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
+        rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
+        try:
+            await discover(rt)  # the job kinds this server serves, as at the operator's start
+            await _reconcile_run(rt, stale)  # replica A: children and a Pending status
+            nonlocal_state["after_a"] = crds.get("trainingrun", "risk-race", "-n", ns)
+            crds.kubectl("patch", "pytorchjob", "risk-race", "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"conditions": [
+                             {"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
+                              "lastTransitionTime": "2026-11-26T00:00:00Z"},
+                             {"type": "Running", "status": "True", "reason": "PyTorchJobRunning",
+                              "lastTransitionTime": "2026-11-26T00:00:01Z"}]}}))
+            # Replica B mirrors the running job from a fresh read.
+            other = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests-b")
+            try:
+                fresh = crds.get("trainingrun", "risk-race", "-n", ns)
+                assert (await reconcile(other, fresh, JobDefaults(), None, Events())).phase == "Running"
+            finally:
+                await other.close()
+            live = crds.get("trainingrun", "risk-race", "-n", ns)
+            old_copy = nonlocal_state["after_a"]
+            # Reconciling A's copy directly: refused by the server, the live status untouched.
+            with pytest.raises(ApiError) as refused:
+                await reconcile(kube, old_copy, JobDefaults(), None, Events())
+            assert refused.value.status == 409
+            assert crds.get("trainingrun", "risk-race", "-n", ns)["metadata"]["resourceVersion"] == \
+                live["metadata"]["resourceVersion"]
+            # The handler, given the stale copy with the job's event (as kopf's index can lag): re-read, converge.
+            job = crds.get("pytorchjob", "risk-race", "-n", ns)
+            await _reconcile_run(rt, old_copy, job=job)
+            after = crds.get("trainingrun", "risk-race", "-n", ns)
+            assert after["status"]["phase"] == "Running" and after["status"]["observedGeneration"] == 1
+            assert rt.written[(ns, "risk-race")].version == after["metadata"]["resourceVersion"]
+            assert int(after["status"].get("attempt") or 1) == 1
+        finally:
+            await kube.close()
+
+    nonlocal_state: dict[str, Any] = {}
+    asyncio.run(go())
+    jobs = json.loads(crds.kubectl("get", "pytorchjobs", "-n", ns, "-o", "json").stdout)["items"]
+    assert [j["metadata"]["name"] for j in jobs] == ["risk-race"]

@@ -584,3 +584,37 @@ def test_a_pending_checkpoint_volume_says_why_and_what_to_do() -> None:
     bound = desired_status(st, job, generation=1, now=NOW, suspended_in_spec=False)
     cond = next(c for c in bound["conditions"] if c["type"] == "CheckpointStorage")
     assert (cond["status"], cond["reason"]) == ("True", "Available")
+
+
+def _run_copy(version: str | None, generation: int = 1, uid: str = "u1", phase: str = "Pending") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "r", "namespace": "n", "uid": uid, "generation": generation}
+    if version is not None:
+        meta["resourceVersion"] = version
+    return {"metadata": meta, "spec": {}, "status": {"phase": phase}}
+
+
+@pytest.mark.parametrize(("a", "b", "newer"), [
+    ("12", "9", True), ("9", "12", False), ("12", "12", False), (None, "3", False), ("3", None, False),
+    ("x1", "x0", False), (None, None, False),
+])
+def test_newer_version_compares_etcd_revisions_and_never_guesses(a: str | None, b: str | None, newer: bool) -> None:
+    from legistra.operator.kube import newer_version
+
+    assert newer_version(a, b) is newer
+
+
+def test_freshest_copy_of_a_run() -> None:
+    from legistra.operator.handlers import Written, freshest
+
+    ours = Written("u1", {"phase": "Running"}, "20", 1)
+    lagging = _run_copy("15")
+    got = freshest(lagging, ours)  # the watch body is older than our write: our status at our version
+    assert got["status"] == {"phase": "Running"} and got["metadata"]["resourceVersion"] == "20"
+    assert got["spec"] is lagging["spec"] and lagging["status"] == {"phase": "Pending"}  # the body is not changed
+    assert freshest(_run_copy("20"), ours)["status"] == {"phase": "Pending"}  # same version: the body is the truth
+    assert freshest(_run_copy("25"), ours)["metadata"]["resourceVersion"] == "25"  # someone wrote since
+    assert freshest(_run_copy("15", generation=2), ours)["status"]["phase"] == "Pending"  # another spec: re-read
+    assert freshest(_run_copy("15", uid="u2"), ours)["status"]["phase"] == "Pending"  # recreated under the name
+    assert freshest(_run_copy("15"), None)["status"]["phase"] == "Pending"
+    # An API emulator without versions: our own last write is the newest we know (no precondition is sent).
+    assert freshest(_run_copy(None), Written("u1", {"phase": "Running"}, None, 1))["status"]["phase"] == "Running"

@@ -24,7 +24,7 @@ from legistra.operator.backends import BACKENDS
 from legistra.operator.build import MANAGED_BY
 from legistra.operator.config import OperatorConfig
 from legistra.operator.credentials import cluster_credentials
-from legistra.operator.kube import ApiError, Kube
+from legistra.operator.kube import ApiError, Kube, newer_version
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
 from legistra.operator.reconcile import reconcile
 from legistra.operator.report import MlflowReporter
@@ -43,6 +43,32 @@ class Peering:
     identity: str
 
 
+@dataclass(frozen=True)
+class Written:
+    """What this operator's last status write left on a run: the status, at which resourceVersion of which
+    object (uid) and spec generation."""
+
+    uid: str
+    status: dict[str, Any]
+    version: str | None
+    generation: int | None
+
+
+def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
+    """The newest copy of a run this operator knows: `body`, or `body` with our own later status write over it.
+
+    Watch bodies lag behind our writes; reconciling a lagging body would redo work and its status write would
+    fail its resourceVersion precondition. Ours is used only for the same object and spec generation, and only
+    when it is later than the body (or neither has a version, as on API emulators)."""
+    meta = body.get("metadata") or {}
+    if written is None or written.uid != meta.get("uid") or written.generation != meta.get("generation"):
+        return body
+    theirs = meta.get("resourceVersion")
+    if newer_version(written.version, theirs) or (theirs is None and written.version is None):
+        return {**body, "status": written.status, "metadata": {**meta, "resourceVersion": written.version}}
+    return body
+
+
 @dataclass
 class Runtime:
     """The operator's collaborators, built once at start-up from its config and kept in kopf's memo."""
@@ -55,7 +81,7 @@ class Runtime:
     lookups: dict[tuple[str, str], int] = field(default_factory=dict)
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     # The status this operator last wrote per run: watch bodies can lag behind our own writes.
-    written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    written: dict[tuple[str, str], Written] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # One wake-up per run at its next due time (retryAt, jobDeleteAt): the resync tick could be a period late.
     wakeups: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
@@ -170,17 +196,30 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
     key = (meta.get("namespace", ""), meta.get("name", ""))
     lock = rt.locks.setdefault(key, asyncio.Lock())
     async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
-        uid, written = rt.written.get(key, ("", None))
-        last = written if uid == meta.get("uid") else None
-        if not force and job is None and last is not None and body.get("status") == last and \
-                last.get("observedGeneration") == meta.get("generation"):
-            return  # the echo of our own status write: nothing new (the resync loop re-checks anyway)
+        known = rt.written.get(key)
+        if not force and job is None and known is not None and known.uid == meta.get("uid") and \
+                known.generation == meta.get("generation"):
+            theirs = meta.get("resourceVersion")
+            if theirs == known.version and body.get("status") == known.status:
+                return  # the echo of our own status write (the resync loop re-checks anyway)
+            if newer_version(known.version, theirs):
+                return  # older than what we wrote: nothing new
+        run = freshest(body, known)
         started = time.monotonic()
         try:
-            outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), _emit,
-                                      job=job, last_status=last, served=rt.served)
-            if outcome.status is not None:
-                rt.written[key] = (meta.get("uid", ""), outcome.status)
+            try:
+                outcome = await _reconcile_once(rt, run, job)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                # Someone wrote the run since the copy we had (a spec edit, another replica, kubectl): read it
+                # again and decide from what is there now. A second conflict waits for the next event.
+                rt.written.pop(key, None)
+                prometheus.RECONCILE_ERRORS.labels(kind="conflict").inc()
+                live = await rt.kube.get("TrainingRun", key[0], key[1])
+                if live is None:
+                    return
+                outcome = await _reconcile_once(rt, live, job)
         except ApiError as exc:
             # The client already retried transient errors; the resync loop is the next retry.
             prometheus.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
@@ -192,6 +231,16 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
         _wake_when_due(rt, key, outcome.status or {})
         if outcome.created:
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
+
+
+async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None) -> Any:
+    meta = body.get("metadata", {})
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), _emit,
+                              job=job, served=rt.served)
+    if outcome.status is not None:
+        rt.written[key] = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"))
+    return outcome
 
 
 def _wake_when_due(rt: Runtime, key: tuple[str, str], status: dict[str, Any]) -> None:

@@ -70,6 +70,15 @@ def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
     return {**new, **{k: None for k in current if k not in new}}
 
 
+def newer_version(a: str | None, b: str | None) -> bool:
+    """Whether resourceVersion `a` is later than `b`. Opaque to clients in principle; every API server stores
+    etcd revisions, which grow. Unknown or non-numeric versions are never called newer."""
+    try:
+        return a is not None and b is not None and int(a) > int(b)
+    except ValueError:
+        return False
+
+
 class Kube:
     """GET / POST / merge-PATCH / DELETE of namespaced objects."""
 
@@ -190,9 +199,14 @@ class Kube:
                                    "application/merge-patch+json")
 
     async def patch_status(self, kind: str, namespace: str, name: str, current: Mapping[str, Any],
-                           new: Mapping[str, Any]) -> None:
-        """Replace the status subresource's `current` content by `new` (a merge patch with nulls)."""
-        await self.patch(kind, namespace, name, {"status": status_patch(current, new)}, subresource="status")
+                           new: Mapping[str, Any], resource_version: str | None = None) -> dict[str, Any]:
+        """Replace the status subresource's `current` content by `new` (a merge patch with nulls); the object
+        as written. With `resource_version`, only if the object is still at that version: the API server
+        answers 409 when anyone wrote it since (`current` was read from an older copy)."""
+        body: dict[str, Any] = {"status": status_patch(current, new)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self.patch(kind, namespace, name, body, subresource="status")
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> None:
         body = ({"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}

@@ -70,6 +70,7 @@ class Outcome:
     phase: str
     created: list[str]
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
+    version: str | None = None  # the object's resourceVersion after this reconcile's last status write
 
 
 async def reconcile(
@@ -81,17 +82,19 @@ async def reconcile(
     clock: Callable[[], dt.datetime] = utc_now,
     *,
     job: dict[str, Any] | None = None,
-    last_status: dict[str, Any] | None = None,
     served: Set[str] = frozenset({"pytorchjob"}),
 ) -> Outcome:
     """`reporters`: the MLflow reader for a tracking URI (None when it cannot be read over REST).
     `job`: the run's PyTorchJob or TrainJob when the caller already has it (its watch event), saving a GET.
     `served`: the job kinds (backend names) the cluster serves, from API discovery.
-    `last_status`: the status this operator last wrote, when newer than `body`'s (a stale watch body)."""
+
+    Status writes carry `body`'s resourceVersion as a precondition: when anyone wrote the run since `body` was
+    read, the write fails with ApiError 409 and nothing older overwrites anything newer; the caller re-reads."""
     meta = body.get("metadata", {})
     ns, name = meta.get("namespace"), meta["name"]
     generation = meta.get("generation")
-    current = dict(last_status if last_status is not None else body.get("status") or {})
+    current = dict(body.get("status") or {})
+    version: str | None = meta.get("resourceVersion")
     if meta.get("deletionTimestamp"):
         return Outcome(current.get("phase", ""), [])
     at = clock()
@@ -99,9 +102,11 @@ async def reconcile(
 
     async def save(new: dict[str, Any]) -> bool:
         """Write `new` over the current status; False when there was nothing to write."""
+        nonlocal version
         if new == current:
             return False
-        await kube.patch_status("TrainingRun", ns, name, current, new)
+        written = await kube.patch_status("TrainingRun", ns, name, current, new, version)
+        version = (written.get("metadata") or {}).get("resourceVersion") or version
         return True
 
     async def refuse(problems: list[str], reason: str, created: list[str]) -> Outcome:
@@ -110,13 +115,13 @@ async def reconcile(
         patched = await save(new)
         if patched and emit:
             emit(body, "Warning", reason, new["message"])
-        return Outcome("Failed", created, new)
+        return Outcome("Failed", created, new, version)
 
     async def over() -> Outcome:
         """The run is finished and keeps its status; only a wait for its job's deletion (jobDeleteAt) ends."""
         kept = {k: v for k, v in current.items() if k != "jobDeleteAt"}
         await save(kept)
-        return Outcome(str(current.get("phase", "")), [], kept)
+        return Outcome(str(current.get("phase", "")), [], kept, version)
 
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -129,7 +134,8 @@ async def reconcile(
     if current.get("phase") == "Failed" and current.get("observedGeneration") == generation and any(
             c.get("type") == "Failed" and c.get("reason") in FINAL_REASONS
             for c in current.get("conditions", [])):
-        return Outcome("Failed", [], current)  # refused or failed for good at this generation; an edit retries
+        # Refused or failed for good at this generation; an edit retries.
+        return Outcome("Failed", [], current, version)
 
     rp = run.spec.run_policy
     backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"))
@@ -138,7 +144,7 @@ async def reconcile(
         new = unavailable_status(current, unavailable, now, generation)
         if await save(new) and emit is not None:
             emit(body, "Warning", "BackendUnavailable", unavailable)
-        return Outcome("Pending", [], new)
+        return Outcome("Pending", [], new, version)
     if job is None:
         job = await kube.get(backend.kind, ns, name)
     was_preempted = False
@@ -155,7 +161,7 @@ async def reconcile(
             if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
                 # Its pods would only crash-loop until backoffLimit: stop them now.
                 await kube.delete(backend.kind, ns, name, propagation="Background")
-            return Outcome("Failed", [], new)
+            return Outcome("Failed", [], new, version)
         was_preempted = preempted(pods, name, backend)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
     if plan.action == "finished":  # e.g. its job expired by TTL
@@ -176,7 +182,7 @@ async def reconcile(
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
                 await kube.delete(backend.kind, ns, name, propagation="Foreground")
-            return Outcome(new["phase"], [], new)
+            return Outcome(new["phase"], [], new, version)
     delete_at = None
     if job is None:
         misfit = memory_refusal(run, defaults)
@@ -240,7 +246,7 @@ async def reconcile(
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, new)
+    return Outcome(new["phase"], created, new, version)
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:
