@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,16 @@ class ApiServer:
     def ca_file(self) -> str:
         return str(self.config["clusters"][0]["cluster"]["certificate-authority"])
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The admin's TLS identity (client certificate) against this server's CA."""
+        user = self.config["users"][0]["user"]
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+        return ctx
+
+    def rest(self) -> Rest:
+        return Rest(self.server, self.ssl_context())
+
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
@@ -132,7 +145,57 @@ class ApiServer:
             self.kubectl("create", "namespace", name)
 
 
-def start() -> Iterator[ApiServer]:
+class Rest:
+    """A small synchronous JSON client as the admin, for test drivers that make many requests (kubectl's
+    process start would dominate). Thread-safe: one connection per request."""
+
+    def __init__(self, server: str, ctx: ssl.SSLContext) -> None:
+        self.server, self.ctx = server, ctx
+
+    @staticmethod
+    def path(group_version: str, plural: str, namespace: str | None, name: str | None = None,
+             sub: str | None = None) -> str:
+        base = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        out = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+        return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                timeout: float = 30) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers={"Content-Type": content_type, "Accept": "application/json",
+                                              "User-Agent": "legistra-tests"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ctx) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and method in ("GET", "DELETE"):
+                return None
+            raise
+
+    def request_text(self, path: str) -> str:
+        """A plain-text GET (the server's /metrics)."""
+        with self.open(path, timeout=30) as resp:
+            return str(resp.read().decode())
+
+    def open(self, path: str, timeout: float) -> Any:
+        """A streaming GET (a watch): the open response, read line by line."""
+        req = urllib.request.Request(self.server + path, headers={"Accept": "application/json",
+                                                                  "User-Agent": "legistra-tests"})
+        return urllib.request.urlopen(req, timeout=timeout, context=self.ctx)
+
+    def list(self, gv: str, plural: str, ns: str | None) -> list[dict[str, Any]]:
+        return list((self.request("GET", self.path(gv, plural, ns)) or {}).get("items", []))
+
+    def create(self, gv: str, plural: str, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", self.path(gv, plural, ns), obj))
+
+    def patch(self, gv: str, plural: str, ns: str, name: str, body: Any, sub: str | None = None) -> Any:
+        return self.request("PATCH", self.path(gv, plural, ns, name, sub), body, "application/merge-patch+json")
+
+
+def start() -> Generator[ApiServer, None, None]:
     bins = assets_dir()
     script = start_script()
     if not (bins / "kube-apiserver.gz").exists() and not (bins / "kube-apiserver").exists():
