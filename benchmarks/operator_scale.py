@@ -1,4 +1,5 @@
-"""Operator scale: N TrainingRuns created as fast as the client can, against the tests' API emulator.
+"""Operator scale: N TrainingRuns created as fast as the client can, against the tests' API emulator or the
+real API server (envtest: kube-apiserver v1.20 + etcd on the same machine).
 
 PyTorchJobs are never started; a second phase flips every job to Running and times the mirroring.
 Measures: time until every run has its PyTorchJob and a Pending/Running status, p50/p99 create->job
@@ -8,15 +9,20 @@ from watch streams (as `kubectl get -w` would see them), so measuring adds no po
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 NS = "bench"
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
 
 def _run_doc(i: int) -> dict[str, Any]:
@@ -41,47 +47,116 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _operator_requests(cluster: Any) -> tuple[int, int]:
-    """(all requests, writes) made by the operator; the benchmark's own client is urllib."""
-    return (cluster.requests(from_tests=False),
-            cluster.requests(from_tests=False, methods=("POST", "PATCH", "PUT", "DELETE")))
-
-
 class Watcher:
     """Follows a watch stream and stamps when each object first met a condition (no polling load)."""
 
-    def __init__(self, url: str, path: str, accept: Any) -> None:
-        import threading
-
-        self.url, self.path, self.accept = url, path, accept
+    def __init__(self, open_stream: Callable[[str], Any], path: str, accept: Callable[[dict[str, Any]], bool]
+                 ) -> None:
+        self.open_stream, self.path, self.accept = open_stream, path, accept
         self.seen: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        import http.client
-        import json as _json
-        from urllib.parse import urlparse
+        with self.open_stream(self.path + "?watch=true&timeoutSeconds=900") as resp:
+            for raw in resp:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                obj = event.get("object") or {}
+                name = (obj.get("metadata") or {}).get("name")
+                if name and name not in self.seen and self.accept(obj):
+                    self.seen[name] = time.perf_counter()
 
-        u = urlparse(self.url)
-        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=600)
-        conn.request("GET", self.path + "?watch=true")
-        resp = conn.getresponse()
-        while True:
-            line = resp.readline()
-            if not line:
-                return
-            line = line.strip()
-            if not line:
+
+class Emulator:
+    """The tests' API emulator (kmock) in this process; it counts each request by client."""
+
+    name = "emulator"
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.k8s_harness import Cluster
+
+        self.cluster = Cluster().start()
+        self.kubeconfig = self.cluster.kubeconfig(workdir / "kubeconfig", NS)
+
+    def open_stream(self, path: str) -> Any:
+        import urllib.request
+
+        return urllib.request.urlopen(self.cluster.url + path, timeout=900)
+
+    def create(self, doc: dict[str, Any]) -> None:
+        self.cluster.apply_run(doc)
+
+    def job_status(self, name: str, status: dict[str, Any]) -> None:
+        self.cluster.patch("kubeflow.org/v1", "pytorchjobs", NS, name, {"status": status}, sub="status")
+
+    def operator_requests(self) -> tuple[int, int]:
+        """(all requests, writes) made by the operator; the benchmark's own client is urllib."""
+        return (self.cluster.requests(from_tests=False),
+                self.cluster.requests(from_tests=False, methods=WRITES))
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+class RealApiServer:
+    """kube-apiserver + etcd (envtest). The operator's requests are the server's own request counters
+    (`apiserver_request_total`) less the benchmark's, which it counts itself; watches are not requests here."""
+
+    name = "apiserver"
+
+    def __init__(self, workdir: Path, api: Any = None) -> None:
+        """`api`: a running tests.apiserver.ApiServer to use (and leave running); by default one of its own."""
+        from tests import apiserver
+
+        self._server = apiserver.start() if api is None else None
+        self.api = api if self._server is None else next(self._server)
+        self.api.install_crds()
+        self.api.ensure_namespace(NS)
+        self.rest = self.api.rest()
+        self.kubeconfig = self.api.kubeconfig
+        self.ours = {"all": 0, "writes": 0}
+        self._lock = threading.Lock()
+
+    def open_stream(self, path: str) -> Any:
+        return self.rest.open(path, timeout=900)
+
+    def create(self, doc: dict[str, Any]) -> None:
+        self.rest.create("legistra.io/v1alpha1", "trainingruns", NS, doc)
+        self._count_ours()
+
+    def job_status(self, name: str, status: dict[str, Any]) -> None:
+        self.rest.patch("kubeflow.org/v1", "pytorchjobs", NS, name, {"status": status}, sub="status")
+        self._count_ours()
+
+    def _count_ours(self) -> None:
+        with self._lock:  # eight creator threads
+            self.ours["all"] += 1
+            self.ours["writes"] += 1
+
+    def operator_requests(self) -> tuple[int, int]:
+        """Resource requests served (not watches; not /metrics, discovery or health: resource=""), less ours."""
+        total = writes = 0
+        for line in self.rest.request_text("/metrics").splitlines():
+            if not line.startswith("apiserver_request_total{"):
                 continue
-            try:
-                event = _json.loads(line)
-            except ValueError:
+            text, value = line.rsplit(" ", 1)
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', text))
+            verb = labels.get("verb", "")
+            if not labels.get("resource") or verb in ("WATCH", "CONNECT"):
                 continue
-            obj = event.get("object") or {}
-            name = (obj.get("metadata") or {}).get("name")
-            if name and name not in self.seen and self.accept(obj):
-                self.seen[name] = time.perf_counter()
+            total += int(float(value))
+            writes += int(float(value)) if verb in WRITES else 0
+        return total - self.ours["all"], writes - self.ours["writes"]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -89,29 +164,31 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(n: int, workdir: Path, timeout: float = 300.0) -> dict[str, Any]:
-    from tests.k8s_harness import Cluster, OperatorProcess
+def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator", api: Any = None) -> dict[str, Any]:
+    """`backend`: "emulator" or "apiserver" (`api`: an envtest server already running, else one is started)."""
+    from tests.k8s_harness import OperatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster().start()
-    operator = OperatorProcess(cluster.kubeconfig(workdir / "kubeconfig", NS), NS, {}, workdir / "operator.log")
+    cluster: Emulator | RealApiServer = Emulator(workdir) if backend == "emulator" \
+        else RealApiServer(workdir, api)
+    operator = OperatorProcess(cluster.kubeconfig, NS, {}, workdir / "operator.log")
     operator.env = {"LEGISTRA_RESYNC_SECONDS": "30"}
     operator.start()
     assert operator.proc is not None
     try:
         time.sleep(3)  # let kopf finish discovery and open its watches
-        jobs = Watcher(cluster.url, f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs", lambda o: True)
-        pending = Watcher(cluster.url, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
+        jobs = Watcher(cluster.open_stream, f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs", lambda o: True)
+        pending = Watcher(cluster.open_stream, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
                           lambda o: (o.get("status") or {}).get("phase") in ("Pending", "Running"))
-        running = Watcher(cluster.url, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
+        running = Watcher(cluster.open_stream, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
                           lambda o: (o.get("status") or {}).get("phase") == "Running")
-        base_reqs, base_writes = _operator_requests(cluster)
+        base_reqs, base_writes = cluster.operator_requests()
         created_at: dict[str, float] = {}
         t0 = time.perf_counter()
 
         def create(i: int) -> None:
             doc = _run_doc(i)
-            cluster.apply_run(doc)
+            cluster.create(doc)
             created_at[doc["metadata"]["name"]] = time.perf_counter()
 
         with ThreadPoolExecutor(8) as pool:
@@ -124,7 +201,8 @@ def run(n: int, workdir: Path, timeout: float = 300.0) -> dict[str, Any]:
         job_seen = jobs.seen
         t_all = max([*pending.seen.values(), *job_seen.values()], default=t0) - t0
         latencies = [job_seen[k] - created_at[k] for k in created_at if k in job_seen]
-        reqs, writes = _operator_requests(cluster)
+        time.sleep(1.0)  # the operator's last status writes land before the count
+        reqs, writes = cluster.operator_requests()
         phase1 = {"runs": n, "reconciled": len(job_seen), "create_seconds": t_created, "all_reconciled_seconds": t_all,
                   "p50_latency_s": statistics.median(latencies) if latencies else None,
                   "p99_latency_s": _pct(latencies, 0.99) if latencies else None,
@@ -135,8 +213,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0) -> dict[str, Any]:
         cond = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
 
         def flip(i: int) -> None:
-            cluster.patch("kubeflow.org/v1", "pytorchjobs", NS, f"run-{i:05d}", {"status": {"conditions": cond}},
-                          sub="status")
+            cluster.job_status(f"run-{i:05d}", {"conditions": cond})
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(flip, range(n)))
@@ -145,8 +222,8 @@ def run(n: int, workdir: Path, timeout: float = 300.0) -> dict[str, Any]:
         phase2 = {"transitions": n, "mirrored": len(running.seen),
                   "all_mirrored_seconds": max(running.seen.values(), default=t1) - t1}
         wall = time.perf_counter() - t0
-        # Where the time goes: the operator's CPU, and this process's (the emulator and the client).
-        return {"phase1_create": phase1, "phase2_transitions": phase2,
+        # Where the time goes: the operator's CPU, and this process's (the emulator, if in-process, and the client).
+        return {"backend": cluster.name, "phase1_create": phase1, "phase2_transitions": phase2,
                 "operator_peak_rss_mb": _vm_hwm_mb(operator.proc.pid),
                 "operator_cpu_seconds": _cpu_seconds(operator.proc.pid),
                 "emulator_and_client_cpu_seconds": resource.getrusage(resource.RUSAGE_SELF).ru_utime

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,19 @@ def test_operator_scale_smoke(tmp_path: Path) -> None:
     assert p1["reconciled"] == 15 and res["phase2_transitions"]["mirrored"] == 15
     assert p1["api_writes_per_run"] == 4.0  # ConfigMap, PVC, PyTorchJob, one status patch
     assert res["operator_peak_rss_mb"] > 0
+
+
+@pytest.mark.apiserver
+def test_operator_scale_smoke_on_the_real_api_server(tmp_path: Path, apiserver: Any) -> None:
+    from benchmarks.operator_scale import run
+
+    res = run(15, tmp_path / "op", timeout=120, backend="apiserver", api=apiserver)
+    p1 = res["phase1_create"]
+    assert res["backend"] == "apiserver"
+    assert p1["reconciled"] == 15 and res["phase2_transitions"]["mirrored"] == 15
+    # Counted by the API server itself: ConfigMap, PVC, PyTorchJob, one status patch per run.
+    assert p1["api_writes_per_run"] == 4.0
+    assert 4.0 < p1["api_requests_per_run"] < 8.0
 
 
 def test_lora_flops_formula() -> None:
