@@ -191,3 +191,30 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
     asyncio.run(go())
     jobs = json.loads(crds.kubectl("get", "pytorchjobs", "-n", ns, "-o", "json").stdout)["items"]
     assert [j["metadata"]["name"] for j in jobs] == ["risk-race"]
+
+
+def test_events_from_the_operators_own_loops_reach_the_api_server(crds: ApiServer, ns: str) -> None:
+    """The resync and wake-up loops run outside kopf's handlers, where kopf has no event queue (kopf.info raises
+    LookupError there, which used to abort the whole resync pass): the event is posted by our client instead."""
+    from legistra.operator.config import OperatorConfig
+    from legistra.operator.handlers import Runtime
+
+    body = apply_run(crds, ns, "risk-events")
+
+    async def go() -> None:
+        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
+        rt = Runtime(OperatorConfig.from_env((ns,), {"POD_ID": "op-0"}), kube)
+        try:
+            rt.emit(body, "Warning", "RunFailed", "attempt 1 of 2 failed")
+            await asyncio.sleep(0.5)  # posted in the background, as kopf does
+        finally:
+            await kube.close()
+
+    asyncio.run(go())
+    events = json.loads(crds.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    ours = [e for e in events if e["reason"] == "RunFailed"]
+    assert len(ours) == 1, events
+    e = ours[0]
+    assert e["type"] == "Warning" and e["message"] == "attempt 1 of 2 failed"
+    assert e["involvedObject"]["uid"] == body["metadata"]["uid"] and e["involvedObject"]["kind"] == "TrainingRun"
+    assert e["source"]["component"] == "legistra" and e["metadata"]["name"].startswith("risk-events.")

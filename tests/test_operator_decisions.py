@@ -618,3 +618,35 @@ def test_freshest_copy_of_a_run() -> None:
     assert freshest(_run_copy("15"), None)["status"]["phase"] == "Pending"
     # An API emulator without versions: our own last write is the newest we know (no precondition is sent).
     assert freshest(_run_copy(None), Written("u1", {"phase": "Running"}, None, 1))["status"]["phase"] == "Running"
+
+
+def test_the_index_keeps_runs_without_the_api_servers_bookkeeping() -> None:
+    from legistra.operator.handlers import lean
+
+    body = {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "spec": {"task": "x"}, "status": {"a": 1},
+            "metadata": {"name": "r", "uid": "u", "generation": 2, "resourceVersion": "9",
+                         "managedFields": [{"manager": "kubectl"}],
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "team": "ml"}}}
+    got = lean(body)
+    assert got["metadata"] == {"name": "r", "uid": "u", "generation": 2, "resourceVersion": "9",
+                               "annotations": {"team": "ml"}}
+    assert got["spec"] == body["spec"] and got["status"] == body["status"]
+    assert "managedFields" in body["metadata"]  # the watch body itself is left as it was
+
+
+def test_runs_by_phase_follows_each_run_once() -> None:
+    from legistra.operator import prometheus
+
+    def gauge(phase: str) -> float:
+        return prometheus.RUNS_BY_PHASE.labels(phase=phase)._value.get()
+
+    before = {p: gauge(p) for p in ("Pending", "Running", "Succeeded")}
+    prometheus.observe_phase(("t", "a"), "Pending")
+    prometheus.observe_phase(("t", "b"), "Pending")
+    prometheus.observe_phase(("t", "a"), "Running")
+    prometheus.observe_phase(("t", "a"), "Running")  # the same phase again counts once
+    assert gauge("Pending") - before["Pending"] == 1 and gauge("Running") - before["Running"] == 1
+    prometheus.forget(("t", "a"))
+    prometheus.forget(("t", "a"))  # a second DELETED event changes nothing
+    prometheus.forget(("t", "b"))
+    assert {p: gauge(p) for p in before} == before

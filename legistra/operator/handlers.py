@@ -86,6 +86,12 @@ class Runtime:
     # One wake-up per run at its next due time (retryAt, jobDeleteAt): the resync tick could be a period late.
     wakeups: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     served: frozenset[str] = frozenset()  # backend names whose CRDs the cluster serves (API discovery)
+    emit: Callable[[dict[str, Any], str, str, str], None] = field(init=False)
+    # When each run was last reconciled (monotonic): the resync loop skips runs an event reconciled recently.
+    reconciled_at: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.emit = emitter(self)
 
 
 async def discover(rt: Runtime) -> None:
@@ -128,11 +134,44 @@ async def acting(rt: Runtime) -> bool:
     return True
 
 
-def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-    if kind == "Warning":
-        kopf.warn(cast(Any, body), reason=reason, message=message)
-    else:
-        kopf.info(cast(Any, body), reason=reason, message=message)
+def event_object(body: dict[str, Any], kind: str, reason: str, message: str, instance: str,
+                 now: datetime.datetime) -> dict[str, Any]:
+    """A core/v1 Event about `body`, as kopf would post it."""
+    meta = body.get("metadata") or {}
+    stamp = now.astimezone(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+            "type": kind, "reason": reason, "message": message[:1024], "count": 1,
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": "legistra"}, "reportingComponent": "legistra", "reportingInstance": instance}
+
+
+def emitter(rt: Runtime) -> Callable[[dict[str, Any], str, str, str], None]:
+    """Events through kopf's queue inside its handlers; outside them (our resync, wake-up and schedule loops) kopf
+    has no queue, and the event is posted through our own client instead of failing the reconcile."""
+    pending: set[asyncio.Task[None]] = set()
+
+    async def post(event: dict[str, Any]) -> None:
+        try:
+            await rt.kube.create(event)
+        except ApiError as exc:
+            log.warning("could not post event %s: %s", event["reason"], exc)
+
+    def emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        try:
+            (kopf.warn if kind == "Warning" else kopf.info)(cast(Any, body), reason=reason, message=message)
+            return
+        except LookupError:
+            pass
+        event = event_object(body, kind, reason, message, rt.config.pod_id,
+                             datetime.datetime.now(datetime.timezone.utc))
+        task = asyncio.get_running_loop().create_task(post(event))
+        pending.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(pending.discard)
+
+    return emit
 
 
 @kopf.on.startup()
@@ -227,6 +266,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             return
         finally:
             prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        rt.reconciled_at[key] = time.monotonic()
         prometheus.observe_phase(key, outcome.phase)
         _wake_when_due(rt, key, outcome.status or {})
         if outcome.created:
@@ -236,7 +276,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
 async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None) -> Any:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
-    outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), _emit,
+    outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
                               job=job, served=rt.served)
     if outcome.status is not None:
         rt.written[key] = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"))
@@ -276,6 +316,7 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         rt.written.pop(key, None)
         rt.locks.pop(key, None)
         rt.lookups.pop(key, None)
+        rt.reconciled_at.pop(key, None)
         if (wakeup := rt.wakeups.pop(key, None)) is not None:
             wakeup.cancel()
         return
@@ -303,10 +344,27 @@ async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) 
         await _reconcile_run(rt, dict(run), job=None if deleted else dict(body), force=deleted)
 
 
+# Bookkeeping the API server keeps on every object that reconcile never reads: on a real server it is most of a
+# run's bytes (managedFields alone ~1.5 KB, kubectl's last-applied copy of the whole spec).
+HEAVY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def lean(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
+    """A run as reconcile needs it, without managedFields and kubectl's last-applied copy."""
+    out = dict(body)
+    meta = {k: v for k, v in (out.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in HEAVY_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in HEAVY_ANNOTATIONS}
+    out["metadata"] = meta
+    return out
+
+
 @kopf.index(API_GROUP, API_VERSION, "trainingruns")
 def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """In-memory copies of the TrainingRuns, so job events find their run without a GET."""
-    return {(namespace or "", name): dict(body)}
+    """In-memory copies of the TrainingRuns (lean: a real API server's bookkeeping dropped), so job events find
+    their run without a GET."""
+    return {(namespace or "", name): lean(body)}
 
 
 async def every(rt: Runtime, interval: float, what: str, work: Callable[[Runtime, str | None], Awaitable[None]],
@@ -340,12 +398,15 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
+    recent = time.monotonic() - rt.config.resync_seconds / 2
     for run in await rt.kube.list("TrainingRun", ns):
         meta = run["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         st = run.get("status") or {}
         if not needs_resync(st, meta.get("generation"), rt.lookups.get(key, 0)):
             continue  # finished: no requests at all
+        if rt.reconciled_at.get(key, float("-inf")) > recent:
+            continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
         if st.get("phase") == "Succeeded":
             rt.lookups[key] = rt.lookups.get(key, 0) + 1
         await _reconcile_run(rt, run)
