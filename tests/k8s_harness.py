@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import shutil
@@ -87,15 +88,39 @@ def lean_emulator() -> Any:
         writes_by_agent: dict[str, int]
         pod_logs: dict[tuple[str, str], Pod]
 
+        by_name: dict[str, list[Any]]
+        indexed: int
+
+        def _keys_named(self, name: str) -> list[Any]:
+            """Stored keys with this name. kmock keeps a deleted object's key (soft delete) and a dict keeps
+            insertion order, so only the keys added since the last call need indexing."""
+            stored = self._objects._objects
+            if getattr(self, "indexed", 0) > len(stored):  # keys went away after all: index again
+                self.indexed = 0
+            if getattr(self, "indexed", 0) == 0:
+                self.by_name, self.indexed = {}, 0
+            if self.indexed != len(stored):
+                for key in itertools.islice(stored.keys(), self.indexed, None):
+                    self.by_name.setdefault(key[2], []).append(key)
+                self.indexed = len(stored)
+            return self.by_name.get(name, [])
+
         def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
-            # kmock's own scan compares every stored object's resource (slow) before its name; the answer is the
-            # same when a named request skips other names first. A private hook: if kmock renames it, only speed is lost.
+            # kmock's own scan compares every stored object with every request: quadratic in a long run. A named
+            # request looks its name up in an index first; the answer is the same. A private hook: if kmock
+            # renames it, only speed is lost.
             check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
             name = request.name
             wanted = selector(request.params.get("labelSelector", ""))
-            return [obj for (resource, namespace, oname), obj in self._objects._objects.items()
-                    if (name is None or oname == name) and check(request, resource, namespace, oname, strict=strict)
-                    and matches(obj.get("metadata", {}).get("labels") or {}, wanted)]
+            stored = self._objects._objects
+            keys = self._keys_named(name) if name is not None else list(stored.keys())
+            return [stored[key] for key in keys
+                    if check(request, *key, strict=strict)
+                    and matches(stored[key].get("metadata", {}).get("labels") or {}, wanted)]
+
+        def _get_resources(self) -> list[Any]:
+            # Every resource is declared up front (RESOURCES); kmock would also scan every stored object per list.
+            return list(kmock.KubernetesScaffold._get_resources(self))
 
         def _forget(self, request: Any) -> None:
             log = self._requests
