@@ -218,3 +218,20 @@ def test_events_from_the_operators_own_loops_reach_the_api_server(crds: ApiServe
     assert e["type"] == "Warning" and e["message"] == "attempt 1 of 2 failed"
     assert e["involvedObject"]["uid"] == body["metadata"]["uid"] and e["involvedObject"]["kind"] == "TrainingRun"
     assert e["source"]["component"] == "legistra" and e["metadata"]["name"].startswith("risk-events.")
+
+
+def test_lists_come_in_pages_that_add_up(crds: ApiServer, ns: str) -> None:
+    """The resync lists runs in pages (the API server's continue tokens), never one response of every run."""
+    for i in range(7):
+        apply_run(crds, ns, f"risk-page-{i}")
+
+    async def go() -> list[list[str]]:
+        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
+        try:
+            return [[r["metadata"]["name"] for r in page] async for page in kube.pages("TrainingRun", ns, limit=3)]
+        finally:
+            await kube.close()
+
+    pages = asyncio.run(go())
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert sorted(n for p in pages for n in p) == [f"risk-page-{i}" for i in range(7)]

@@ -399,17 +399,18 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
     recent = time.monotonic() - rt.config.resync_seconds / 2
-    for run in await rt.kube.list("TrainingRun", ns):
-        meta = run["metadata"]
-        key = (meta.get("namespace", ""), meta["name"])
-        st = run.get("status") or {}
-        if not needs_resync(st, meta.get("generation"), rt.lookups.get(key, 0)):
-            continue  # finished: no requests at all
-        if rt.reconciled_at.get(key, float("-inf")) > recent:
-            continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
-        if st.get("phase") == "Succeeded":
-            rt.lookups[key] = rt.lookups.get(key, 0) + 1
-        await _reconcile_run(rt, run)
+    async for page in rt.kube.pages("TrainingRun", ns):
+        for run in page:
+            meta = run["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            st = run.get("status") or {}
+            if not needs_resync(st, meta.get("generation"), rt.lookups.get(key, 0)):
+                continue  # finished: no requests at all
+            if rt.reconciled_at.get(key, float("-inf")) > recent:
+                continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
+            if st.get("phase") == "Succeeded":
+                rt.lookups[key] = rt.lookups.get(key, 0) + 1
+            await _reconcile_run(rt, lean(run))
 
 
 async def tick_schedules(rt: Runtime, ns: str | None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,12 +170,22 @@ class Kube:
         """The live copy of the object a manifest names, or None."""
         return await self.get(obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
 
+    async def pages(self, kind: str, namespace: str | None, label_selector: str | None = None,
+                    limit: int = 500) -> AsyncIterator[list[dict[str, Any]]]:
+        """A list in pages of `limit` (the API server's `continue` tokens): at 10,000 runs one list response
+        held whole, parsed, is over a hundred MB of Python objects for as long as its pass lasts."""
+        token = ""
+        while True:
+            params = {"limit": str(limit), **({"labelSelector": label_selector} if label_selector else {}),
+                      **({"continue": token} if token else {})}
+            found = await self._request("GET", f"{path_of(kind, namespace)}?{urllib.parse.urlencode(params)}")
+            yield list(found.get("items") or [])
+            token = str((found.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
+
     async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
-        path = path_of(kind, namespace)
-        if label_selector:
-            path += f"?labelSelector={urllib.parse.quote(label_selector, safe='')}"
-        items: list[dict[str, Any]] = (await self._request("GET", path)).get("items", [])
-        return items
+        return [item async for page in self.pages(kind, namespace, label_selector) for item in page]
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         ns = obj["metadata"].get("namespace")
