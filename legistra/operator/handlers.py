@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import random
 import time
@@ -335,11 +336,11 @@ async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) 
     if owner is None:
         return
     key = (body["metadata"]["namespace"], owner["name"])
-    runs: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["runs"]
+    runs: kopf.Index[tuple[str, str], bytes] = kwargs["runs"]
     # After a job's deletion only a fresh read tells whether its run went too (a cascade): never the index.
     found = [] if deleted else list(runs.get(key, []))
     rt = runtime_of(memo)
-    run = found[0] if found else await rt.kube.get("TrainingRun", key[0], key[1])
+    run = json.loads(found[0]) if found else await rt.kube.get("TrainingRun", key[0], key[1])
     if run is not None and run["metadata"].get("uid") == owner.get("uid"):
         await _reconcile_run(rt, dict(run), job=None if deleted else dict(body), force=deleted)
 
@@ -361,10 +362,11 @@ def lean(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index(API_GROUP, API_VERSION, "trainingruns")
-def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """In-memory copies of the TrainingRuns (lean: a real API server's bookkeeping dropped), so job events find
-    their run without a GET."""
-    return {(namespace or "", name): lean(body)}
+def runs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], bytes]:
+    """In-memory copies of the TrainingRuns, so job events find their run without a GET: lean (a real API
+    server's bookkeeping dropped) and kept as compact JSON, ~1.6 KB a run where the parsed dict is ~10 KB
+    (10,000 runs: ~16 MB instead of ~100 MB); parsed again only when a job event needs its run."""
+    return {(namespace or "", name): json.dumps(lean(body), separators=(",", ":")).encode()}
 
 
 async def every(rt: Runtime, interval: float, what: str, work: Callable[[Runtime, str | None], Awaitable[None]],
