@@ -25,6 +25,7 @@ def machine() -> dict[str, Any]:
         "host_cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "commit": _commit(),
     }
     try:
         import deepspeed
@@ -34,6 +35,19 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def _commit() -> str | None:
+    """The code measured: the checkout's commit, marked when the tree had changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def main() -> None:

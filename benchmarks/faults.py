@@ -261,13 +261,13 @@ def kill_campaign(api: Any, workdir: Path, runs: int = 50, kills: int = 20, seed
         c.close()
 
 
-def proxy_campaign(api: Any, workdir: Path, runs: int = 50, rate: float = 0.2, watch_drop: float = 0.5,
+def proxy_campaign(api: Any, workdir: Path, runs: int = 50, rate: float = 0.2, watch_lifetime: float = 5.0,
                    seed: int = 11, timeout: float = 180) -> dict[str, Any]:
     """The operator behind the fault proxy while `runs` runs go through their lives (some with a retry)."""
     from tests.fault_proxy import FaultProxy, Faults, kubeconfig_for
 
     c = Campaign(api, workdir / f"proxy-{rate}", runs)
-    proxy = FaultProxy(api.server, api.ssl_context(), Faults(rate, watch_drop, seed)).start()
+    proxy = FaultProxy(api.server, api.ssl_context(), Faults(rate, watch_lifetime, seed)).start()
     kubeconfig = c.workdir / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(proxy.url, c.ns)))
     op = c.operator(kubeconfig, c.workdir / "operator.log").start()
@@ -278,7 +278,7 @@ def proxy_campaign(api: Any, workdir: Path, runs: int = 50, rate: float = 0.2, w
         op.stop()
         verdict = c.verdict()
         tally = proxy.tally.as_dict()
-        return {"runs": runs, "fault_rate": rate, "watch_drop": watch_drop, "seed": seed,
+        return {"runs": runs, "fault_rate": rate, "watch_lifetime_s": watch_lifetime, "seed": seed,
                 "converged_seconds": round(took, 2), "operator_alive": op.proc is not None and
                 op.proc.returncode in (0, -15, None), **tally,
                 "requests_per_run": round(tally["requests_total"] / runs, 2),
@@ -298,8 +298,8 @@ def run(workdir: Path, runs: int = 50, kills: int = 20) -> dict[str, Any]:
     try:
         api.install_crds()
         kill = kill_campaign(api, workdir, runs, kills)
-        baseline = proxy_campaign(api, workdir, runs, rate=0.0, watch_drop=0.0)
-        faulty = proxy_campaign(api, workdir, runs, rate=0.2, watch_drop=0.5)
+        baseline = proxy_campaign(api, workdir, runs, rate=0.0, watch_lifetime=0.0)
+        faulty = proxy_campaign(api, workdir, runs, rate=0.2, watch_lifetime=5.0)
         faulty["extra_requests"] = faulty["requests_total"] - baseline["requests_total"]
         faulty["extra_requests_ratio"] = round(faulty["requests_total"] / max(1, baseline["requests_total"]), 2)
         return {"sigkill": kill, "proxy_baseline": baseline, "proxy_faults": faulty}

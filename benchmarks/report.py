@@ -67,8 +67,8 @@ an attempt, anything after Succeeded, a lower observedGeneration) or lost a fiel
 runs not Succeeded at the end. **SIGKILL**: runs created in waves, the operator killed at a random moment
 (0.3-3 s) after each wave and restarted at once. **Proxy**: the operator behind a proxy of ours that answers a
 share of requests with 500 (before the server saw it, or after it applied it), 429 (Retry-After: 1) or, on
-writes, 409, and cuts half of the watch streams after 1-5 s; the same campaign without faults is the baseline
-for the extra requests. `make test` runs small versions of both (tests/test_faults.py).
+writes, 409, and cuts every watch stream after 1-5 s (the operator resumes it); the same campaign without
+faults is the baseline for the extra requests. `make test` runs small versions of both (tests/test_faults.py).
 """
 
 DATA = """

@@ -3,8 +3,8 @@
 The operator talks plain HTTP to the proxy; the proxy talks to the API server as the admin (client
 certificate). A share of requests is answered with what a loaded or flaky control plane answers: 500 (before
 the request reaches the server, or after it was applied: the worst case for a write), 429 with Retry-After,
-and 409 Conflict on writes (never on reads, which a real server does not refuse that way). Some watch streams
-are cut short. Every request and fault is counted, so a campaign reports what the faults cost.
+and 409 Conflict on writes (never on reads, which a real server does not refuse that way). Every watch stream
+is cut after a few seconds, so the operator resumes its watches all through a campaign. Every request and fault is counted, so a campaign reports what the faults cost.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ HOP_HEADERS = ("content-type", "accept", "user-agent")
 @dataclass
 class Faults:
     rate: float = 0.2  # share of non-watch requests answered with an error
-    watch_drop: float = 0.5  # share of watch streams cut after 1-5 s (the operator then resumes them)
+    watch_lifetime: float = 5.0  # every watch stream is cut after 1..this many seconds (0: never)
     seed: int = 11
 
 
@@ -128,7 +128,8 @@ class FaultProxy:
         import aiohttp
         from aiohttp import web
 
-        cut_at = time.monotonic() + self.rng.uniform(1, 5) if self.rng.random() < self.faults.watch_drop else None
+        life = self.faults.watch_lifetime
+        cut_at = time.monotonic() + self.rng.uniform(1, life) if life > 0 else None
         async with session.get(request.path_qs, headers=headers) as up:
             resp = web.StreamResponse(status=up.status,
                                       headers={"Content-Type": up.headers.get("Content-Type", "application/json")})

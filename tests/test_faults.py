@@ -67,9 +67,10 @@ def test_the_operator_killed_at_random_points_loses_and_duplicates_nothing(crds:
 @pytest.mark.slow
 def test_every_run_converges_through_a_proxy_that_fails_a_fifth_of_the_requests(crds: ApiServer,
                                                                                   tmp_path: Path) -> None:
-    res = proxy_campaign(crds, tmp_path, runs=10, rate=0.2, watch_drop=0.5, seed=5, timeout=90)
+    res = proxy_campaign(crds, tmp_path, runs=10, rate=0.2, watch_lifetime=3.0, seed=5, timeout=90)
     assert res["clean"], json.dumps(res)
     # The faults really happened, of every kind, on reads and on writes.
     assert {"500-before", "500-after", "429", "409"} <= set(res["injected"]), res["injected"]
     assert res["injected_total"] >= 0.1 * res["requests_total"]
+    assert res["watches_cut"] >= 2 and res["requests"]["WATCH"] > 2  # cut, and resumed
     assert res["operator_alive"], "the operator process exited under the faults"
