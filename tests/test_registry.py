@@ -260,3 +260,13 @@ def test_concurrent_promotions_always_end_on_the_best(registry: Registry, tmp_pa
     assert [versions[v] for v in holders] == sorted(versions[v] for v in holders)  # every move improved
     assert len(set(holders)) == len(holders)
     assert {v for v, promoted in outcomes if promoted} == set(holders)  # a "promoted" answer is in the history
+
+
+def test_a_conditional_write_retried_after_it_landed_is_still_ours(registry: Registry) -> None:
+    """Under load a conditional PUT can land while its answer is lost; the client's retry then gets 412 from our
+    own first write. Reading back tells ours (same bytes) from someone else's."""
+    key = "m/v1/.claim"
+    assert registry._create(key, b'{"by": "me"}')
+    assert registry._create(key, b'{"by": "me"}')  # the retry of a write that landed
+    assert not registry._create(key, b'{"by": "someone else"}')
+    assert registry.store.get(key)[0] == b'{"by": "me"}'

@@ -111,23 +111,38 @@ class Registry:
             **dict(metadata or {}),
             "files": checksums,
         }
-        try:
-            self.store.put(f"{prefix}/{MANIFEST}", _dumps(manifest), if_none_match=True)
-        except PreconditionFailed:  # only possible if someone wrote into our claimed slot by hand
-            raise RegistryError(f"{model} v{version}: manifest already exists; refusing to overwrite") from None
+        if not self._create(f"{prefix}/{MANIFEST}", _dumps(manifest)):
+            # Only possible if someone wrote into our claimed slot by hand.
+            raise RegistryError(f"{model} v{version}: manifest already exists; refusing to overwrite")
         self.store.delete_prefix(staging)
         return ModelVersion(model, version, self.store.url(prefix), manifest)
+
+    def _create(self, key: str, data: bytes) -> bool:
+        """Write `key` only if it does not exist; whether it now holds `data` as written by us.
+
+        A conditional PUT is not idempotent: when an attempt lands but its answer is lost (a timeout under load),
+        the client's retry is refused with 412 by our own first write. Reading back tells ours (same bytes:
+        claims carry a unique token) from another writer's. S3 may also refuse a conditional write racing
+        another one in flight (409) that then fails: the key stays free, and is tried again."""
+        for _ in range(3):
+            try:
+                self.store.put(key, data, if_none_match=True)
+                return True
+            except PreconditionFailed:
+                try:
+                    return self.store.get(key)[0] == data
+                except NotFound:
+                    continue
+        return False
 
     def _claim(self, model: str) -> int:
         existing = self._claimed_numbers(model)
         candidate = (existing[-1] if existing else 0) + 1
         token = json.dumps({"claimedAt": _now(), "by": uuid.uuid4().hex}).encode()
         for _ in range(10_000):
-            try:
-                self.store.put(f"{model}/v{candidate}/{CLAIM}", token, if_none_match=True)
+            if self._create(f"{model}/v{candidate}/{CLAIM}", token):
                 return candidate
-            except PreconditionFailed:
-                candidate += 1
+            candidate += 1
         raise RegistryError(f"{model}: could not claim a version number")
 
     def versions(self, model: str) -> list[ModelVersion]:
