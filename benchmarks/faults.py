@@ -10,7 +10,6 @@ every run and every job ever created; the verdict is computed from that record a
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import threading
@@ -23,17 +22,13 @@ from typing import Any
 import yaml
 
 from legistra.operator.attempts import job_attempt
-from tests.k8s_harness import Poller
+from tests.k8s_harness import Poller, now_iso
 
 RUNS = ("legistra.io/v1alpha1", "trainingruns")
 JOBS = ("kubeflow.org/v1", "pytorchjobs")
 # Order of phases within one attempt; a status may only move forward (or to a later attempt). Retrying is the
 # end of a failed attempt (the next one starts as Pending with the attempt number raised).
 RANK = {"Pending": 0, "Suspended": 0, "Running": 1, "Retrying": 2, "Succeeded": 2, "Failed": 2}
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- the verdict: pure -------------------------------------------------------------------------------------------

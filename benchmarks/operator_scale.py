@@ -140,7 +140,8 @@ class RealApiServer:
             self.ours["writes"] += 1
 
     def operator_requests(self) -> tuple[int, int]:
-        """Resource requests served (not watches; not /metrics, discovery or health: resource=""), less ours."""
+        """Resource requests served (not watches; not /metrics, discovery or health: resource=""), and the
+        writes among them that succeeded, less ours."""
         total = writes = 0
         for line in self.rest.request_text("/metrics").splitlines():
             if not line.startswith("apiserver_request_total{"):
@@ -151,7 +152,8 @@ class RealApiServer:
             if not labels.get("resource") or verb in ("WATCH", "CONNECT"):
                 continue
             total += int(float(value))
-            writes += int(float(value)) if verb in WRITES else 0
+            # A write refused with 409 (a stale copy, re-read and retried) changed nothing: not a write.
+            writes += int(float(value)) if verb in WRITES and labels.get("code", "").startswith("2") else 0
         return total - self.ours["all"], writes - self.ours["writes"]
 
     def stop(self) -> None:

@@ -27,7 +27,7 @@ from legistra.operator.config import OperatorConfig
 from legistra.operator.credentials import cluster_credentials
 from legistra.operator.kube import ApiError, Kube, newer_version
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
-from legistra.operator.reconcile import reconcile
+from legistra.operator.reconcile import Outcome, reconcile
 from legistra.operator.report import MlflowReporter
 from legistra.operator.schedules import reconcile_schedule
 from legistra.operator.status import needs_resync
@@ -54,6 +54,10 @@ class Written:
     version: str | None
     generation: int | None
 
+    def covers(self, meta: dict[str, Any]) -> bool:
+        """Whether this write was to the same object at the same spec generation as `meta` describes."""
+        return self.uid == meta.get("uid") and self.generation == meta.get("generation")
+
 
 def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
     """The newest copy of a run this operator knows: `body`, or `body` with our own later status write over it.
@@ -62,7 +66,7 @@ def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
     fail its resourceVersion precondition. Ours is used only for the same object and spec generation, and only
     when it is later than the body (or neither has a version, as on API emulators)."""
     meta = body.get("metadata") or {}
-    if written is None or written.uid != meta.get("uid") or written.generation != meta.get("generation"):
+    if written is None or not written.covers(meta):
         return body
     theirs = meta.get("resourceVersion")
     if newer_version(written.version, theirs) or (theirs is None and written.version is None):
@@ -237,8 +241,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
     lock = rt.locks.setdefault(key, asyncio.Lock())
     async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
         known = rt.written.get(key)
-        if not force and job is None and known is not None and known.uid == meta.get("uid") and \
-                known.generation == meta.get("generation"):
+        if not force and job is None and known is not None and known.covers(meta):
             theirs = meta.get("resourceVersion")
             if theirs == known.version and body.get("status") == known.status:
                 return  # the echo of our own status write (the resync loop re-checks anyway)
@@ -274,7 +277,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
 
 
-async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None) -> Any:
+async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None) -> Outcome:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
