@@ -105,7 +105,7 @@ def lean_emulator() -> Any:
                     self.by_name.setdefault(key[2], []).append(key)
                     self.by_resource.setdefault(self._resource_key(key[0]), []).append(key)
                 self.indexed = len(stored)
-            return stored  # type: ignore[no-any-return]
+            return stored
 
         @staticmethod
         def _resource_key(resource: Any) -> tuple[Any, ...]:
