@@ -48,12 +48,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class Watcher:
-    """Follows a watch stream and stamps when each object first met a condition (no polling load)."""
+    """Follows a watch stream and stamps when each object first met each condition (no polling load: one
+    stream per resource, however many conditions)."""
 
-    def __init__(self, open_stream: Callable[[str], Any], path: str, accept: Callable[[dict[str, Any]], bool]
-                 ) -> None:
-        self.open_stream, self.path, self.accept = open_stream, path, accept
-        self.seen: dict[str, float] = {}
+    def __init__(self, open_stream: Callable[[str], Any], path: str,
+                 conditions: dict[str, Callable[[dict[str, Any]], bool]]) -> None:
+        self.open_stream, self.path, self.conditions = open_stream, path, conditions
+        self.seen: dict[str, dict[str, float]] = {label: {} for label in conditions}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -69,19 +70,30 @@ class Watcher:
                     continue
                 obj = event.get("object") or {}
                 name = (obj.get("metadata") or {}).get("name")
-                if name and name not in self.seen and self.accept(obj):
-                    self.seen[name] = time.perf_counter()
+                for label, accept in self.conditions.items():
+                    if name and name not in self.seen[label] and accept(obj):
+                        self.seen[label][name] = time.perf_counter()
 
 
 class Emulator:
-    """The tests' API emulator (kmock) in this process; it counts each request by client."""
+    """The tests' API emulator (kmock) in a process of its own (`python -m tests.k8s_harness`): the benchmark's
+    client threads would otherwise share its interpreter lock. It counts each request by client."""
 
     name = "emulator"
 
     def __init__(self, workdir: Path) -> None:
+        import subprocess
+        import sys
+
         from tests.k8s_harness import Cluster
 
-        self.cluster = Cluster().start()
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.k8s_harness"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.cluster = Cluster()  # its client half only: requests go to the emulator's process
+        self.cluster.url = self.process.stdout.readline().strip()
+        if not self.cluster.url:
+            raise RuntimeError("the API emulator did not start")
         self.kubeconfig = self.cluster.kubeconfig(workdir / "kubeconfig", NS)
 
     def open_stream(self, path: str) -> Any:
@@ -97,11 +109,18 @@ class Emulator:
 
     def operator_requests(self) -> tuple[int, int]:
         """(all requests, writes) made by the operator; the benchmark's own client is urllib."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("counts\n")
+        self.process.stdin.flush()
+        self.cluster.counts = {(m, p, t == "tests"): n for m, p, t, n in json.loads(self.process.stdout.readline())}
         return (self.cluster.requests(from_tests=False),
                 self.cluster.requests(from_tests=False, methods=WRITES))
 
+    def server_cpu_seconds(self) -> float:
+        return _cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
-        self.cluster.stop()
+        self.process.communicate("stop\n", timeout=30)
 
 
 class RealApiServer:
@@ -138,6 +157,9 @@ class RealApiServer:
         with self._lock:  # eight creator threads
             self.ours["all"] += 1
             self.ours["writes"] += 1
+
+    def server_cpu_seconds(self) -> float | None:
+        return None  # kube-apiserver and etcd: processes of their own, not counted here
 
     def operator_requests(self) -> tuple[int, int]:
         """Resource requests served (not watches; not /metrics, discovery or health: resource=""), and the
@@ -185,11 +207,12 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
     assert operator.proc is not None
     try:
         time.sleep(3)  # let kopf finish discovery and open its watches
-        jobs = Watcher(cluster.open_stream, f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs", lambda o: True)
-        pending = Watcher(cluster.open_stream, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
-                          lambda o: (o.get("status") or {}).get("phase") in ("Pending", "Running"))
-        running = Watcher(cluster.open_stream, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns",
-                          lambda o: (o.get("status") or {}).get("phase") == "Running")
+        job_watch = Watcher(cluster.open_stream, f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs",
+                            {"created": lambda o: True})
+        run_watch = Watcher(cluster.open_stream, f"/apis/legistra.io/v1alpha1/namespaces/{NS}/trainingruns", {
+            "pending": lambda o: (o.get("status") or {}).get("phase") in ("Pending", "Running"),
+            "running": lambda o: (o.get("status") or {}).get("phase") == "Running"})
+        jobs, pending, running = job_watch.seen["created"], run_watch.seen["pending"], run_watch.seen["running"]
         base_reqs, base_writes = cluster.operator_requests()
         created_at: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -204,14 +227,13 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
         t_created = time.perf_counter() - t0
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (len(jobs.seen) < n or len(pending.seen) < n):
+        while time.monotonic() < deadline and (len(jobs) < n or len(pending) < n):
             time.sleep(0.05)
-        job_seen = jobs.seen
-        t_all = max([*pending.seen.values(), *job_seen.values()], default=t0) - t0
-        latencies = [job_seen[k] - created_at[k] for k in created_at if k in job_seen]
+        t_all = max([*pending.values(), *jobs.values()], default=t0) - t0
+        latencies = [jobs[k] - created_at[k] for k in created_at if k in jobs]
         time.sleep(1.0)  # the operator's last status writes land before the count
         reqs, writes = cluster.operator_requests()
-        phase1 = {"runs": n, "reconciled": len(job_seen), "create_seconds": t_created, "all_reconciled_seconds": t_all,
+        phase1 = {"runs": n, "reconciled": len(jobs), "create_seconds": t_created, "all_reconciled_seconds": t_all,
                   "p50_latency_s": statistics.median(latencies) if latencies else None,
                   "p99_latency_s": _pct(latencies, 0.99) if latencies else None,
                   "api_requests_per_run": (reqs - base_reqs) / n, "api_writes_per_run": (writes - base_writes) / n}
@@ -225,16 +247,17 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(flip, range(n)))
-        while time.monotonic() < deadline + timeout and len(running.seen) < n:
+        while time.monotonic() < deadline + timeout and len(running) < n:
             time.sleep(0.05)
-        phase2 = {"transitions": n, "mirrored": len(running.seen),
-                  "all_mirrored_seconds": max(running.seen.values(), default=t1) - t1}
+        phase2 = {"transitions": n, "mirrored": len(running),
+                  "all_mirrored_seconds": max(running.values(), default=t1) - t1}
         wall = time.perf_counter() - t0
-        # Where the time goes: the operator's CPU, and this process's (the emulator, if in-process, and the client).
+        # Where the time goes: the operator's CPU, the emulator's and this process's (the client's).
         return {"backend": cluster.name, "phase1_create": phase1, "phase2_transitions": phase2,
                 "operator_peak_rss_mb": _vm_hwm_mb(operator.proc.pid),
                 "operator_cpu_seconds": _cpu_seconds(operator.proc.pid),
-                "emulator_and_client_cpu_seconds": _own_cpu_seconds() - own_cpu_at_start,
+                "emulator_cpu_seconds": cluster.server_cpu_seconds(),
+                "client_cpu_seconds": _own_cpu_seconds() - own_cpu_at_start,
                 "wall_seconds": wall, "cores": os.cpu_count()}
     finally:
         operator.stop()

@@ -797,3 +797,21 @@ class OperatorProcess:
 
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def serve() -> None:
+    """`python -m tests.k8s_harness`: the emulator alone in this process (the operator-scale benchmark's).
+    Prints its URL; then, for each line "counts" on stdin, the requests so far as one JSON line of
+    [method, resource, "tests" or "operator", count]; any other line stops it."""
+    cluster = Cluster().start()
+    print(cluster.url, flush=True)
+    for line in sys.stdin:
+        if line.strip() != "counts":
+            break
+        print(json.dumps([[m, p, "tests" if t else "operator", n] for (m, p, t), n in list(cluster.counts.items())]),
+              flush=True)
+    cluster.stop()
+
+
+if __name__ == "__main__":
+    serve()
