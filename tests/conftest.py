@@ -22,6 +22,11 @@ DATA = EXAMPLES / "data"
 VENV_BIN = Path(sys.executable).parent
 
 # Tests never talk to a hub or a real cloud.
+# Two xdist workers share the machine's cores, and every torch process (an in-process test, a torchrun rank, the
+# docs' `legistra train`) would start one OpenMP thread per core: oversubscribed, those threads spin-wait on each
+# other. Two `legistra train examples/risk-classification.yaml` side by side on the 2-core machine: 494 s with
+# torch's default, 94 s with one thread each (one alone: 62 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
@@ -188,18 +193,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for line in SUMMARY_FILE.read_text().splitlines():
             terminalreporter.write_line(line)
 
-
-# The files that take longest, longest first (seconds on the 2-core machine, from `make test`'s --durations).
-# `make test` hands files to two xdist workers in collection order (--dist loadfile --no-loadscope-reorder);
-# starting the long ones first keeps one of them from running alone at the end while the other worker idles
-# (xdist's own reorder puts files with many quick tests first and left the trainer's end-to-end file for last).
-LONGEST_FIRST = (
-    "test_trainer_e2e.py", "test_operator_e2e.py", "test_docs_commands.py", "test_gpu_kit.py",
-    "test_checkpoints.py", "test_benchmarks_smoke.py", "test_operator_trainjob.py", "test_faults.py",
-    "test_apiserver_operator.py", "test_cli_cluster.py", "test_registry.py", "test_operator_peering.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
