@@ -33,7 +33,7 @@ lint: install
 
 # Two workers (CI has 2 cores), whole files per worker: module fixtures (API emulator, operator) start once.
 test: lint $(GITOPS_STAMP) gpu-kit
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25
+	$(BIN)/pytest -n 2 --dist loadfile --durations=25
 
 # The wheels the GPU machine's image lacks (benchmarks/gpu/kit.txt), for CPython 3.12, at this venv's versions.
 gpu-kit: install

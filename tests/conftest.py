@@ -193,18 +193,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for line in SUMMARY_FILE.read_text().splitlines():
             terminalreporter.write_line(line)
 
-
-
-# The files that take longest, longest first (from `make test`'s --durations on the 2-core machine). Under
-# `--dist loadfile --no-loadscope-reorder` xdist hands whole files to its two workers in this order, so no long
-# file starts last and runs alone at the end (xdist's own reorder sends files with many quick tests first).
-LONGEST_FIRST = (
-    "test_trainer_e2e.py", "test_operator_e2e.py", "test_gpu_kit.py", "test_operator_trainjob.py",
-    "test_checkpoints.py", "test_docs_commands.py", "test_benchmarks_smoke.py", "test_cli_cluster.py",
-    "test_faults.py", "test_apiserver_operator.py", "test_registry.py", "test_operator_peering.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
