@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 NS = "bench"
+ROOT = Path(__file__).resolve().parent.parent
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
 
 
@@ -82,13 +84,10 @@ class Emulator:
     name = "emulator"
 
     def __init__(self, workdir: Path) -> None:
-        import subprocess
-        import sys
-
         from tests.k8s_harness import Cluster
 
         self.process = subprocess.Popen([sys.executable, "-m", "tests.k8s_harness"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+                                        stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.cluster = Cluster()  # its client half only: requests go to the emulator's process
         self.cluster.url = self.process.stdout.readline().strip()
@@ -183,11 +182,6 @@ class RealApiServer:
             self._server.close()
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -198,7 +192,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
     from tests.k8s_harness import OperatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
-    own_cpu_at_start = _own_cpu_seconds()  # `make bench` runs both backends in one process
+    own_cpu_at_start = _cpu_seconds(os.getpid())  # `make bench` runs both backends in one process
     cluster: Emulator | RealApiServer = Emulator(workdir) if backend == "emulator" \
         else RealApiServer(workdir, api)
     operator = OperatorProcess(cluster.kubeconfig, NS, {}, workdir / "operator.log")
@@ -257,7 +251,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
                 "operator_peak_rss_mb": _vm_hwm_mb(operator.proc.pid),
                 "operator_cpu_seconds": _cpu_seconds(operator.proc.pid),
                 "emulator_cpu_seconds": cluster.server_cpu_seconds(),
-                "client_cpu_seconds": _own_cpu_seconds() - own_cpu_at_start,
+                "client_cpu_seconds": _cpu_seconds(os.getpid()) - own_cpu_at_start,
                 "wall_seconds": wall, "cores": os.cpu_count()}
     finally:
         operator.stop()

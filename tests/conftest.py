@@ -21,12 +21,12 @@ EXAMPLES = ROOT / "examples"
 DATA = EXAMPLES / "data"
 VENV_BIN = Path(sys.executable).parent
 
-# Tests never talk to a hub or a real cloud.
 # Two xdist workers share the machine's cores, and every torch process (an in-process test, a torchrun rank, the
 # docs' `legistra train`) would start one OpenMP thread per core: oversubscribed, those threads spin-wait on each
 # other. Two `legistra train examples/risk-classification.yaml` side by side on the 2-core machine: 494 s with
 # torch's default, 94 s with one thread each (one alone: 62 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests never talk to a hub or a real cloud.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
@@ -192,4 +192,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if SUMMARY_FILE.exists():
         for line in SUMMARY_FILE.read_text().splitlines():
             terminalreporter.write_line(line)
-

@@ -349,7 +349,7 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
 @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=MANAGED_BY)
-async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Mirror a job's status (PyTorchJob or TrainJob) into its TrainingRun as soon as Kubeflow changes it; when a job is
     deleted (replaced by a new attempt, or by hand), let its run make the next one."""
     deleted = type == "DELETED"
