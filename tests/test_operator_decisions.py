@@ -620,6 +620,23 @@ def test_freshest_copy_of_a_run() -> None:
     assert freshest(_run_copy(None), Written("u1", {"phase": "Running"}, None, 1))["status"]["phase"] == "Running"
 
 
+@pytest.mark.parametrize(("job_version", "mirrored", "late"), [
+    ("40", "50", True),  # the event waited while a fresh read mirrored a later state
+    ("50", "50", False),  # the state that was mirrored: reconcile it again (cheap, idempotent)
+    ("60", "50", False),  # a newer state: mirror it
+    ("40", None, False),  # nothing mirrored yet (a new operator process)
+    (None, "50", False),  # an emulator without versions: never guess
+])
+def test_late_job_event(job_version: str | None, mirrored: str | None, late: bool) -> None:
+    from legistra.operator.handlers import Written, late_job
+
+    job = {"metadata": {"name": "r", "resourceVersion": job_version}, "status": {}}
+    written = Written("u1", {"phase": "Succeeded"}, "70", 1, mirrored)
+    assert late_job(job, written) is late
+    assert late_job(None, written) is False  # no event body: reconcile reads the job anyway
+    assert late_job(job, None) is False
+
+
 def test_the_index_keeps_runs_without_the_api_servers_bookkeeping() -> None:
     from legistra.operator.handlers import lean
 

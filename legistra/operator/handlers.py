@@ -47,16 +47,26 @@ class Peering:
 @dataclass(frozen=True)
 class Written:
     """What this operator's last status write left on a run: the status, at which resourceVersion of which
-    object (uid) and spec generation."""
+    object (uid) and spec generation, mirrored from which resourceVersion of its job."""
 
     uid: str
     status: dict[str, Any]
     version: str | None
     generation: int | None
+    job_version: str | None = None
 
     def covers(self, meta: dict[str, Any]) -> bool:
         """Whether this write was to the same object at the same spec generation as `meta` describes."""
         return self.uid == meta.get("uid") and self.generation == meta.get("generation")
+
+
+def late_job(job: dict[str, Any] | None, written: Written | None) -> bool:
+    """Whether a job event's body is older than the job state this operator last mirrored into its run.
+
+    The event may have waited for the run's lock while another pass (resync, wake-up) read the job afresh;
+    mirroring the older body would take the run's status back (Succeeded -> Running)."""
+    theirs = ((job or {}).get("metadata") or {}).get("resourceVersion")
+    return job is not None and written is not None and newer_version(written.job_version, theirs)
 
 
 def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
@@ -265,6 +275,8 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             if newer_version(known.version, theirs):
                 return  # older than what we wrote: nothing new
         run = freshest(body, known)
+        if late_job(job, known):
+            job = None  # reconcile reads the job afresh
         started = time.monotonic()
         try:
             try:
@@ -279,7 +291,8 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
                 live = await rt.kube.get("TrainingRun", key[0], key[1])
                 if live is None:
                     return
-                outcome = await _reconcile_once(rt, live, job)
+                # The other writer may have mirrored a later state of the job than the event's: read it too.
+                outcome = await _reconcile_once(rt, live, None)
         except ApiError as exc:
             # The client already retried transient errors; the resync loop is the next retry.
             prometheus.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
@@ -300,7 +313,8 @@ async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any]
     outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
                               job=job, served=rt.served)
     if outcome.status is not None:
-        rt.written[key] = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"))
+        rt.written[key] = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"),
+                                  outcome.job_version)
     return outcome
 
 

@@ -71,6 +71,11 @@ class Outcome:
     created: list[str]
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
     version: str | None = None  # the object's resourceVersion after this reconcile's last status write
+    job_version: str | None = None  # the resourceVersion of the job this reconcile mirrored (None: no job)
+
+
+def _version(obj: dict[str, Any] | None) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion") if obj is not None else None
 
 
 async def reconcile(
@@ -121,7 +126,7 @@ async def reconcile(
         """The run is finished and keeps its status; only a wait for its job's deletion (jobDeleteAt) ends."""
         kept = {k: v for k, v in current.items() if k != "jobDeleteAt"}
         await save(kept)
-        return Outcome(str(current.get("phase", "")), [], kept, version)
+        return Outcome(str(current.get("phase", "")), [], kept, version, _version(job))
 
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -161,7 +166,7 @@ async def reconcile(
             if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
                 # Its pods would only crash-loop until backoffLimit: stop them now.
                 await kube.delete(backend.kind, ns, name, propagation="Background")
-            return Outcome("Failed", [], new, version)
+            return Outcome("Failed", [], new, version, _version(job))
         was_preempted = preempted(pods, name, backend)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
     if plan.action == "finished":  # e.g. its job expired by TTL
@@ -182,7 +187,7 @@ async def reconcile(
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
                 await kube.delete(backend.kind, ns, name, propagation="Foreground")
-            return Outcome(new["phase"], [], new, version)
+            return Outcome(new["phase"], [], new, version, _version(job))
     delete_at = None
     if job is None:
         misfit = memory_refusal(run, defaults)
@@ -246,7 +251,7 @@ async def reconcile(
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, new, version)
+    return Outcome(new["phase"], created, new, version, _version(job))
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:
