@@ -149,7 +149,10 @@ class FaultProxy:
                     await resp.write(chunk)
                 except ConnectionError:  # the operator went away (killed, or closed its watch)
                     return resp
-            await resp.write_eof()
+            try:
+                await resp.write_eof()
+            except ConnectionError:  # went away between the last chunk and the end
+                pass
             return resp
 
 
