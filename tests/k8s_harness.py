@@ -596,18 +596,16 @@ class FakeTrainingOperator(Poller):
         nnodes = int(trainer.get("numNodes", 1))
         port = free_port()
         for rank in range(nnodes):
-            state.pods.append(self._pod(name, template, "Node", rank, rank, nnodes,
-                                        str(trainer.get("numProcPerNode", 1)), port, container="node"))
+            node = self._pod(name, template, "Node", rank, rank, nnodes, str(trainer.get("numProcPerNode", 1)), port,
+                             container="node")
+            state.pods.append(node)
+            self._announce_pod(name, node)
 
     # -- pods ----------------------------------------------------------------------------------------------
     def _report_pod(self, job: str, pod: Pod) -> None:
         """The failed pod as the API shows it: its controller's labels, the container's terminated state with
         its exit code and termination message (what the operator reads)."""
-        name = f"{job}-{pod.replica.lower()}-{pod.index}"
-        trainjob = self.jobs[job].kind == "TrainJob"
-        labels = ({"jobset.sigs.k8s.io/jobset-name": job} if trainjob else
-                  {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": pod.replica.lower()})
-        container = "node" if trainjob else "pytorch"
+        name, labels, container = self._pod_identity(job, pod)
         obj = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": self.ns, "labels": labels},
                "spec": {"containers": [{"name": container, "image": "trainer"}]}}
@@ -641,19 +639,27 @@ class FakeTrainingOperator(Poller):
                 self._announce_pod(name, pod)
                 node_rank += 1
 
-    def _announce_pod(self, job: str, pod: Pod) -> None:
-        """The running pod as the API shows it, labelled as the training-operator labels it (what Kubeflow's
-        TrainingClient selects by), its output served as pods/log."""
-        name = f"{job}-{pod.replica.lower()}-{pod.index}"
+    def _pod_identity(self, job: str, pod: Pod) -> tuple[str, dict[str, str], str]:
+        """A pod's name, labels and container as its controller makes them: the training-operator's (what Kubeflow's
+        TrainingClient selects by) or JobSet's for a TrainJob node (what `legistra logs` selects by)."""
+        if self.jobs[job].kind == "TrainJob":  # JobSet: <jobset>-<replicated job>-<job index>-<pod index>
+            return (f"{job}-node-{pod.index}-0", {"jobset.sigs.k8s.io/jobset-name": job,
+                                                   "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                                   "jobset.sigs.k8s.io/job-index": str(pod.index)}, "node")
         labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": pod.replica.lower(),
                   "training.kubeflow.org/replica-index": str(pod.index)}
         if pod.replica == "Master":
             labels["training.kubeflow.org/job-role"] = "master"
+        return f"{job}-{pod.replica.lower()}-{pod.index}", labels, "pytorch"
+
+    def _announce_pod(self, job: str, pod: Pod) -> None:
+        """The running pod as the API shows it, its output served as pods/log."""
+        name, labels, container = self._pod_identity(job, pod)
         self.cluster.pod_logs[(self.ns, name)] = pod
         if self.cluster.get("v1", "pods", self.ns, name) is None:
             self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
                 "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns, "labels": labels},
-                "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}})
+                "spec": {"containers": [{"name": container, "image": "trainer"}]}})
         self.cluster.patch("v1", "pods", self.ns, name, {"status": {"phase": "Running"}}, sub="status")
 
     def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,

@@ -57,6 +57,18 @@ def test_a_run_on_two_nodes_suspended_resumed_succeeds_and_its_trainjob_expires(
 
     run = MlflowClient(tracking_uri=mlflow_server).get_run(st["mlflow"]["runId"])
     assert run.data.params["resolved.world_size"] == "2"  # two nodes joined through the PET_* rendezvous
+    # Its nodes' logs through `legistra logs`, found by JobSet's labels: node 0 (rank 0) by default, node 1 for
+    # rank 1 (one process per CPU node), every line when following.
+    from tests.conftest import legistra
+
+    kubeconfig = str(world["root"] / "kubeconfig")
+    first = legistra("logs", "v2-ok", "--kubeconfig", kubeconfig)
+    assert first.returncode == 0, first.stderr
+    assert "validation rows" in first.stdout  # what rank 0 alone logs
+    second = legistra("logs", "v2-ok", "--rank", "1", "--kubeconfig", kubeconfig)
+    assert second.returncode == 0 and second.stdout and "validation rows" not in second.stdout, second.stderr
+    followed = legistra("logs", "v2-ok", "-f", "--kubeconfig", kubeconfig)
+    assert followed.returncode == 0 and followed.stdout == first.stdout, followed.stderr
     cluster.wait(lambda: cluster.get(*TRAINJOBS, NS, "v2-ok") is None, 30, "the TTL deletion")
     st = cluster.wait(lambda: (r := cluster.run(NS, "v2-ok")) and "jobDeleteAt" not in r["status"]
                       and r["status"], 30, "jobDeleteAt to be cleared")
