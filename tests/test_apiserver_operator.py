@@ -182,7 +182,8 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
             await _reconcile_run(rt, old_copy, job=job)
             after = crds.get("trainingrun", "risk-race", "-n", ns)
             assert after["status"]["phase"] == "Running" and after["status"]["observedGeneration"] == 1
-            assert rt.written[(ns, "risk-race")].version == after["metadata"]["resourceVersion"]
+            written = rt.runs[(ns, "risk-race")].written
+            assert written is not None and written.version == after["metadata"]["resourceVersion"]
             assert int(after["status"].get("attempt") or 1) == 1
         finally:
             await kube.close()
@@ -230,7 +231,7 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
             await _reconcile_run(rt, run, job=running_job)  # the late event, with the run copy it had
             assert crds.get("trainingrun", "risk-late", "-n", ns)["status"] == done["status"]
             # Another replica's write since our last one: the 409 re-reads the run and the job, not the late body.
-            rt.written.clear()
+            rt.runs[(ns, "risk-late")].written = None
             await _reconcile_run(rt, run, job=running_job)
             assert crds.get("trainingrun", "risk-late", "-n", ns)["status"]["phase"] == "Succeeded"
         finally:

@@ -84,6 +84,19 @@ def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
     return body
 
 
+@dataclass(slots=True)
+class RunState:
+    """What this operator keeps per run between events; dropped with the run (its DELETED event)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reconcile per run at a time
+    # The last copy its watch delivered (compact()), so a job event finds its run without a GET.
+    copy: bytes | None = None
+    written: Written | None = None  # this operator's last status write: watch bodies can lag behind it
+    reconciled_at: float = float("-inf")  # monotonic; the resync loop skips runs an event reconciled recently
+    lookups: int = 0  # late report lookups after Succeeded without a model (bounded by status.MAX_REPORT_LOOKUPS)
+    wakeup: asyncio.Task[None] | None = None  # a reconcile at the next due time its status names
+
+
 @dataclass
 class Runtime:
     """The operator's collaborators, built once at start-up from its config and kept in kopf's memo."""
@@ -92,23 +105,20 @@ class Runtime:
     kube: Kube
     peering: Peering | None = None  # None when standalone
     reporters: dict[str, MlflowReporter] = field(default_factory=dict)  # by tracking URI
-    # Late report lookups per finished run without a model (bounded by status.MAX_REPORT_LOOKUPS).
-    lookups: dict[tuple[str, str], int] = field(default_factory=dict)
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    # The status this operator last wrote per run: watch bodies can lag behind our own writes.
-    written: dict[tuple[str, str], Written] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # One wake-up per run at its next due time (retryAt, jobDeleteAt): the resync tick could be a period late.
-    wakeups: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     served: frozenset[str] = frozenset()  # backend names whose CRDs the cluster serves (API discovery)
     emit: Callable[[dict[str, Any], str, str, str], None] = field(init=False)
-    # When each run was last reconciled (monotonic): the resync loop skips runs an event reconciled recently.
-    reconciled_at: dict[tuple[str, str], float] = field(default_factory=dict)
-    # The last copy of each run its watch delivered (compact()), so a job event finds its run without a GET.
-    runs: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    runs: dict[tuple[str, str], RunState] = field(default_factory=dict)  # by (namespace, name)
 
     def __post_init__(self) -> None:
         self.emit = emitter(self)
+
+    def state(self, key: tuple[str, str]) -> RunState:
+        """The run's state, made on first use."""
+        found = self.runs.get(key)
+        if found is None:
+            found = self.runs[key] = RunState()
+        return found
 
 
 async def discover(rt: Runtime) -> None:
@@ -256,7 +266,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     rt = runtime_of(memo)
-    for task in [*rt.tasks, *rt.wakeups.values()]:
+    for task in [*rt.tasks, *(s.wakeup for s in rt.runs.values() if s.wakeup is not None)]:
         task.cancel()
     await rt.kube.close()
 
@@ -265,9 +275,9 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
                          force: bool = False) -> None:
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
-    lock = rt.locks.setdefault(key, asyncio.Lock())
-    async with lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
-        known = rt.written.get(key)
+    state = rt.state(key)
+    async with state.lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
+        known = state.written
         if not force and job is None and known is not None and known.covers(meta):
             theirs = meta.get("resourceVersion")
             if theirs == known.version and body.get("status") == known.status:
@@ -286,7 +296,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
                     raise
                 # Someone wrote the run since the copy we had (a spec edit, another replica, kubectl): read it
                 # again and decide from what is there now. A second conflict waits for the next event.
-                rt.written.pop(key, None)
+                state.written = None
                 prometheus.RECONCILE_ERRORS.labels(kind="conflict").inc()
                 live = await rt.kube.get("TrainingRun", key[0], key[1])
                 if live is None:
@@ -300,7 +310,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             return
         finally:
             prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        rt.reconciled_at[key] = time.monotonic()
+        state.reconciled_at = time.monotonic()
         prometheus.observe_phase(key, outcome.phase)
         _wake_when_due(rt, key, outcome.status or {})
         if outcome.created:
@@ -313,8 +323,8 @@ async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any]
     outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
                               job=job, served=rt.served)
     if outcome.status is not None:
-        rt.written[key] = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"),
-                                  outcome.job_version)
+        rt.state(key).written = Written(meta.get("uid", ""), outcome.status, outcome.version,
+                                        meta.get("generation"), outcome.job_version)
     return outcome
 
 
@@ -322,16 +332,18 @@ def _wake_when_due(rt: Runtime, key: tuple[str, str], status: dict[str, Any]) ->
     """Reconcile the run again at the next moment its status names: a retry's retryAt, a TrainJob's jobDeleteAt."""
     due_times = [status.get("retryAt") if status.get("phase") == "Retrying" else None, status.get("jobDeleteAt")]
     due = [datetime.datetime.fromisoformat(str(t).replace("Z", "+00:00")) for t in due_times if t]
-    if not due or (key in rt.wakeups and not rt.wakeups[key].done()):
+    state = rt.state(key)
+    if not due or (state.wakeup is not None and not state.wakeup.done()):
         return
     # Written to the second: wake just after the moment, never just before.
     delay = max(0.0, (min(due) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 0.5
-    rt.wakeups[key] = asyncio.create_task(_reconcile_when_due(rt, key, delay))
+    state.wakeup = asyncio.create_task(_reconcile_when_due(rt, key, delay))
 
 
 async def _reconcile_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> None:
     await asyncio.sleep(delay)
-    rt.wakeups.pop(key, None)
+    if (state := rt.runs.get(key)) is not None:
+        state.wakeup = None
     try:
         if not await acting(rt):
             return
@@ -348,16 +360,12 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
     key = ((body.get("metadata") or {}).get("namespace", ""), body["metadata"]["name"])
     if type == "DELETED":
         prometheus.forget(key)
-        rt.written.pop(key, None)
-        rt.locks.pop(key, None)
-        rt.lookups.pop(key, None)
-        rt.reconciled_at.pop(key, None)
-        rt.runs.pop(key, None)
-        if (wakeup := rt.wakeups.pop(key, None)) is not None:
-            wakeup.cancel()
+        state = rt.runs.pop(key, None)
+        if state is not None and state.wakeup is not None:
+            state.wakeup.cancel()
         return
     run = dict(body)
-    rt.runs[key] = compact(run)
+    rt.state(key).copy = compact(run)
     await _reconcile_run(rt, run)
 
 
@@ -375,7 +383,8 @@ async def job_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
     key = (body["metadata"]["namespace"], owner["name"])
     rt = runtime_of(memo)
     # After a job's deletion only a fresh read tells whether its run went too (a cascade): never the copy.
-    found = None if deleted else rt.runs.get(key)
+    state = None if deleted else rt.runs.get(key)
+    found = state.copy if state is not None else None
     run = json.loads(found) if found is not None else await rt.kube.get("TrainingRun", key[0], key[1])
     if run is not None and run["metadata"].get("uid") == owner.get("uid"):
         await _reconcile_run(rt, dict(run), job=None if deleted else dict(body), force=deleted)
@@ -444,12 +453,13 @@ async def resync(rt: Runtime, ns: str | None) -> None:
             meta = run["metadata"]
             key = (meta.get("namespace", ""), meta["name"])
             st = run.get("status") or {}
-            if not needs_resync(st, meta.get("generation"), rt.lookups.get(key, 0)):
+            state = rt.runs.get(key)  # read only: a finished run's state is not made here
+            if not needs_resync(st, meta.get("generation"), state.lookups if state is not None else 0):
                 continue  # finished: no requests at all
-            if rt.reconciled_at.get(key, float("-inf")) > recent:
+            if state is not None and state.reconciled_at > recent:
                 continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
             if st.get("phase") == "Succeeded":
-                rt.lookups[key] = rt.lookups.get(key, 0) + 1
+                rt.state(key).lookups += 1
             await _reconcile_run(rt, lean(run))
 
 
