@@ -39,12 +39,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 90.0) -> None:
+def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Wait until `url` answers: True; False as soon as `proc` (the server) has exited instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return
+                return True
         except Exception:
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not come up in {timeout}s")
@@ -117,17 +120,29 @@ def legistra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` with a sqlite backend and a local artifact store."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        cwd=root,  # anything it writes relative to its working directory stays out of the checkout
-    )
-    url = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    # Another process can take the port between free_port() and the server's bind: then it exits, and a new
+    # port is tried. Any other failure ends the session's MLflow with the server's own words.
+    for _ in range(3):
+        port = free_port()
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                 "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                stdout=out, stderr=subprocess.STDOUT,
+                cwd=root,  # anything it writes relative to its working directory stays out of the checkout
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if wait_http(f"{url}/health", timeout=120, proc=proc):
+                break
+        except TimeoutError as exc:
+            proc.kill()
+            raise TimeoutError(f"{exc}; mlflow server log:\n{log.read_text(errors='replace')[-3000:]}") from None
+    else:
+        raise RuntimeError(f"mlflow server exited at start 3 times; its log:\n{log.read_text(errors='replace')[-3000:]}")
     try:
-        wait_http(f"{url}/health", timeout=120)
         yield url
     finally:
         proc.terminate()
