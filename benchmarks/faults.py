@@ -137,6 +137,14 @@ class Recorder:
                 self.jobs.setdefault(name, {})[obj["metadata"]["uid"]] = job_attempt(obj)
 
 
+def job_conditions(*types: str) -> dict[str, Any]:
+    """A PyTorchJob status patch, the training-operator's way: the last condition is the state; Running turns
+    False once it ends."""
+    return {"status": {"conditions": [
+        {"type": t, "status": "False" if t == "Running" and t != types[-1] else "True",
+         "reason": f"PyTorchJob{t}", "lastTransitionTime": now_iso()} for t in types]}}
+
+
 class StandInTrainingOperator(Poller):
     """Kubeflow's training-operator and the garbage collector, as far as our runs need them."""
 
@@ -146,12 +154,6 @@ class StandInTrainingOperator(Poller):
         super().__init__()
         self.rest, self.ns, self.fail_first, self.run_seconds = rest, ns, fail_first, run_seconds
         self.started: dict[str, float] = {}
-
-    def _conditions(self, *types: str) -> dict[str, Any]:
-        """The training-operator's way: the last condition is the state; Running turns False once it ends."""
-        return {"status": {"conditions": [
-            {"type": t, "status": "False" if t == "Running" and t != types[-1] else "True",
-             "reason": f"PyTorchJob{t}", "lastTransitionTime": now_iso()} for t in types]}}
 
     def tick(self) -> None:
         for job in self.rest.list(*JOBS, self.ns):
@@ -163,12 +165,12 @@ class StandInTrainingOperator(Poller):
                 continue
             types = [c["type"] for c in (job.get("status") or {}).get("conditions") or []]
             if not types:
-                self.rest.patch(*JOBS, self.ns, name, self._conditions("Created", "Running"), sub="status")
+                self.rest.patch(*JOBS, self.ns, name, job_conditions("Created", "Running"), sub="status")
                 self.started[uid] = time.monotonic()
             elif types[-1] == "Running" and time.monotonic() - self.started.setdefault(uid, time.monotonic()) \
                     >= self.run_seconds:
                 end = "Failed" if name in self.fail_first and job_attempt(job) == 1 else "Succeeded"
-                self.rest.patch(*JOBS, self.ns, name, self._conditions("Created", "Running", end), sub="status")
+                self.rest.patch(*JOBS, self.ns, name, job_conditions("Created", "Running", end), sub="status")
 
 
 def run_doc(ns: str, i: int) -> dict[str, Any]:

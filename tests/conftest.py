@@ -121,6 +121,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` with a sqlite backend and a local artifact store."""
     root = tmp_path_factory.mktemp("mlflow")
     log = root / "server.log"
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:]
+
     # Another process can take the port between free_port() and the server's bind: then it exits, and a new
     # port is tried. Any other failure ends the session's MLflow with the server's own words.
     for _ in range(3):
@@ -139,9 +143,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
         except TimeoutError as exc:
             proc.kill()
-            raise TimeoutError(f"{exc}; mlflow server log:\n{log.read_text(errors='replace')[-3000:]}") from None
+            raise TimeoutError(f"{exc}; mlflow server log:\n{tail()}") from None
     else:
-        raise RuntimeError(f"mlflow server exited at start 3 times; its log:\n{log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(f"mlflow server exited at start 3 times; its log:\n{tail()}")
     try:
         yield url
     finally:

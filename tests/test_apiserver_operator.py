@@ -194,20 +194,12 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
     assert [j["metadata"]["name"] for j in jobs] == ["risk-race"]
 
 
-def _job_conditions(*phases: str) -> str:
-    reasons = {"Created": "PyTorchJobCreated", "Running": "PyTorchJobRunning", "Succeeded": "PyTorchJobSucceeded"}
-    conditions = [{"type": p, "status": "True", "reason": reasons[p], "lastTransitionTime": f"2026-11-26T00:00:0{i}Z"}
-                  for i, p in enumerate(phases)]
-    if "Succeeded" in phases:  # the training-operator clears Running when the job ends
-        conditions = [{**c, "status": "False"} if c["type"] == "Running" else c for c in conditions]
-    return json.dumps({"status": {"conditions": conditions}})
-
-
 def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServer, ns: str) -> None:
     """A job event can wait for its run's lock while another pass (the resync, a wake-up) reads the job afresh
     and mirrors a later state; the waiting event's body is then older than the run's status and must not
     take it back (seen once as Succeeded -> Running in the SIGKILL campaign). Also after a 409, when the other
     writer was another replica, the job is read again with the run."""
+    from benchmarks.faults import job_conditions
     from legistra.operator.config import OperatorConfig
     from legistra.operator.handlers import Runtime, _reconcile_run, discover
 
@@ -220,10 +212,10 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
             await discover(rt)
             await _reconcile_run(rt, body)  # children, Pending
             crds.kubectl("patch", "pytorchjob", "risk-late", "-n", ns, "--subresource=status", "--type=merge",
-                         "-p", _job_conditions("Created", "Running"))
+                         "-p", json.dumps(job_conditions("Created", "Running")))
             running_job = crds.get("pytorchjob", "risk-late", "-n", ns)  # the body the late event carries
             crds.kubectl("patch", "pytorchjob", "risk-late", "-n", ns, "--subresource=status", "--type=merge",
-                         "-p", _job_conditions("Created", "Running", "Succeeded"))
+                         "-p", json.dumps(job_conditions("Created", "Running", "Succeeded")))
             run = crds.get("trainingrun", "risk-late", "-n", ns)
             await _reconcile_run(rt, run, force=True)  # the resync's pass: reads the job, mirrors Succeeded
             done = crds.get("trainingrun", "risk-late", "-n", ns)

@@ -25,7 +25,7 @@ from legistra.operator.backends import BACKENDS
 from legistra.operator.build import MANAGED_BY
 from legistra.operator.config import OperatorConfig
 from legistra.operator.credentials import cluster_credentials
-from legistra.operator.kube import ApiError, Kube, newer_version
+from legistra.operator.kube import ApiError, Kube, newer_version, resource_version
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
 from legistra.operator.reconcile import Outcome, reconcile
 from legistra.operator.report import MlflowReporter
@@ -65,8 +65,7 @@ def late_job(job: dict[str, Any] | None, written: Written | None) -> bool:
 
     The event may have waited for the run's lock while another pass (resync, wake-up) read the job afresh;
     mirroring the older body would take the run's status back (Succeeded -> Running)."""
-    theirs = ((job or {}).get("metadata") or {}).get("resourceVersion")
-    return job is not None and written is not None and newer_version(written.job_version, theirs)
+    return job is not None and written is not None and newer_version(written.job_version, resource_version(job))
 
 
 def freshest(body: dict[str, Any], written: Written | None) -> dict[str, Any]:
@@ -290,7 +289,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
         started = time.monotonic()
         try:
             try:
-                outcome = await _reconcile_once(rt, run, job)
+                outcome = await _reconcile_once(rt, state, run, job)
             except ApiError as exc:
                 if exc.status != 409:
                     raise
@@ -302,7 +301,7 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
                 if live is None:
                     return
                 # The other writer may have mirrored a later state of the job than the event's: read it too.
-                outcome = await _reconcile_once(rt, live, None)
+                outcome = await _reconcile_once(rt, state, live, None)
         except ApiError as exc:
             # The client already retried transient errors; the resync loop is the next retry.
             prometheus.RECONCILE_ERRORS.labels(kind="api_transient" if exc.transient else "api").inc()
@@ -317,14 +316,14 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
 
 
-async def _reconcile_once(rt: Runtime, body: dict[str, Any], job: dict[str, Any] | None) -> Outcome:
+async def _reconcile_once(rt: Runtime, state: RunState, body: dict[str, Any], job: dict[str, Any] | None
+                          ) -> Outcome:
     meta = body.get("metadata", {})
-    key = (meta.get("namespace", ""), meta.get("name", ""))
     outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
                               job=job, served=rt.served)
     if outcome.status is not None:
-        rt.state(key).written = Written(meta.get("uid", ""), outcome.status, outcome.version,
-                                        meta.get("generation"), outcome.job_version)
+        state.written = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"),
+                                outcome.job_version)
     return outcome
 
 

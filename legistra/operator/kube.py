@@ -70,6 +70,11 @@ def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
     return {**new, **{k: None for k in current if k not in new}}
 
 
+def resource_version(obj: Mapping[str, Any] | None) -> str | None:
+    """An object's resourceVersion (None for no object, or an API emulator that keeps none)."""
+    return (obj.get("metadata") or {}).get("resourceVersion") if obj is not None else None
+
+
 def newer_version(a: str | None, b: str | None) -> bool:
     """Whether resourceVersion `a` is later than `b`. Opaque to clients in principle; every API server stores
     etcd revisions, which grow. Unknown or non-numeric versions are never called newer."""

@@ -33,7 +33,7 @@ from legistra.operator.build import (
     storage_warning,
 )
 from legistra.operator.config import JobDefaults
-from legistra.operator.kube import ApiError, Kube
+from legistra.operator.kube import ApiError, Kube, resource_version
 from legistra.operator.report import MlflowReporter
 from legistra.operator.status import (
     desired_status,
@@ -74,10 +74,6 @@ class Outcome:
     job_version: str | None = None  # the resourceVersion of the job this reconcile mirrored (None: no job)
 
 
-def _version(obj: dict[str, Any] | None) -> str | None:
-    return (obj.get("metadata") or {}).get("resourceVersion") if obj is not None else None
-
-
 async def reconcile(
     kube: Kube,
     body: dict[str, Any],
@@ -99,7 +95,7 @@ async def reconcile(
     ns, name = meta.get("namespace"), meta["name"]
     generation = meta.get("generation")
     current = dict(body.get("status") or {})
-    version: str | None = meta.get("resourceVersion")
+    version = resource_version(body)
     if meta.get("deletionTimestamp"):
         return Outcome(current.get("phase", ""), [])
     at = clock()
@@ -111,7 +107,7 @@ async def reconcile(
         if new == current:
             return False
         written = await kube.patch_status("TrainingRun", ns, name, current, new, version)
-        version = (written.get("metadata") or {}).get("resourceVersion") or version
+        version = resource_version(written) or version
         return True
 
     async def refuse(problems: list[str], reason: str, created: list[str]) -> Outcome:
@@ -126,7 +122,7 @@ async def reconcile(
         """The run is finished and keeps its status; only a wait for its job's deletion (jobDeleteAt) ends."""
         kept = {k: v for k, v in current.items() if k != "jobDeleteAt"}
         await save(kept)
-        return Outcome(str(current.get("phase", "")), [], kept, version, _version(job))
+        return Outcome(str(current.get("phase", "")), [], kept, version, resource_version(job))
 
     try:
         run = parse_training_run({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
@@ -166,7 +162,7 @@ async def reconcile(
             if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
                 # Its pods would only crash-loop until backoffLimit: stop them now.
                 await kube.delete(backend.kind, ns, name, propagation="Background")
-            return Outcome("Failed", [], new, version, _version(job))
+            return Outcome("Failed", [], new, version, resource_version(job))
         was_preempted = preempted(pods, name, backend)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
     if plan.action == "finished":  # e.g. its job expired by TTL
@@ -187,7 +183,7 @@ async def reconcile(
                 # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
                 # which reuse their names, cannot start beside them. Its deletion event brings us back.
                 await kube.delete(backend.kind, ns, name, propagation="Foreground")
-            return Outcome(new["phase"], [], new, version, _version(job))
+            return Outcome(new["phase"], [], new, version, resource_version(job))
     delete_at = None
     if job is None:
         misfit = memory_refusal(run, defaults)
@@ -251,7 +247,7 @@ async def reconcile(
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, new, version, _version(job))
+    return Outcome(new["phase"], created, new, version, resource_version(job))
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:
