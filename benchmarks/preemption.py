@@ -16,7 +16,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,14 +25,10 @@ from typing import Any
 
 import yaml
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 STEP = re.compile(r"\bstep (\d+)/\d+")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _doc(name: str, uri: str, steps: int, save_steps: int) -> dict[str, Any]:
@@ -85,7 +80,7 @@ def run(work: Path, steps: int = 60, save_steps: int = 10, seed: int = 0) -> dic
 
     rng = random.Random(seed)
     work.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -143,7 +138,7 @@ def two_nodes(work: Path, env: dict[str, str], uri: str, steps: int, save_steps:
     assert remote is not None
 
     def pods(attempt: int) -> list[subprocess.Popen[str]]:
-        port, procs = _free_port(), []
+        port, procs = free_port(), []
         for node in (0, 1):
             d = work / f"two-nodes-{attempt}-node{node}"
             d.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -31,12 +32,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> bool:
@@ -125,8 +120,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     def tail() -> str:
         return log.read_text(errors="replace")[-3000:]
 
-    # Another process can take the port between free_port() and the server's bind: then it exits, and a new
-    # port is tried. Any other failure ends the session's MLflow with the server's own words.
+    # free_port() is outside the range the kernel gives outgoing connections; should a process outside this run
+    # hold it anyway, the server exits and a new port is tried. Any other failure ends with the server's words.
     for _ in range(3):
         port = free_port()
         with log.open("ab") as out:

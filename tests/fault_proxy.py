@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.k8s_harness import free_port
+from tests.ports import free_port
 
 HOP_HEADERS = ("content-type", "accept", "user-agent")
 

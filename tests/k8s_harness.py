@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
+from tests.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -48,12 +48,6 @@ RESOURCES = {
     "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False, set()),
 }
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def now_iso() -> str:

@@ -15,7 +15,8 @@ import yaml
 
 from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
-from tests.k8s_harness import OperatorProcess, free_port
+from tests.k8s_harness import OperatorProcess
+from tests.ports import free_port
 from tests.test_operator_config import deployment_env
 from tests.test_shipping import render
 

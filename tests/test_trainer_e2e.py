@@ -228,7 +228,7 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
 
 
 def test_mlflow_down_never_loses_the_model(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    from tests.conftest import free_port
+    from tests.ports import free_port
 
     doc = base_run("risk-classification", tiny_models["bert"], "no-tracking")
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
