@@ -75,8 +75,36 @@ def lean_emulator() -> Any:
     counts, so a request stays in the history while in flight (matching needs it) and leaves with its reply.
     """
     import kmock
+    from aiohttp import web
 
-    class LeanEmulator(kmock.KubernetesEmulator):
+    ROUTES = {kmock.action.LIST: "_serve_list", kmock.action.FETCH: "_serve_fetch",
+              kmock.action.CREATE: "_serve_create", kmock.action.UPDATE: "_serve_update",
+              kmock.action.DELETE: "_serve_delete"}  # kmock's fallback reactions (not WATCH: a stream)
+
+    class DirectRoutes(kmock.RawHandler):
+        """kmock answers a request by matching it against every reaction (kmock's own 14 here), sorted anew for
+        each request, and renders the answer through its general payload machinery: together ~40% of the
+        emulator's CPU at 2,000 runs. While no test has added a reaction of its own, a resource request goes
+        straight to the handler that kmock's fallback reaction for its action would pick, and its answer straight
+        to JSON; watches and everything else take kmock's way."""
+
+        builtin_reactions: int | None = None  # how many reactions kmock itself installs (set at construction)
+
+        async def _handle(self, request: Any) -> Any:
+            serve = self._direct_route(request)
+            if serve is None:
+                return await super()._handle(request)
+            return web.json_response(await serve(request))
+
+        def _direct_route(self, request: Any) -> Any:
+            name = ROUTES.get(request.action)
+            if name is None or request.resource is None or not request.resource.plural:
+                return None  # not a resource request (API discovery parses as a resource without a plural)
+            if len(self._payloads) != self.builtin_reactions:
+                return None  # a test's own reaction may take it: kmock decides
+            return getattr(self, name)
+
+    class LeanEmulator(kmock.KubernetesEmulator, DirectRoutes):
         counts: dict[tuple[str, str, bool], int]
         named_counts: dict[tuple[str, str, str], int]
         writes_by_agent: dict[str, int]
@@ -85,6 +113,10 @@ def lean_emulator() -> Any:
         by_name: dict[str, list[Any]]
         by_resource: dict[tuple[Any, ...], list[Any]]
         indexed: int
+
+        def __attrs_post_init__(self) -> None:
+            super().__attrs_post_init__()
+            self.builtin_reactions = len(self._payloads)
 
         def _index(self) -> dict[Any, Any]:
             """Stored keys by name and by resource. kmock keeps a deleted object's key (soft delete) and a dict
@@ -127,8 +159,6 @@ def lean_emulator() -> Any:
             # kmock puts a formatted traceback in every 404's details: a third of a missed GET's cost, unread.
             if not isinstance(exc, kmock.KubernetesError) or exc.details:
                 return await super()._render_error(exc)
-            from aiohttp import web
-
             return web.json_response({"apiVersion": "v1", "kind": "Status", "metadata": {}, "code": exc.status,
                                       "status": "Failure", "reason": exc.reason or type(exc).__name__,
                                       "message": exc.message or repr(exc), "details": {}}, status=exc.status)
@@ -170,8 +200,6 @@ def lean_emulator() -> Any:
 
         async def _pod_log(self, request: Any) -> Any:
             """A kubelet's pods/log: the stand-in's pod output; with follow=true, once its process has ended."""
-            from aiohttp import web
-
             parts = request.url.path.split("/")  # /api/v1/namespaces/NS/pods/NAME/log
             pod = self.pod_logs.get((parts[4], parts[6]))
             if pod is None:
