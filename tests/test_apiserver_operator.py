@@ -112,6 +112,38 @@ def test_an_operator_upgrade_that_adds_a_defaulted_field_refuses_nothing(crds: A
     assert copy.deepcopy(crds.get("trainingrun", "risk-old", "-n", ns)["status"]["observedGeneration"]) == 2
 
 
+def test_a_new_run_never_takes_over_a_job_of_its_name_that_is_not_its_own(crds: ApiServer, ns: str) -> None:
+    """A run without status skips reading its job first; the job found at creation is checked all the same."""
+    from benchmarks.faults import job_conditions
+
+    body = apply_run(crds, ns, "risk-taken")
+    crds.kubectl("create", "configmap", "someone-else", "-n", ns)
+    owner = crds.get("configmap", "someone-else", "-n", ns)["metadata"]
+    theirs = build_children(parse_training_run(body), JobDefaults())[-1]
+    theirs["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "someone-else",
+                                              "uid": owner["uid"]}]
+    crds.kubectl("create", "--validate=false", "-f", "-", input=yaml.safe_dump(theirs))
+    # Failed, as its owner's attempt may be: a run that took it for its own would delete it to retry.
+    crds.kubectl("patch", "pytorchjob", "risk-taken", "-n", ns, "--subresource=status", "--type=merge",
+                 "-p", json.dumps(job_conditions("Created", "Running", "Failed")))
+    before = crds.get("pytorchjob", "risk-taken", "-n", ns)
+    events = Events()
+    status = reconcile_once(crds, body, events)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (status["phase"], ready["reason"]) == ("Pending", "JobNameTaken")
+    assert status["message"].startswith("a PyTorchJob named risk-taken exists and is not owned by this TrainingRun")
+    assert not any(c["type"] in ("JobCreated", "SpecChangeRefused") for c in status["conditions"])  # not ours
+    assert [e[:2] for e in events.seen] == [("Warning", "JobNameTaken")]
+    after = crds.get("pytorchjob", "risk-taken", "-n", ns)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]  # untouched
+    # Once that job is gone (the next resync reads the run with its status), this run makes its own.
+    crds.kubectl("delete", "pytorchjob", "risk-taken", "-n", ns)
+    status = reconcile_once(crds, crds.get("trainingrun", "risk-taken", "-n", ns), events)
+    mine = crds.get("pytorchjob", "risk-taken", "-n", ns)
+    assert mine["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] != "JobNameTaken"
+
+
 def test_the_real_api_server_refuses_malformed_kubernetes_values(crds: ApiServer, ns: str) -> None:
     """Quantities, names and image references are patterns in the CRD: refused at `kubectl apply`."""
     doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())

@@ -679,3 +679,16 @@ def test_the_operator_keeps_each_run_as_compact_json_of_its_lean_copy() -> None:
     stored = compact(body)
     assert isinstance(stored, bytes) and b" " not in stored
     assert _json.loads(stored) == lean(body)
+
+
+@pytest.mark.parametrize(("owners", "uid", "ours"), [
+    ([{"uid": "u1"}], "u1", True),
+    ([{"uid": "u0"}, {"uid": "u1"}], "u1", True),
+    ([{"uid": "u0"}], "u1", False),  # another object's (an earlier run of this name being collected)
+    ([], "u1", True),  # made by hand for this run: adopted, as before
+    ([{"uid": "u0"}], None, True),  # a run without uid (a rendered one, never applied) cannot tell
+])
+def test_owned_by(owners: list[dict[str, str]], uid: str | None, ours: bool) -> None:
+    from legistra.operator.reconcile import owned_by
+
+    assert owned_by({"metadata": {"ownerReferences": owners}}, uid) is ours

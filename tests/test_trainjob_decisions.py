@@ -177,9 +177,9 @@ def test_backends_know_their_jobs() -> None:
 
 
 def test_unavailable_backend_is_a_valid_pending_status() -> None:
-    from legistra.operator.status import unavailable_status
+    from legistra.operator.status import waiting_status
 
-    st = valid_status(unavailable_status({}, "install Kubeflow Trainer v2", "2026-11-25T10:00:00Z", 1))
+    st = valid_status(waiting_status({}, "BackendUnavailable", "install Kubeflow Trainer v2", "2026-11-25T10:00:00Z", 1))
     assert st["phase"] == "Pending" and st["conditions"][0]["reason"] == "BackendUnavailable"
 
 

@@ -44,9 +44,9 @@ from legistra.operator.status import (
     pods_worth_reading,
     preempted,
     trainer_status_report,
-    unavailable_status,
     volume_problem,
     volume_worth_checking,
+    waiting_status,
 )
 
 log = logging.getLogger("legistra.operator")
@@ -142,12 +142,23 @@ async def reconcile(
     backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"))
     if backend is None:
         assert unavailable is not None
-        new = unavailable_status(current, unavailable, now, generation)
+        new = waiting_status(current, "BackendUnavailable", unavailable, now, generation)
         if await save(new) and emit is not None:
             emit(body, "Warning", "BackendUnavailable", unavailable)
         return Outcome("Pending", [], new, version)
-    if job is None:
+    if job is None and current:
+        # A run without status was never reconciled: its job is created below, and one found there after all (an
+        # operator died between the two) sends this pass round again with it. A burst of new runs saves a GET each.
         job = await kube.get(backend.kind, ns, name)
+    if job is not None and not owned_by(job, run.metadata.uid):
+        # A job of its name that belongs to something else: never adopt, mirror, stop or delete it. Often an earlier
+        # run of this name, deleted and applied again before its job was collected: wait until it is gone.
+        problem = (f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; this run starts once "
+                   "that job is gone (the operator checks again at each resync)")
+        new = waiting_status(current, "JobNameTaken", problem, now, generation)
+        if await save(new) and emit is not None:
+            emit(body, "Warning", "JobNameTaken", problem)
+        return Outcome("Pending", [], new, version)
     was_preempted = False
     if job is not None and pods_worth_reading(job, current, rp.suspend):
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
@@ -202,22 +213,21 @@ async def reconcile(
             if was_created:
                 created.append(obj["kind"])
             if obj["kind"] == backend.kind:
+                if not was_created:  # there already: decide with it as if it had been read first (ownership too)
+                    again = await reconcile(kube, body, defaults, reporters, emit, clock, job=got, served=served)
+                    again.created[:0] = created
+                    return again
                 job = got
     else:
-        owner_uids = {r.get("uid") for r in job.get("metadata", {}).get("ownerReferences", [])}
-        if run.metadata.uid and owner_uids and run.metadata.uid not in owner_uids:
-            # A job of the same name that belongs to something else: never adopt or overwrite it.
-            refused = [f"a {backend.kind} named {name} exists and is not owned by this TrainingRun"]
-        else:
-            refused = await _spec_drift(kube, run, job)
-            if backend.suspended(job) != rp.suspend:
-                job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(rp.suspend))
-            # Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself.
-            expires = job_expires_at(job, backend, rp.ttl_seconds_after_finished)
-            if expires is not None and at >= expires:
-                await kube.delete(backend.kind, ns, name, propagation="Background")
-                return await over()
-            delete_at = _iso(expires) if expires is not None else None
+        refused = await _spec_drift(kube, run, job)
+        if backend.suspended(job) != rp.suspend:
+            job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(rp.suspend))
+        # Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself.
+        expires = job_expires_at(job, backend, rp.ttl_seconds_after_finished)
+        if expires is not None and at >= expires:
+            await kube.delete(backend.kind, ns, name, propagation="Background")
+            return await over()
+        delete_at = _iso(expires) if expires is not None else None
 
     report = None
     # The run's own tracking server when it names one (the pods log there), else the operator's.
@@ -248,6 +258,12 @@ async def reconcile(
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
     return Outcome(new["phase"], created, new, version, resource_version(job))
+
+
+def owned_by(job: dict[str, Any], uid: str | None) -> bool:
+    """Whether the job is the run's (uid) to act on: owned by it, or by nothing (made by hand for it)."""
+    owners = {r.get("uid") for r in job.get("metadata", {}).get("ownerReferences", [])}
+    return not uid or not owners or uid in owners
 
 
 async def _spec_drift(kube: Kube, run: TrainingRun, job: dict[str, Any]) -> list[str]:

@@ -361,9 +361,12 @@ def needs_resync(status: Mapping[str, Any], generation: int | None, lookups: int
     return True
 
 
-def unavailable_status(current: Mapping[str, Any], problem: str, now: str, generation: int | None) -> dict[str, Any]:
-    """No job kind the run may use is served (yet): Pending, not Failed; it starts once the CRD is installed."""
-    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", "BackendUnavailable",
+def waiting_status(current: Mapping[str, Any], reason: str, problem: str, now: str,
+                   generation: int | None) -> dict[str, Any]:
+    """The run cannot start yet, for a reason that goes away by itself (BackendUnavailable: its job kind's CRD
+    is not installed yet; JobNameTaken: a job of its name belongs to another object, e.g. an earlier run of the
+    same name still being deleted): Pending, not Failed, and it starts once the reason is gone."""
+    conditions = set_condition(list(current.get("conditions") or []), "Ready", "False", reason,
                                problem, now, generation)
     return {**{k: v for k, v in current.items() if k != "conditions"}, "phase": "Pending", "message": problem,
             "observedGeneration": generation, "conditions": conditions}
