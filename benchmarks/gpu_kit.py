@@ -233,7 +233,11 @@ def rehearsal_env(python: Path) -> dict[str, str]:
     """Environment for a command in the image env: our code from the checkout, nothing from this virtualenv."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     env.update(PYTHONPATH=str(ROOT), PATH=f"{python.parent}:{env.get('PATH', '')}", LEGISTRA_GPU_REHEARSAL="1",
-               HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONNOUSERSITE="1")
+               HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONNOUSERSITE="1",
+               # DeepSpeed compiles its CPU shared-memory allreduce on first use, into a folder named only by Python
+               # version and device (py311_cpu). Shared with the virtualenv, each environment's build replaced the
+               # other's (other include paths), and every switch between them compiled again: ~1 CPU-minute each.
+               TORCH_EXTENSIONS_DIR=str(KIT / "torch-extensions"))
     return env
 
 
