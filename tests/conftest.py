@@ -120,27 +120,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     def tail() -> str:
         return log.read_text(errors="replace")[-3000:]
 
-    # free_port() is outside the range the kernel gives outgoing connections; should a process outside this run
-    # hold it anyway, the server exits and a new port is tried. Any other failure ends with the server's words.
-    for _ in range(3):
-        port = free_port()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                 "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT,
-                cwd=root,  # anything it writes relative to its working directory stays out of the checkout
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            if wait_http(f"{url}/health", timeout=120, proc=proc):
-                break
-        except TimeoutError as exc:
-            proc.kill()
-            raise TimeoutError(f"{exc}; mlflow server log:\n{tail()}") from None
-    else:
-        raise RuntimeError(f"mlflow server exited at start 3 times; its log:\n{tail()}")
+    # free_port() is outside the range the kernel gives outgoing connections, so no client takes it meanwhile.
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT,
+            cwd=root,  # anything it writes relative to its working directory stays out of the checkout
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        up = wait_http(f"{url}/health", timeout=120, proc=proc)
+    except TimeoutError as exc:
+        proc.kill()
+        raise TimeoutError(f"{exc}; mlflow server log:\n{tail()}") from None
+    if not up:
+        raise RuntimeError(f"mlflow server exited at start (code {proc.returncode}); its log:\n{tail()}")
     try:
         yield url
     finally:

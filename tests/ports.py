@@ -9,6 +9,7 @@ its ephemeral range on its own, so only our own servers use them; each process d
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -33,6 +34,7 @@ def slice_index(worker: str | None, pid: int) -> int:
     return SLICES // 2 + pid % (SLICES // 2)
 
 
+@functools.cache  # per process: the kernel's range and this process's slice do not change
 def _slice() -> range:
     start = ephemeral_low() - SLICES * SLICE_SIZE + slice_index(os.environ.get("PYTEST_XDIST_WORKER"),
                                                                 os.getpid()) * SLICE_SIZE

@@ -118,6 +118,13 @@ async def reconcile(
             emit(body, "Warning", reason, new["message"])
         return Outcome("Failed", created, new, version)
 
+    async def wait(reason: str, problem: str) -> Outcome:
+        """Pending until a reason that goes away by itself is gone (waiting_status), and no job yet."""
+        new = waiting_status(current, reason, problem, now, generation)
+        if await save(new) and emit is not None:
+            emit(body, "Warning", reason, problem)
+        return Outcome("Pending", [], new, version)
+
     async def over() -> Outcome:
         """The run is finished and keeps its status; only a wait for its job's deletion (jobDeleteAt) ends."""
         kept = {k: v for k, v in current.items() if k != "jobDeleteAt"}
@@ -142,10 +149,7 @@ async def reconcile(
     backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"))
     if backend is None:
         assert unavailable is not None
-        new = waiting_status(current, "BackendUnavailable", unavailable, now, generation)
-        if await save(new) and emit is not None:
-            emit(body, "Warning", "BackendUnavailable", unavailable)
-        return Outcome("Pending", [], new, version)
+        return await wait("BackendUnavailable", unavailable)
     if job is None and current:
         # A run without status was never reconciled: its job is created below, and one found there after all (an
         # operator died between the two) sends this pass round again with it. A burst of new runs saves a GET each.
@@ -153,12 +157,8 @@ async def reconcile(
     if job is not None and not owned_by(job, run.metadata.uid):
         # A job of its name that belongs to something else: never adopt, mirror, stop or delete it. Often an earlier
         # run of this name, deleted and applied again before its job was collected: wait until it is gone.
-        problem = (f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; this run starts once "
-                   "that job is gone (the operator checks again at each resync)")
-        new = waiting_status(current, "JobNameTaken", problem, now, generation)
-        if await save(new) and emit is not None:
-            emit(body, "Warning", "JobNameTaken", problem)
-        return Outcome("Pending", [], new, version)
+        return await wait("JobNameTaken", f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; "
+                          "this run starts once that job is gone (the operator checks again at each resync)")
     was_preempted = False
     if job is not None and pods_worth_reading(job, current, rp.suspend):
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
