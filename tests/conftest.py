@@ -129,6 +129,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
              "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
             stdout=out, stderr=subprocess.STDOUT,
             cwd=root,  # anything it writes relative to its working directory stays out of the checkout
+            # No GenAI job runner: its huey consumers are processes the tests never use, and each server left
+            # its store behind in /dev/shm (memory), one folder per test session.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,7 +193,23 @@ def test_entry_commands_print_help() -> None:
         res = legistra(*args)
         assert res.returncode == 0 and "usage: legistra" in res.stdout
     res = subprocess.run([sys.executable, "-m", "legistra.trainer", "--help"], capture_output=True, text=True)
-    assert res.returncode == 0 and "--config" in res.stdout
+    assert res.returncode == 0 and "--config" in res.stdout  # piped, so block-buffered: exit_now flushed it
+
+
+def test_the_in_pod_entry_exits_with_the_code_it_chose(tmp_path: Path) -> None:
+    """The trainer ends with os._exit (exit_now): the codes and messages must be those main decided."""
+    from legistra.contract import ENV_TERMINATION_LOG, EXIT_DETERMINISTIC
+
+    term = tmp_path / "termination-log"
+    env = {**os.environ, ENV_TERMINATION_LOG: str(term)}
+    missing = tmp_path / "nowhere" / "run.json"
+    res = subprocess.run([sys.executable, "-m", "legistra.trainer", "--config", str(missing)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == EXIT_DETERMINISTIC, res.stderr
+    assert str(missing) in res.stderr and str(missing) in term.read_text()
+    res = subprocess.run([sys.executable, "-m", "legistra.trainer", "--config", str(missing), "--no-such-option"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "unrecognized arguments: --no-such-option" in res.stderr
 
 
 # -- GitOps: Argo CD health check, evaluated by a real Lua interpreter ------------------------------------

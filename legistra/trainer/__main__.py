@@ -12,6 +12,7 @@ PARENT_PID = os.getppid()  # first thing: see runtime.die_with_parent
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from legistra.trainer.runtime import die_with_parent  # noqa: E402
@@ -90,5 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """`main`, then `exit_now`: the exit code is the one main chose, never an abort of the teardown."""
+    from legistra.trainer.runtime import exit_now
+
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, a bad option; the codes Python itself would give
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
