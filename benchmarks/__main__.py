@@ -57,6 +57,8 @@ def main() -> None:
                     help="TrainingRuns for the operator benchmark against the real API server (envtest)")
     ap.add_argument("--fault-runs", type=int, default=50, help="TrainingRuns per fault campaign")
     ap.add_argument("--kills", type=int, default=20, help="operator SIGKILLs in the kill campaign")
+    ap.add_argument("--paced-rate", type=float, default=100.0,
+                    help="runs per second for the operator benchmark's paced run (the other is a burst)")
     ap.add_argument("--only", choices=["trainer", "operator", "faults", "data", "preemption"], default=None)
     ap.add_argument("--data-rows", type=int, nargs="+", default=[300_000, 3_000_000],
                     help="row counts for the data benchmark")
@@ -87,6 +89,7 @@ def main() -> None:
 
         # One backend after the other, never side by side: they share the two cores.
         scale = [run_operator(a.runs, WORK / "operator-emulator", backend="emulator"),
+                 run_operator(a.runs, WORK / "operator-emulator-paced", backend="emulator", rate=a.paced_rate),
                  run_operator(a.apiserver_runs, WORK / "operator-apiserver", backend="apiserver")]
         (a.out / f"operator-{tag}.json").write_text(json.dumps({"machine": machine(), "results": scale}, indent=2))
         print(json.dumps(scale, indent=2))

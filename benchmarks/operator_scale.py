@@ -37,9 +37,10 @@ def _run_doc(i: int) -> dict[str, Any]:
     }
 
 
-def _vm_hwm_mb(pid: int) -> float:
+def _vm_mb(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: peak resident memory so far; VmRSS: resident now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -187,8 +188,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator", api: Any = None) -> dict[str, Any]:
-    """`backend`: "emulator" or "apiserver" (`api`: an envtest server already running, else one is started)."""
+def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator", api: Any = None,
+        rate: float | None = None) -> dict[str, Any]:
+    """`backend`: "emulator" or "apiserver" (`api`: an envtest server already running, else one is started).
+    `rate`: create the runs, and then flip their jobs, at this steady rate (per second) instead of as fast as the
+    client can: under a burst faster than the operator the latencies measure the queue, at a rate it keeps up
+    with its own delay."""
     from tests.k8s_harness import OperatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +218,8 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
 
         def create(i: int) -> None:
             doc = _run_doc(i)
+            if rate is not None and (wait := t0 + i / rate - time.perf_counter()) > 0:
+                time.sleep(wait)
             cluster.create(doc)
             created_at[doc["metadata"]["name"]] = time.perf_counter()
 
@@ -226,8 +233,11 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
         t_all = max([*pending.values(), *jobs.values()], default=t0) - t0
         latencies = [jobs[k] - created_at[k] for k in created_at if k in jobs]
         time.sleep(1.0)  # the operator's last status writes land before the count
+        # Against the final peak: what a backlog cost, and in which phase.
+        rss_reconciled, peak_reconciled = _vm_mb(operator.proc.pid, "VmRSS"), _vm_mb(operator.proc.pid)
         reqs, writes = cluster.operator_requests()
-        phase1 = {"runs": n, "reconciled": len(jobs), "create_seconds": t_created, "all_reconciled_seconds": t_all,
+        phase1 = {"runs": n, "paced_rate": rate, "reconciled": len(jobs), "create_seconds": t_created,
+                  "all_reconciled_seconds": t_all,
                   "p50_latency_s": statistics.median(latencies) if latencies else None,
                   "p99_latency_s": _pct(latencies, 0.99) if latencies else None,
                   "api_requests_per_run": (reqs - base_reqs) / n, "api_writes_per_run": (writes - base_writes) / n}
@@ -237,18 +247,26 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
         cond = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
 
         def flip(i: int) -> None:
+            if rate is not None and (wait := t1 + i / rate - time.perf_counter()) > 0:
+                time.sleep(wait)
             cluster.job_status(f"run-{i:05d}", {"conditions": cond})
+            flipped_at[f"run-{i:05d}"] = time.perf_counter()
 
+        flipped_at: dict[str, float] = {}
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(flip, range(n)))
         while time.monotonic() < deadline + timeout and len(running) < n:
             time.sleep(0.05)
+        mirror = [running[k] - flipped_at[k] for k in flipped_at if k in running]
         phase2 = {"transitions": n, "mirrored": len(running),
-                  "all_mirrored_seconds": max(running.values(), default=t1) - t1}
+                  "all_mirrored_seconds": max(running.values(), default=t1) - t1,
+                  "p50_latency_s": statistics.median(mirror) if mirror else None,
+                  "p99_latency_s": _pct(mirror, 0.99) if mirror else None}
         wall = time.perf_counter() - t0
         # Where the time goes: the operator's CPU, the emulator's and this process's (the client's).
         return {"backend": cluster.name, "phase1_create": phase1, "phase2_transitions": phase2,
-                "operator_peak_rss_mb": _vm_hwm_mb(operator.proc.pid),
+                "operator_peak_rss_mb": _vm_mb(operator.proc.pid),
+                "operator_rss_reconciled_mb": rss_reconciled, "operator_peak_rss_phase1_mb": peak_reconciled,
                 "operator_cpu_seconds": _cpu_seconds(operator.proc.pid),
                 "emulator_cpu_seconds": cluster.server_cpu_seconds(),
                 "client_cpu_seconds": _cpu_seconds(os.getpid()) - own_cpu_at_start,

@@ -53,9 +53,10 @@ def test_repeats_keep_the_median_and_a_failed_one_is_reported() -> None:
 def test_operator_scale_smoke(tmp_path: Path) -> None:
     from benchmarks.operator_scale import run
 
-    res = run(15, tmp_path / "op", timeout=120)
+    res = run(15, tmp_path / "op", timeout=120, rate=20.0)
     p1 = res["phase1_create"]
     assert p1["reconciled"] == 15 and res["phase2_transitions"]["mirrored"] == 15
+    assert p1["create_seconds"] >= 14 / 20 and p1["paced_rate"] == 20.0  # the last run waited for its slot
     assert p1["api_writes_per_run"] == 4.0  # ConfigMap, PVC, PyTorchJob, one status patch
     assert res["operator_peak_rss_mb"] > 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from legistra.api.crd import CRD_DIRS, all_crds, render
 from legistra.api.validation import parse_training_run
+from legistra.contract import MUTABLE_RUN_POLICY
 from legistra.operator.backends import BACKENDS
 from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
@@ -219,6 +221,23 @@ def test_only_the_mutable_run_policy_fields_may_change_after_start() -> None:
     assert spec_hash(a) != spec_hash(c)
     job = build_pytorchjob(parse_training_run(run_doc()), SETTINGS)
     assert job["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(a)
+
+
+def test_the_spec_hash_is_the_one_jobs_already_carry() -> None:
+    """Jobs built by an earlier operator carry its hash: the bytes hashed must stay those of the first version
+    (a deep copy through JSON, the mutable fields popped, sorted keys); a new hash would refuse every started run."""
+    def first_version(wire: dict[str, Any]) -> str:
+        shaped = json.loads(json.dumps(wire))
+        for mutable in MUTABLE_RUN_POLICY:
+            shaped.get("runPolicy", {}).pop(mutable, None)
+        return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
+
+    full = parse_training_run(run_doc()).spec.wire()
+    no_policy = {k: v for k, v in full.items() if k != "runPolicy"}
+    for wire in (full, no_policy, {"task": "summarization", "runPolicy": {"suspend": True}}):
+        before = copy.deepcopy(wire)
+        assert spec_hash(wire) == first_version(wire)
+        assert wire == before  # the caller's spec is left as it was
 
 
 def test_label_values_are_valid() -> None:

@@ -39,10 +39,13 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "legistra-operator"}
 
 
 def spec_hash(spec_wire: dict[str, Any]) -> str:
-    """Hash of everything that shapes the job; the mutable fields are left out."""
-    shaped = json.loads(json.dumps(spec_wire))
-    for mutable in MUTABLE_RUN_POLICY:
-        shaped.get("runPolicy", {}).pop(mutable, None)
+    """Hash of everything that shapes the job; the mutable fields are left out. Jobs carry it across operator
+    versions, so the bytes hashed never change: the spec's JSON with sorted keys. Only `runPolicy` is copied to
+    drop fields (a deep copy of the whole spec cost a JSON round trip per reconcile)."""
+    shaped = dict(spec_wire)
+    policy = shaped.get("runPolicy")
+    if isinstance(policy, dict):
+        shaped["runPolicy"] = {k: v for k, v in policy.items() if k not in MUTABLE_RUN_POLICY}
     return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
