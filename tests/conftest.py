@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -150,12 +151,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """moto in server mode: a real HTTP S3 endpoint on loopback."""
-    from moto.server import ThreadedMotoServer
+    """moto in server mode: a real HTTP S3 endpoint on loopback, answering one request at a time.
+
+    S3 applies a conditional write (If-None-Match: *) atomically; moto checks for the key, then writes it. Under
+    moto's threaded server two racing creates of the same key both got 200 (two of sixteen concurrent registry
+    pushes claimed v10). Served one at a time, moto's check and write cannot interleave, as on S3. Its thread
+    shares this process's interpreter lock anyway, so little concurrency is lost."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = make_server("127.0.0.1", port, DomainDispatcherApplication(create_backend_app), threaded=False,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
+    thread.start()
     url = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
@@ -169,7 +178,8 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
+        server.shutdown()
+        thread.join()
 
 
 @pytest.fixture()
