@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from legistra.registry.promotion import decide
 from legistra.registry.registry import ChecksumMismatch, Registry, RegistryError
 from tests.conftest import legistra
+from tests.ports import free_port
 
 
 def model_dir(root: Path, tag: str = "a", files: int = 3, size: int = 64) -> Path:
@@ -101,6 +107,62 @@ def test_concurrent_pushes_in_threads_get_distinct_versions(registry: Registry, 
     with ThreadPoolExecutor(8) as pool:
         versions = list(pool.map(lambda d: registry.push("m", d).version, dirs))
     assert sorted(versions) == list(range(1, 9))
+
+
+class ConditionsDropped(http.server.BaseHTTPRequestHandler):
+    """An S3-compatible store that ignores conditional writes: moto behind a proxy that drops If-None-Match and
+    If-Match from every request (as an old MinIO or a plain file gateway would never look at them)."""
+
+    upstream = ("127.0.0.1", 0)
+    protocol_version = "HTTP/1.1"
+
+    def forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        dropped = ("if-none-match", "if-match", "host", "connection")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused_before_the_upload(
+        bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    upstream = urllib.parse.urlsplit(s3_endpoint)
+    handler = type("Handler", (ConditionsDropped,), {"upstream": (upstream.hostname, upstream.port)})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{proxy.server_address[1]}"}
+        res = legistra("registry", "--registry", f"s3://{bucket}/reg", "push", str(model_dir(tmp_path / "m")),
+                       "--model", "m", env=env)
+    finally:
+        proxy.shutdown()
+    assert res.returncode == 1, res.stderr
+    assert (f"s3://{bucket}/reg: the store ignores conditional writes (If-None-Match and If-Match)"
+            in res.stderr), res.stderr
+    assert "Traceback" not in res.stderr
+    direct = Registry.open(f"s3://{bucket}/reg")  # straight to moto, which honours them
+    assert direct.store.list_keys("") == []  # nothing uploaded, the check's own key removed
+    direct.push("m", model_dir(tmp_path / "m2"))  # the same push against a store that honours them
+    assert [v.version for v in direct.versions("m")] == [1]
 
 
 def test_sixteen_concurrent_cli_pushes_to_s3(bucket: str, tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ def _now() -> str:
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._conditional_writes_checked = False
 
     @classmethod
     def open(cls, uri: str) -> Registry:
@@ -74,6 +75,34 @@ class Registry:
     @property
     def uri(self) -> str:
         return self.store.uri
+
+    def _check_conditional_writes(self) -> None:
+        """Before this registry's first write: refuse a store that ignores conditional writes.
+
+        Version numbers and aliases rest on If-None-Match and If-Match. S3 honours both, and so do recent
+        S3-compatible stores; one that ignores them answers 200 to every racing claim, and two concurrent pushes
+        then fill the same version with each other's files. Three small writes under the registry's root, once
+        per process, tell: a create over an existing key and a swap with a wrong ETag must both be refused."""
+        if self._conditional_writes_checked:
+            return
+        key = f".conditional-write-check/{uuid.uuid4().hex}"
+        ignored = []
+        self.store.put(key, b"first", if_none_match=True)
+        try:
+            for header, kwargs in (("If-None-Match", {"if_none_match": True}), ("If-Match", {"if_match": "0" * 32})):
+                try:
+                    self.store.put(key, b"second", **kwargs)
+                    ignored.append(header)
+                except PreconditionFailed:
+                    pass
+        finally:
+            self.store.delete_prefix(key)
+        if ignored:
+            raise RegistryError(
+                f"{self.uri}: the store ignores conditional writes ({' and '.join(ignored)}); the registry needs them "
+                "so that concurrent pushes never take the same version and aliases move atomically (S3 and recent "
+                "S3-compatible stores such as MinIO honour both)")
+        self._conditional_writes_checked = True
 
     # -- versions -----------------------------------------------------------------------------------
     def _claimed_numbers(self, model: str) -> list[int]:
@@ -93,6 +122,7 @@ class Registry:
         files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
         if not files:
             raise RegistryError(f"{src}: no files to register")
+        self._check_conditional_writes()  # before the upload, the slow part
         staging = f"{model}/.staging/{uuid.uuid4().hex}"
         checksums: dict[str, dict[str, Any]] = {}
         for path in files:
@@ -219,6 +249,7 @@ class Registry:
         """Compare-and-swap: `change` maps the record just read to the new one (None: leave it), and is applied
         again to a fresh read whenever someone else moved the alias in between."""
         key = self._alias_key(model, alias)
+        self._check_conditional_writes()
         for _ in range(100):
             try:
                 data, etag = self.store.get(key)
