@@ -183,6 +183,12 @@ class RealApiServer:
             self._server.close()
 
 
+def _wait_for_slot(start: float, i: int, rate: float | None) -> None:
+    """Paced: the i-th request of a phase leaves at `start + i / rate` (perf_counter); a burst never waits."""
+    if rate is not None and (wait := start + i / rate - time.perf_counter()) > 0:
+        time.sleep(wait)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -218,8 +224,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
 
         def create(i: int) -> None:
             doc = _run_doc(i)
-            if rate is not None and (wait := t0 + i / rate - time.perf_counter()) > 0:
-                time.sleep(wait)
+            _wait_for_slot(t0, i, rate)
             cluster.create(doc)
             created_at[doc["metadata"]["name"]] = time.perf_counter()
 
@@ -247,8 +252,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
         cond = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
 
         def flip(i: int) -> None:
-            if rate is not None and (wait := t1 + i / rate - time.perf_counter()) > 0:
-                time.sleep(wait)
+            _wait_for_slot(t1, i, rate)
             cluster.job_status(f"run-{i:05d}", {"conditions": cond})
             flipped_at[f"run-{i:05d}"] = time.perf_counter()
 

@@ -203,9 +203,11 @@ def write_report(results: Path, readme: Path) -> None:
     if op:
         scale = op["results"] if isinstance(op["results"], list) else [{"backend": "emulator", **op["results"]}]
         parts.append(f"Last run: {op['machine']['date']}, {scale[0].get('cores')} cores.\n")
+        def paced(r: dict[str, Any]) -> float | None:
+            return r["phase1_create"].get("paced_rate")  # None: a burst (and every result before the paced run)
+
         def label(r: dict[str, Any]) -> str:
-            paced = r["phase1_create"].get("paced_rate")
-            return f"#{r['backend']}" + (f", paced {paced:.0f}/s" if paced else ", burst")
+            return f"#{r['backend']}" + (f", paced {paced(r):.0f}/s" if paced(r) else ", burst")
 
         parts += _head("measure", *[label(r) for r in scale], "target (2 cores)")
 
@@ -234,9 +236,8 @@ def write_report(results: Path, readme: Path) -> None:
             return f"{r['operator_cpu_seconds']:.0f} s / {emulator} / {client:.0f} s of {r['wall_seconds']:.0f} s wall"
 
         row("CPU: operator / emulator / benchmark client", cpu)
-        emu = next((r for r in scale if r["backend"] == "emulator" and not r["phase1_create"].get("paced_rate")),
-                   None)
-        paced_run = next((r for r in scale if r["phase1_create"].get("paced_rate")), None)
+        emu = next((r for r in scale if r["backend"] == "emulator" and not paced(r)), None)
+        paced_run = next((r for r in scale if paced(r)), None)
         if emu is not None and emu.get("emulator_cpu_seconds") is not None:
             p1, p2 = emu["phase1_create"], emu["phase2_transitions"]
             per_run_ms = 1000 * emu["operator_cpu_seconds"] / (p1["runs"] + p2["transitions"])

@@ -82,11 +82,12 @@ class Registry:
         Version numbers and aliases rest on If-None-Match and If-Match. S3 honours both, and so do recent
         S3-compatible stores; one that ignores them answers 200 to every racing claim, and two concurrent pushes
         then fill the same version with each other's files. Three small writes under the registry's root, once
-        per process, tell: a create over an existing key and a swap with a wrong ETag must both be refused."""
+        per Registry (a push or a CLI command opens one), tell: a create over an existing key and a swap with a
+        wrong ETag must both be refused."""
         if self._conditional_writes_checked:
             return
         key = f".conditional-write-check/{uuid.uuid4().hex}"
-        ignored = []
+        ignored: list[str] = []
         self.store.put(key, b"first", if_none_match=True)
         try:
             for header, kwargs in (("If-None-Match", {"if_none_match": True}), ("If-Match", {"if_match": "0" * 32})):
