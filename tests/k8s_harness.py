@@ -184,6 +184,7 @@ def lean_emulator() -> Any:
                 path = request.url.path
                 if path.endswith("/log") and "/pods/" in path:
                     return await self._pod_log(request)
+                self._generate_name(request)
                 return await super()._handle(request)
             finally:
                 self._forget(request)
@@ -197,6 +198,14 @@ def lean_emulator() -> Any:
                 if key[0] != "GET":
                     agent = request.headers.get("User-Agent", "")
                     self.writes_by_agent[agent] = self.writes_by_agent.get(agent, 0) + 1
+
+        @staticmethod
+        def _generate_name(request: Any) -> None:
+            """The API server names a created object that has only `generateName` (kopf's and our Events); kmock
+            would file them all under no name, and every post after the first would be refused as a conflict."""
+            meta = request.data.get("metadata") if isinstance(request.data, dict) else None
+            if request.action == kmock.action.CREATE and meta and meta.get("generateName") and not meta.get("name"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
 
         async def _pod_log(self, request: Any) -> Any:
             """A kubelet's pods/log: the stand-in's pod output; with follow=true, once its process has ended."""
