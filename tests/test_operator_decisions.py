@@ -497,20 +497,24 @@ def test_a_deterministic_failure_fails_the_run_without_a_retry() -> None:
         {"status": {"conditions": [{"type": "Running", "status": "True"}]}})
 
 
-@pytest.mark.parametrize(("conditions", "current", "suspended", "expected"), [
-    ([("Running", "True")], {}, False, True),                          # startup: a crash loop has no condition
-    ([("Running", "True")], {"progress": {"step": 3}}, False, False),  # training: nothing to look for
-    ([("Restarting", "True")], {"progress": {"step": 3}}, False, True),
-    ([("Failed", "True")], {"progress": {"step": 3}}, False, True),
-    ([("Created", "True")], {}, True, False),                          # suspended: no pods
-    ([("Succeeded", "True")], {}, False, False),
+@pytest.mark.parametrize(("conditions", "current", "suspended", "on_event", "expected"), [
+    ([("Running", "True")], {}, False, False, True),                         # startup: a crash loop has no condition
+    ([("Running", "True")], {}, False, True, False),                         # ...but not on the job's start itself
+    ([("Created", "True")], {}, False, True, False),
+    ([("Running", "True")], {"progress": {"step": 3}}, False, False, False),  # training: nothing to look for
+    ([("Restarting", "True")], {"progress": {"step": 3}}, False, False, True),
+    ([("Restarting", "True")], {}, False, True, True),                       # a failed pod: read at once
+    ([("Failed", "True")], {"progress": {"step": 3}}, False, False, True),
+    ([("Failed", "True")], {}, False, True, True),
+    ([("Created", "True")], {}, True, False, False),                         # suspended: no pods
+    ([("Succeeded", "True")], {}, False, False, False),
 ])
 def test_when_pods_are_read_for_a_deterministic_failure(conditions: list[tuple[str, str]], current: dict[str, Any],
-                                                        suspended: bool, expected: bool) -> None:
+                                                        suspended: bool, on_event: bool, expected: bool) -> None:
     from legistra.operator.status import pods_worth_reading
 
     job = {"kind": "PyTorchJob", "status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
-    assert pods_worth_reading(job, current, suspended) is expected
+    assert pods_worth_reading(job, current, suspended, on_event) is expected
 
 
 # -- checkpoints in object storage, and storage that cannot be had ------------------------------------------

@@ -31,7 +31,7 @@ async def submit(run: TrainingRun, namespace: str | None, creds: Credentials) ->
                              **({"annotations": run.metadata.annotations} if run.metadata.annotations else {})},
                 "spec": run.spec.wire()}
         try:
-            _, created = await kube.create_or_get(body)
+            _, created = await kube.create_or_get(body, read=False)
         except ApiError as exc:
             if exc.status >= 500:
                 return unreachable(creds, exc)

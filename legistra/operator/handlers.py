@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -58,6 +58,11 @@ class Written:
     def covers(self, meta: dict[str, Any]) -> bool:
         """Whether this write was to the same object at the same spec generation as `meta` describes."""
         return self.uid == meta.get("uid") and self.generation == meta.get("generation")
+
+    def echoed_by(self, body: Mapping[str, Any]) -> bool:
+        """Whether `body` is this write's own echo: the same object, generation, version and status."""
+        meta = body.get("metadata") or {}
+        return self.covers(meta) and meta.get("resourceVersion") == self.version and body.get("status") == self.status
 
 
 def late_job(job: dict[str, Any] | None, written: Written | None) -> bool:
@@ -181,7 +186,7 @@ def emitter(rt: Runtime) -> Callable[[dict[str, Any], str, str, str], None]:
 
     async def post(event: dict[str, Any]) -> None:
         try:
-            await rt.kube.create(event)
+            await rt.kube.create(event, read=False)
         except ApiError as exc:
             log.warning("could not post event %s: %s", event["reason"], exc)
 
@@ -249,7 +254,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
                              config.pod_id)
         for obj in rt.peering.objects:  # kopf waits, paused, until these exist
             if await rt.kube.get_object(obj) is None:  # read first: restarts cost no write
-                await rt.kube.create_or_get(obj)
+                await rt.kube.create_or_get(obj, read=False)
         log.info("peering %r as %s with priority %d", config.peering, rt.peering.identity, rt.peering.priority)
     uri = config.jobs.mlflow_tracking_uri
     await discover(rt)
@@ -278,10 +283,9 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
     async with state.lock:  # one reconcile per run at a time; events arriving meanwhile are folded in
         known = state.written
         if not force and job is None and known is not None and known.covers(meta):
-            theirs = meta.get("resourceVersion")
-            if theirs == known.version and body.get("status") == known.status:
+            if known.echoed_by(body):
                 return  # the echo of our own status write (the resync loop re-checks anyway)
-            if newer_version(known.version, theirs):
+            if newer_version(known.version, meta.get("resourceVersion")):
                 return  # older than what we wrote: nothing new
         run = freshest(body, known)
         if late_job(job, known):
@@ -364,7 +368,9 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
             state.wakeup.cancel()
         return
     run = dict(body)
-    rt.state(key).copy = compact(run)
+    state = rt.state(key)
+    if state.written is None or not state.written.echoed_by(run):
+        state.copy = compact(run)  # an echo adds nothing: `freshest` lays the same write over the older copy
     await _reconcile_run(rt, run)
 
 

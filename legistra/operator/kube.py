@@ -8,6 +8,7 @@ and a 401 re-reads them once: bound service-account tokens rotate, exec plugins 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -121,13 +122,15 @@ class Kube:
             await self._session.close()
 
     async def _request(self, method: str, path: str, body: Any = None,
-                       content_type: str = "application/json", attempts: int = 4) -> dict[str, Any]:
-        """One API call; throttling, 5xx and dropped connections are retried with exponential backoff."""
+                       content_type: str = "application/json", attempts: int = 4, read: bool = True
+                       ) -> dict[str, Any]:
+        """One API call; throttling, 5xx and dropped connections are retried with exponential backoff.
+        `read=False`: the answer is not parsed ({} is returned), for writes whose echo nobody reads."""
         delay = 0.25
         reauthenticated = False
         for attempt in range(1, attempts + 1):
             try:
-                return await self._once(method, path, body, content_type)
+                return await self._once(method, path, body, content_type, read)
             except ApiError as exc:
                 if exc.status == 401 and self.refresh is not None and not reauthenticated:
                     reauthenticated = True  # once: a second 401 is a real refusal
@@ -144,14 +147,14 @@ class Kube:
             delay *= 2
         raise AssertionError("unreachable")
 
-    async def _once(self, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
+    async def _once(self, method: str, path: str, body: Any, content_type: str, read: bool) -> dict[str, Any]:
         s = await self.session()
         async with s.request(method, path, json=body, headers={"Content-Type": content_type}) as resp:
+            raw = await resp.read()  # read whole even when unused: a connection is reused only once drained
             if resp.status >= 400:
-                text = await resp.text()
-                raise ApiError(resp.status, text[:500])
-            data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
-            return data or {}
+                raise ApiError(resp.status, raw.decode(errors="replace")[:500])
+            found: dict[str, Any] = json.loads(raw) if read and raw else {}
+            return found or {}
 
     async def serves(self, group_version: str, plural: str) -> bool:
         """API discovery: whether the server serves `plural` in `group_version` (a CRD is installed)."""
@@ -192,14 +195,16 @@ class Kube:
     async def list(self, kind: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
         return [item async for page in self.pages(kind, namespace, label_selector) for item in page]
 
-    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: Mapping[str, Any], read: bool = True) -> dict[str, Any]:
+        """The object as created; with `read=False`, {} (its echo is not parsed)."""
         ns = obj["metadata"].get("namespace")
-        return await self._request("POST", path_of(obj["kind"], ns), dict(obj))
+        return await self._request("POST", path_of(obj["kind"], ns), dict(obj), read=read)
 
-    async def create_or_get(self, obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Idempotent create: (object, created). An existing object is returned as it is."""
+    async def create_or_get(self, obj: Mapping[str, Any], read: bool = True) -> tuple[dict[str, Any], bool]:
+        """Idempotent create: (object, created). An existing object is returned as it is; a created one only
+        with `read` (else {})."""
         try:
-            return await self.create(obj), True
+            return await self.create(obj, read), True
         except ApiError as exc:
             if exc.status != 409:
                 raise

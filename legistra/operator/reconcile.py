@@ -150,6 +150,7 @@ async def reconcile(
     if backend is None:
         assert unavailable is not None
         return await wait("BackendUnavailable", unavailable)
+    on_event = job is not None  # handed over from the job's watch event (else read below)
     if job is None and current:
         # A run without status was never reconciled: its job is created below, and one found there after all (an
         # operator died between the two) sends this pass round again with it. A burst of new runs saves a GET each.
@@ -160,7 +161,7 @@ async def reconcile(
         return await wait("JobNameTaken", f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; "
                           "this run starts once that job is gone (the operator checks again at each resync)")
     was_preempted = False
-    if job is not None and pods_worth_reading(job, current, rp.suspend):
+    if job is not None and pods_worth_reading(job, current, rp.suspend, on_event):
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
         failure = deterministic_failure(pods, name, backend)
@@ -203,7 +204,8 @@ async def reconcile(
         # Job last: its pods must find their config and volume. Each create tolerates "already exists".
         for obj in build_children(run, defaults, plan.attempt, backend.name):
             try:
-                got, was_created = await kube.create_or_get(obj)
+                # Only the job's answer is read (its resourceVersion); the others' echoes are never parsed.
+                got, was_created = await kube.create_or_get(obj, read=obj["kind"] == backend.kind)
             except ApiError as exc:
                 if exc.transient:
                     raise

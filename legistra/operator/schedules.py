@@ -60,7 +60,7 @@ async def reconcile_schedule(
     for name in plan.delete:
         await kube.delete("TrainingRun", meta["namespace"], name)
     if plan.create is not None:
-        _, created = await kube.create_or_get(plan.create)
+        _, created = await kube.create_or_get(plan.create, read=False)
         if created:
             prometheus.SCHEDULE_RUNS.inc()
     if plan.status != current:

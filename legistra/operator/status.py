@@ -114,13 +114,18 @@ def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
     return any(int(j.get("failed") or 0) for j in status.get("jobsStatus") or [])  # a TrainJob's failed node
 
 
-def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspended_in_spec: bool) -> bool:
+def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspended_in_spec: bool,
+                       on_event: bool = False) -> bool:
     """Whether to LIST the job's pods for a deterministic failure: after a pod failed (a Restarting/Failed job),
     and while the run has reported no progress yet. Bad data and missing models fail before the first step, and
-    with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any job condition."""
+    with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any job condition.
+
+    `on_event`: the job is its own watch event's. A healthy job's event is its creation or start, too early for
+    a failed pod; the resync pass (which reads the job afresh) reads the pods then. At 10,000 starting jobs
+    that is 10,000 LISTs of pods fewer on the API server."""
     if job_may_have_failed_pods(job):
         return True
-    return not suspended_in_spec and not current.get("progress") and \
+    return not on_event and not suspended_in_spec and not current.get("progress") and \
         job_state(job, suspended_in_spec).phase in ("Pending", "Running")
 
 
