@@ -9,6 +9,7 @@ from watch streams (as `kubectl get -w` would see them), so measuring adds no po
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -183,6 +184,26 @@ class RealApiServer:
             self._server.close()
 
 
+def calibration_ms(repeats: int = 5) -> float:
+    """This machine's single-core speed just now: the best time of a fixed pure-Python workload (JSON both ways,
+    dicts, sorting), in ms; lower is faster. The shared 2-core machines vary by 20% and more between runs of the
+    same code, so a figure is comparable with another only at a similar calibration."""
+    doc = {"items": [{"name": f"run-{i:05d}", "labels": {"a": str(i), "b": "x" * (i % 17)}, "n": i * 0.5}
+                     for i in range(200)]}
+    best = float("inf")
+    gc.disable()  # a collection would walk this process's heap, whose size (torch imported or not) is not the machine
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(200):
+                back = json.loads(json.dumps(doc, sort_keys=True))
+                sorted((item["name"] for item in back["items"]), reverse=True)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return best * 1000
+
+
 def _wait_for_slot(start: float, i: int, rate: float | None) -> None:
     """Paced: the i-th request of a phase leaves at `start + i / rate` (perf_counter); a burst never waits."""
     if rate is not None and (wait := start + i / rate - time.perf_counter()) > 0:
@@ -203,6 +224,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
     from tests.k8s_harness import OperatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
+    calibration = calibration_ms()
     own_cpu_at_start = _cpu_seconds(os.getpid())  # `make bench` runs both backends in one process
     cluster: Emulator | RealApiServer = Emulator(workdir) if backend == "emulator" \
         else RealApiServer(workdir, api)
@@ -274,7 +296,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
                 "operator_cpu_seconds": _cpu_seconds(operator.proc.pid),
                 "emulator_cpu_seconds": cluster.server_cpu_seconds(),
                 "client_cpu_seconds": _cpu_seconds(os.getpid()) - own_cpu_at_start,
-                "wall_seconds": wall, "cores": os.cpu_count()}
+                "wall_seconds": wall, "cores": os.cpu_count(), "calibration_ms": calibration}
     finally:
         operator.stop()
         cluster.stop()

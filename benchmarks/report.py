@@ -236,6 +236,8 @@ def write_report(results: Path, readme: Path) -> None:
             return f"{r['operator_cpu_seconds']:.0f} s / {emulator} / {client:.0f} s of {r['wall_seconds']:.0f} s wall"
 
         row("CPU: operator / emulator / benchmark client", cpu)
+        row("machine speed before the run (fixed single-core workload; lower is faster)",
+            lambda r: f"{r['calibration_ms']:.0f} ms" if "calibration_ms" in r else "-")
         emu = next((r for r in scale if r["backend"] == "emulator" and not paced(r)), None)
         paced_run = next((r for r in scale if paced(r)), None)
         if emu is not None and emu.get("emulator_cpu_seconds") is not None:
@@ -262,7 +264,9 @@ def write_report(results: Path, readme: Path) -> None:
                    f"{needed / kept_up:.2f}x what the operator managed")
                 + " while sharing the two cores with the emulator and the client (in a cluster the API server's CPU "
                 "is not the operator's). On the real API server kube-apiserver and etcd take the place of the "
-                "emulator.\n")
+                "emulator. These machines are shared and their speed drifts (the same code's burst has taken from 64 s "
+                "to 75 s here): the machine-speed row times one fixed single-core workload just before each run, "
+                "and two runs compare only where it is close.\n")
             if "operator_peak_rss_phase1_mb" in emu:
                 first, final = emu["operator_peak_rss_phase1_mb"], emu["operator_peak_rss_mb"]
                 later = (f"the final peak of {final:.0f} MB came with the second burst, every job's status "
