@@ -88,13 +88,16 @@ class Emulator:
     def __init__(self, workdir: Path) -> None:
         from tests.k8s_harness import Cluster
 
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.k8s_harness"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        log = workdir / "emulator.log"
+        with log.open("w") as err:
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.k8s_harness"], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.cluster = Cluster()  # its client half only: requests go to the emulator's process
         self.cluster.url = self.process.stdout.readline().strip()
-        if not self.cluster.url:
-            raise RuntimeError("the API emulator did not start")
+        if not self.cluster.url:  # say why: this once failed in a test run with nothing kept to tell
+            code = self.process.wait(timeout=30)
+            raise RuntimeError(f"the API emulator did not start (exit {code}): {log.read_text()[-2000:]}")
         self.kubeconfig = self.cluster.kubeconfig(workdir / "kubeconfig", NS)
 
     def open_stream(self, path: str) -> Any:
