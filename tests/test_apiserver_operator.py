@@ -306,3 +306,49 @@ def test_lists_come_in_pages_that_add_up(crds: ApiServer, ns: str) -> None:
     pages = asyncio.run(go())
     assert [len(p) for p in pages] == [3, 3, 1]
     assert sorted(n for p in pages for n in p) == [f"risk-page-{i}" for i in range(7)]
+
+
+def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_crash_loop(crds: ApiServer,
+                                                                                       ns: str) -> None:
+    """With `restartPolicy: OnFailure` a trainer that refuses its data is restarted in place and the job shows no
+    condition. The job's start event does not list its pods (too early to find anything; a wave of 10,000 starts
+    would be 10,000 LISTs), but it must not make the resync pass skip the run as recently reconciled: that pass
+    reads the trainer's message and fails the run for good."""
+    from benchmarks.faults import job_conditions
+    from legistra.operator.backends import BACKENDS
+    from legistra.operator.config import OperatorConfig
+    from legistra.operator.handlers import Runtime, _reconcile_run, discover, resync
+
+    name = "risk-crashloop"
+    body = apply_run(crds, ns, name)
+    message = "InvalidData: train.jsonl, row 7, field 'label': missing label"
+
+    async def go() -> None:
+        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
+        rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
+        try:
+            await discover(rt)
+            await _reconcile_run(rt, body)  # children, Pending
+            crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps(job_conditions("Created", "Running")))
+            pod = f"{name}-master-0"
+            crds.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns, "labels": {BACKENDS["pytorchjob"].pod_label: name}},
+                "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}}))
+            crds.kubectl("patch", "pod", pod, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(
+                {"status": {"phase": "Running", "containerStatuses": [{
+                    "name": "pytorch", "image": "trainer", "imageID": "", "ready": False, "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": message}}}]}}))
+            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
+                                 job=crds.get("pytorchjob", name, "-n", ns))  # the job's start event
+            assert crds.get("trainingrun", name, "-n", ns)["status"]["phase"] == "Running"  # pods not read
+            await resync(rt, ns)  # the next tick, however soon after the event
+            status = crds.get("trainingrun", name, "-n", ns)["status"]
+            failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+            assert status["phase"] == "Failed" and failed["reason"] == "InvalidData" and "row 7" in failed["message"]
+        finally:
+            await kube.close()
+
+    asyncio.run(go())

@@ -501,6 +501,7 @@ def test_a_deterministic_failure_fails_the_run_without_a_retry() -> None:
     ([("Running", "True")], {}, False, False, True),                         # startup: a crash loop has no condition
     ([("Running", "True")], {}, False, True, False),                         # ...but not on the job's start itself
     ([("Created", "True")], {}, False, True, False),
+    ([("Created", "True")], {}, False, False, False),                        # pending: no trainer has started
     ([("Running", "True")], {"progress": {"step": 3}}, False, False, False),  # training: nothing to look for
     ([("Restarting", "True")], {"progress": {"step": 3}}, False, False, True),
     ([("Restarting", "True")], {}, False, True, True),                       # a failed pod: read at once

@@ -313,7 +313,8 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
             return
         finally:
             prometheus.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        state.reconciled_at = time.monotonic()
+        # A pass that left the pods to the resync pass must not make that pass skip the run.
+        state.reconciled_at = float("-inf") if outcome.pods_deferred else time.monotonic()
         prometheus.observe_phase(key, outcome.phase)
         _wake_when_due(rt, key, outcome.status or {})
         if outcome.created:
@@ -465,7 +466,9 @@ async def resync(rt: Runtime, ns: str | None) -> None:
                 continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
             if st.get("phase") == "Succeeded":
                 rt.state(key).lookups += 1
-            await _reconcile_run(rt, lean(run))
+            # Forced: a run whose status is still this operator's last write is what the resync is for (progress
+            # from MLflow, a crash loop's pods, a late model); the event path skips it as an echo.
+            await _reconcile_run(rt, lean(run), force=True)
 
 
 async def tick_schedules(rt: Runtime, ns: str | None) -> None:

@@ -72,6 +72,7 @@ class Outcome:
     status: dict[str, Any] | None = None  # the status now on the object, as this reconcile left it
     version: str | None = None  # the object's resourceVersion after this reconcile's last status write
     job_version: str | None = None  # the resourceVersion of the job this reconcile mirrored (None: no job)
+    pods_deferred: bool = False  # the job's pods were worth a look, left to the next resync pass (a job's event)
 
 
 async def reconcile(
@@ -161,7 +162,11 @@ async def reconcile(
         return await wait("JobNameTaken", f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; "
                           "this run starts once that job is gone (the operator checks again at each resync)")
     was_preempted = False
-    if job is not None and pods_worth_reading(job, current, rp.suspend, on_event):
+    read_pods = job is not None and pods_worth_reading(job, current, rp.suspend, on_event)
+    # A job's own event leaves a healthy job's pods to the resync pass (its start is too early to find anything);
+    # the outcome says so, and the run is due at the next tick.
+    pods_deferred = job is not None and not read_pods and pods_worth_reading(job, current, rp.suspend)
+    if job is not None and read_pods:
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
         failure = deterministic_failure(pods, name, backend)
@@ -259,7 +264,7 @@ async def reconcile(
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    return Outcome(new["phase"], created, new, version, resource_version(job))
+    return Outcome(new["phase"], created, new, version, resource_version(job), pods_deferred)
 
 
 def owned_by(job: dict[str, Any], uid: str | None) -> bool:

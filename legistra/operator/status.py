@@ -117,8 +117,9 @@ def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
 def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspended_in_spec: bool,
                        on_event: bool = False) -> bool:
     """Whether to LIST the job's pods for a deterministic failure: after a pod failed (a Restarting/Failed job),
-    and while the run has reported no progress yet. Bad data and missing models fail before the first step, and
-    with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any job condition.
+    and while the job runs and the run has reported no progress yet. Bad data and missing models fail before the
+    first step, and with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any
+    job condition. A Pending job's trainer has not started: nothing to find (a run may wait hours for GPUs).
 
     `on_event`: the job is its own watch event's. A healthy job's event is its creation or start, too early for
     a failed pod; the resync pass (which reads the job afresh) reads the pods then. At 10,000 starting jobs
@@ -126,7 +127,7 @@ def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspe
     if job_may_have_failed_pods(job):
         return True
     return not on_event and not suspended_in_spec and not current.get("progress") and \
-        job_state(job, suspended_in_spec).phase in ("Pending", "Running")
+        job_state(job, suspended_in_spec).phase == "Running"
 
 
 def trainjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
