@@ -5,9 +5,10 @@ real API server does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,23 @@ def apply_run(api: ApiServer, ns: str, name: str) -> dict[str, Any]:
     doc["metadata"] = {"name": name, "namespace": ns}
     api.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
     return api.get("trainingrun", name, "-n", ns)
+
+
+@contextlib.asynccontextmanager
+async def first_pass(api: ApiServer, ns: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+    """The operator's runtime for `ns` (its handlers' state, without kopf) after its first pass over `body`: the
+    run's children exist and its status is Pending."""
+    from legistra.operator.config import OperatorConfig
+    from legistra.operator.handlers import Runtime, _reconcile_run, discover
+
+    kube = Kube(cluster_credentials(str(api.kubeconfig), None, {}), agent="legistra-tests")
+    rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
+    try:
+        await discover(rt)
+        await _reconcile_run(rt, body)
+        yield rt
+    finally:
+        await kube.close()
 
 
 def test_a_run_becomes_children_and_status_goes_through_the_subresource(crds: ApiServer, ns: str) -> None:
@@ -232,17 +250,12 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
     take it back (seen once as Succeeded -> Running in the SIGKILL campaign). Also after a 409, when the other
     writer was another replica, the job is read again with the run."""
     from benchmarks.faults import job_conditions
-    from legistra.operator.config import OperatorConfig
-    from legistra.operator.handlers import Runtime, _reconcile_run, discover
+    from legistra.operator.handlers import _reconcile_run
 
     body = apply_run(crds, ns, "risk-late")
 
     async def go() -> None:
-        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
-        rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
-        try:
-            await discover(rt)
-            await _reconcile_run(rt, body)  # children, Pending
+        async with first_pass(crds, ns, body) as rt:
             crds.kubectl("patch", "pytorchjob", "risk-late", "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps(job_conditions("Created", "Running")))
             running_job = crds.get("pytorchjob", "risk-late", "-n", ns)  # the body the late event carries
@@ -258,8 +271,6 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
             rt.runs[(ns, "risk-late")].written = None
             await _reconcile_run(rt, run, job=running_job)
             assert crds.get("trainingrun", "risk-late", "-n", ns)["status"]["phase"] == "Succeeded"
-        finally:
-            await kube.close()
 
     asyncio.run(go())
 
@@ -316,19 +327,14 @@ def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_cra
     reads the trainer's message and fails the run for good."""
     from benchmarks.faults import job_conditions
     from legistra.operator.backends import BACKENDS
-    from legistra.operator.config import OperatorConfig
-    from legistra.operator.handlers import Runtime, _reconcile_run, discover, resync
+    from legistra.operator.handlers import _reconcile_run, resync
 
     name = "risk-crashloop"
     body = apply_run(crds, ns, name)
     message = "InvalidData: train.jsonl, row 7, field 'label': missing label"
 
     async def go() -> None:
-        kube = Kube(cluster_credentials(str(crds.kubeconfig), None, {}), agent="legistra-tests")
-        rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
-        try:
-            await discover(rt)
-            await _reconcile_run(rt, body)  # children, Pending
+        async with first_pass(crds, ns, body) as rt:
             crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps(job_conditions("Created", "Running")))
             pod = f"{name}-master-0"
@@ -348,7 +354,5 @@ def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_cra
             status = crds.get("trainingrun", name, "-n", ns)["status"]
             failed = next(c for c in status["conditions"] if c["type"] == "Failed")
             assert status["phase"] == "Failed" and failed["reason"] == "InvalidData" and "row 7" in failed["message"]
-        finally:
-            await kube.close()
 
     asyncio.run(go())
