@@ -69,14 +69,15 @@ def apply_run(api: ApiServer, ns: str, name: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def first_pass(api: ApiServer, ns: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-    """The operator's runtime for `ns` (its handlers' state, without kopf) after its first pass over `body`: the
-    run's children exist and its status is Pending."""
+async def first_pass(api: ApiServer, ns: str, body: dict[str, Any],
+                     env: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    """The operator's runtime for `ns` (its handlers' state, without kopf; `env`: its settings) after its first
+    pass over `body`: the run's children exist and its status is Pending."""
     from legistra.operator.config import OperatorConfig
     from legistra.operator.handlers import Runtime, _reconcile_run, discover
 
     kube = Kube(cluster_credentials(str(api.kubeconfig), None, {}), agent="legistra-tests")
-    rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
+    rt = Runtime(OperatorConfig.from_env((ns,), env or {}), kube)
     try:
         await discover(rt)
         await _reconcile_run(rt, body)
@@ -354,5 +355,48 @@ def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_cra
             status = crds.get("trainingrun", name, "-n", ns)["status"]
             failed = next(c for c in status["conditions"] if c["type"] == "Failed")
             assert status["phase"] == "Failed" and failed["reason"] == "InvalidData" and "row 7" in failed["message"]
+
+    asyncio.run(go())
+
+
+def test_the_resync_pulls_the_trainers_progress_between_job_events(crds: ApiServer, ns: str,
+                                                                   mlflow_server: str) -> None:
+    """While a job runs it sends no events; the run's progress comes from the trainer's MLflow run, and the resync
+    pass is what reads it. That pass used to stop at the echo check of watch events (the run's status was still
+    this operator's last write), so progress froze at whatever the job's start event had read."""
+    import mlflow
+
+    from benchmarks.faults import job_conditions
+    from legistra.contract import TAG_PROGRESS, TAG_RUN_KEY
+    from legistra.operator.handlers import _reconcile_run, resync
+    from legistra.operator.report import MlflowReporter
+
+    name = "risk-heartbeat"
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": ns}
+    doc["spec"]["tracking"] = {"mlflow": {"trackingUri": mlflow_server, "experiment": f"heartbeat-{ns}"}}
+    crds.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
+    body = crds.get("trainingrun", name, "-n", ns)
+    client = mlflow.MlflowClient(mlflow_server)
+    trainer_run = client.create_run(client.create_experiment(f"heartbeat-{ns}"),
+                                    tags={TAG_RUN_KEY: body["metadata"]["uid"]})
+
+    def progress(step: int) -> None:  # what the trainer's rank 0 keeps current
+        client.set_tag(trainer_run.info.run_id, TAG_PROGRESS, json.dumps({"step": step, "totalSteps": 10}))
+
+    async def go() -> None:
+        async with first_pass(crds, ns, body, {"LEGISTRA_RESYNC_SECONDS": "0.4"}) as rt:
+            rt.reporters[mlflow_server] = MlflowReporter(mlflow_server, ttl_s=0.0)  # no cache between passes
+            progress(3)
+            crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps(job_conditions("Created", "Running")))
+            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
+                                 job=crds.get("pytorchjob", name, "-n", ns))  # the job's start event
+            assert crds.get("trainingrun", name, "-n", ns)["status"]["progress"]["step"] == 3
+            progress(7)
+            await asyncio.sleep(0.3)  # past half a resync period: not "reconciled just now"
+            await resync(rt, ns)
+            status = crds.get("trainingrun", name, "-n", ns)["status"]
+            assert status["phase"] == "Running" and status["progress"]["step"] == 7
 
     asyncio.run(go())
