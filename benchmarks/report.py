@@ -264,8 +264,8 @@ def write_report(results: Path, readme: Path) -> None:
                    f"{needed / kept_up:.2f}x what the operator managed")
                 + " while sharing the two cores with the emulator and the client (in a cluster the API server's CPU "
                 "is not the operator's). On the real API server kube-apiserver and etcd take the place of the "
-                "emulator. These machines are shared and their speed drifts (the same code's burst has taken from 64 s "
-                "to 75 s here): the machine-speed row times one fixed single-core workload just before each run, "
+                "emulator. These machines are shared and their speed drifts by 20% and more between runs of the same "
+                "code: the machine-speed row times one fixed single-core workload just before each run, "
                 "and two runs compare only where it is close.\n")
             if "operator_peak_rss_phase1_mb" in emu:
                 first, final = emu["operator_peak_rss_phase1_mb"], emu["operator_peak_rss_mb"]

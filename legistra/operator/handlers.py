@@ -93,7 +93,8 @@ class RunState:
     """What this operator keeps per run between events; dropped with the run (its DELETED event)."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reconcile per run at a time
-    # The last copy its watch delivered (compact()), so a job event finds its run without a GET.
+    # The last copy its watch delivered (compact()), so a job event finds its run without a GET; the echo of our
+    # own write is not kept (`freshest` lays that write over the older copy).
     copy: bytes | None = None
     written: Written | None = None  # this operator's last status write: watch bodies can lag behind it
     reconciled_at: float = float("-inf")  # monotonic; the resync loop skips runs an event reconciled recently
@@ -287,6 +288,8 @@ async def _reconcile_run(rt: Runtime, body: dict[str, Any], job: dict[str, Any] 
                 return  # the echo of our own status write (the resync loop re-checks anyway)
             if newer_version(known.version, meta.get("resourceVersion")):
                 return  # older than what we wrote: nothing new
+        if job is None and not force:  # the run's own watch event, neither our echo nor older than our write
+            state.copy = compact(body)
         run = freshest(body, known)
         if late_job(job, known):
             job = None  # reconcile reads the job afresh
@@ -368,11 +371,7 @@ async def run_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         if state is not None and state.wakeup is not None:
             state.wakeup.cancel()
         return
-    run = dict(body)
-    state = rt.state(key)
-    if state.written is None or not state.written.echoed_by(run):
-        state.copy = compact(run)  # an echo adds nothing: `freshest` lays the same write over the older copy
-    await _reconcile_run(rt, run)
+    await _reconcile_run(rt, dict(body))
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels=MANAGED_BY)
@@ -417,8 +416,9 @@ def compact(body: dict[str, Any]) -> bytes:
     compact JSON, ~1.6 KB a run where the parsed dict is ~10 KB (10,000 runs: ~16 MB instead of ~100 MB);
     parsed again only when a job event needs its run.
 
-    Kept by `run_event` rather than a `kopf.index`: kopf runs an index through its whole handler machinery on
-    every event, which cost ~12% of the operator's CPU at 2,000 runs; `run_event` sees the same events."""
+    Kept from `run_event`'s passes rather than by a `kopf.index`: kopf runs an index through its whole handler
+    machinery on every event, which cost ~12% of the operator's CPU at 2,000 runs; `run_event` sees the same
+    events."""
     return json.dumps(lean(body), separators=(",", ":")).encode()
 
 
