@@ -57,8 +57,9 @@ def main() -> None:
                     help="TrainingRuns for the operator benchmark against the real API server (envtest)")
     ap.add_argument("--fault-runs", type=int, default=50, help="TrainingRuns per fault campaign")
     ap.add_argument("--kills", type=int, default=20, help="operator SIGKILLs in the kill campaign")
-    ap.add_argument("--paced-rate", type=float, default=100.0,
-                    help="runs per second for the operator benchmark's paced run (the other is a burst)")
+    ap.add_argument("--paced-rate", type=float, default=200.0,
+                    help="runs per second for the operator benchmark's paced run (the other is a burst); 200: "
+                         "10,000 runs arrive in 50 s")
     ap.add_argument("--only", choices=["trainer", "operator", "faults", "data", "preemption"], default=None)
     ap.add_argument("--data-rows", type=int, nargs="+", default=[300_000, 3_000_000],
                     help="row counts for the data benchmark")

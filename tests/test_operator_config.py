@@ -39,6 +39,14 @@ def test_a_malformed_setting_names_its_variable(env: str, value: str) -> None:
         OperatorConfig.from_env((), {env: value})
 
 
+@pytest.mark.parametrize(("env", "value"), [("LEGISTRA_WORKER_IDLE_SECONDS", "0"), ("LEGISTRA_WORKER_LIMIT", "0"),
+                                             ("LEGISTRA_RESYNC_SECONDS", "-1"), ("LEGISTRA_SCHEDULE_TICK", "0")])
+def test_a_period_or_limit_that_would_spin_is_refused(env: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{env}=.*must be above 0"):
+        OperatorConfig.from_env((), {env: value})
+    assert OperatorConfig.from_env((), {env: "0.5" if "LIMIT" not in env else "1"})  # above 0 is fine
+
+
 def deployment_env(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     dep = next(d for d in docs if d["kind"] == "Deployment")
     return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
