@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -398,5 +399,38 @@ def test_the_resync_pulls_the_trainers_progress_between_job_events(crds: ApiServ
             await resync(rt, ns)
             status = crds.get("trainingrun", name, "-n", ns)["status"]
             assert status["phase"] == "Running" and status["progress"]["step"] == 7
+
+    asyncio.run(go())
+
+
+def test_the_resync_pass_is_paced_and_skips_a_run_deleted_while_it_waited(crds: ApiServer, ns: str) -> None:
+    """The pass spreads its runs over time (LEGISTRA_RESYNC_RATE), so the runs of a listed page are seconds older
+    when their turn comes; one deleted meanwhile (its watch's DELETED event) is not reconciled from that copy."""
+    import kopf
+
+    from legistra.operator.handlers import _reconcile_run, resync, run_event
+
+    bodies = {name: apply_run(crds, ns, name) for name in ("pace-a", "pace-b", "pace-c")}
+
+    async def go() -> None:
+        env = {"LEGISTRA_RESYNC_SECONDS": "0.4", "LEGISTRA_RESYNC_RATE": "2"}  # a start every 0.5 s
+        async with first_pass(crds, ns, bodies["pace-a"], env) as rt:
+            for name in ("pace-b", "pace-c"):
+                await _reconcile_run(rt, bodies[name])
+            assert {(ns, n) for n in bodies} <= set(rt.runs)
+            await asyncio.sleep(0.3)  # past half a resync period: none was reconciled "just now"
+            started = time.monotonic()
+            passing = asyncio.create_task(resync(rt, ns))
+            await asyncio.sleep(0.2)  # pace-a done at once; the pass waits for pace-b's slot (0.5 s)
+            crds.kubectl("delete", "trainingrun", "pace-b", "-n", ns, "--wait=false")
+            memo = kopf.Memo()
+            memo.runtime = rt
+            await run_event(type="DELETED", body=bodies["pace-b"], memo=memo)  # what its watch delivers
+            await passing
+            took = time.monotonic() - started
+            assert took >= 0.95  # pace-c's slot came at 1.0 s: spaced, not a burst
+            assert (ns, "pace-b") not in rt.runs  # not reconciled (that would have made its state again)
+            assert rt.runs[(ns, "pace-a")].reconciled_at >= started
+            assert rt.runs[(ns, "pace-c")].reconciled_at >= started + 0.95
 
     asyncio.run(go())

@@ -716,3 +716,18 @@ def test_owned_by(owners: list[dict[str, str]], uid: str | None, ours: bool) -> 
     from legistra.operator.reconcile import owned_by
 
     assert owned_by({"metadata": {"ownerReferences": owners}}, uid) is ours
+
+
+def test_the_resync_pacer_spaces_starts_evenly_and_never_catches_up() -> None:
+    from legistra.operator.handlers import Pacer
+
+    pacer = Pacer(rate=50)  # one start every 20 ms
+    assert pacer.delay(100.0) == 0  # the first start of a pass waits for nothing
+    assert pacer.delay(100.0) == pytest.approx(0.02)  # a second one asked at once waits its slot
+    assert pacer.delay(100.0) == pytest.approx(0.04)  # each booked slot counts, asked or not yet waited
+    assert pacer.delay(100.05) == pytest.approx(0.01)  # asked later, waits only for what is left of the slot
+    assert pacer.delay(101.0) == 0  # late (a slow reconcile): at once,
+    assert pacer.delay(101.0) == pytest.approx(0.02)  # and the spacing counts from then, no burst to catch up
+    # 10,000 runs at the default rate: a pass of 200 s, not a burst of requests at the period's start.
+    many = Pacer(rate=50)
+    assert [many.delay(0.0) for _ in range(10_000)][-1] == pytest.approx(9_999 / 50)

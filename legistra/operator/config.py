@@ -155,6 +155,11 @@ class OperatorConfig:
     resync_seconds: float = setting("LEGISTRA_RESYNC_SECONDS", 30.0,
                                     "period of the resync loop over unfinished runs (progress from MLflow)",
                                     "operator.resyncSeconds")
+    # Each run a pass reconciles costs a GET of its job, a pod LIST while it runs without progress and an MLflow
+    # read: unpaced, 10,000 unfinished runs asked the API server for up to 20,000 requests in a burst every period.
+    resync_rate: float = setting("LEGISTRA_RESYNC_RATE", 50.0,
+                                 "runs per second the resync pass reconciles at most, evenly spaced (a pass over "
+                                 "more than rate x period runs takes longer than the period)")
     schedule_tick_seconds: float = setting("LEGISTRA_SCHEDULE_TICK", 20.0, "period of the TrainingSchedule loop")
     metrics_port: int = setting("LEGISTRA_METRICS_PORT", 9090, "Prometheus /metrics port (0: off)",
                                 "metrics.port")
@@ -167,7 +172,8 @@ class OperatorConfig:
         # of 0 cancels the wait before the queued event is taken (a 3,000-run burst burned 195 s of CPU), and the
         # loops would sleep(0) in a circle.
         for f in dataclasses.fields(self):
-            if f.name in ("worker_limit", "worker_idle_seconds", "resync_seconds", "schedule_tick_seconds") \
+            if f.name in ("worker_limit", "worker_idle_seconds", "resync_seconds", "resync_rate",
+                          "schedule_tick_seconds") \
                     and not getattr(self, f.name) > 0:
                 raise ValueError(f"{f.metadata['env']}={getattr(self, f.name)!r}: must be above 0")
 

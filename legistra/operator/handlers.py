@@ -103,6 +103,21 @@ class RunState:
 
 
 @dataclass
+class Pacer:
+    """At most `rate` starts a second, evenly spaced: a loop asks before each start how long to wait first."""
+
+    rate: float
+    next_at: float = float("-inf")  # monotonic: the earliest moment of the next start
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait from `now` before the next start; books that start. Never negative: a caller that
+        comes late starts at once, and the spacing counts from then (no catching up in a burst)."""
+        start = max(now, self.next_at)
+        self.next_at = start + 1 / self.rate
+        return start - now
+
+
+@dataclass
 class Runtime:
     """The operator's collaborators, built once at start-up from its config and kept in kopf's memo."""
 
@@ -454,6 +469,7 @@ async def resync(rt: Runtime, ns: str | None) -> None:
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
     """
     recent = time.monotonic() - rt.config.resync_seconds / 2
+    pacer = Pacer(rt.config.resync_rate)  # spread over the pass: each run costs the API server a request or more
     async for page in rt.kube.pages("TrainingRun", ns):
         for run in page:
             meta = run["metadata"]
@@ -464,6 +480,12 @@ async def resync(rt: Runtime, ns: str | None) -> None:
                 continue  # finished: no requests at all
             if state is not None and state.reconciled_at > recent:
                 continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
+            if (wait := pacer.delay(time.monotonic())) > 0:
+                await asyncio.sleep(wait)
+                if state is not None and rt.runs.get(key) is not state:
+                    continue  # deleted while this pass waited (the listed body is older still): nothing to do
+                if state is not None and state.reconciled_at > recent:
+                    continue  # an event reconciled it meanwhile
             if st.get("phase") == "Succeeded":
                 rt.state(key).lookups += 1
             # Forced: a run whose status is still this operator's last write is what the resync is for (progress
