@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import datetime
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -432,5 +433,37 @@ def test_the_resync_pass_is_paced_and_skips_a_run_deleted_while_it_waited(crds: 
             assert (ns, "pace-b") not in rt.runs  # not reconciled (that would have made its state again)
             assert rt.runs[(ns, "pace-a")].reconciled_at >= started
             assert rt.runs[(ns, "pace-c")].reconciled_at >= started + 0.95
+
+    asyncio.run(go())
+
+
+def test_a_replica_that_loses_its_lead_stops_its_resync_pass(crds: ApiServer, ns: str) -> None:
+    """kopf pauses its own handlers when a peer of higher priority appears, not our loops: a paced pass lasts
+    minutes at scale, so it asks the peering records again every `page_size` runs and stops once it no longer
+    leads (two replicas never both act for longer than that)."""
+    from legistra.operator.handlers import Peering, _reconcile_run, resync
+    from legistra.operator.peering import peering_objects
+
+    bodies = {name: apply_run(crds, ns, name) for name in ("lead-a", "lead-b", "lead-c")}
+    record = peering_objects("legistra-resync", [ns])[0]
+    crds.kubectl("apply", "-f", "-", input=yaml.safe_dump(record))
+
+    async def go() -> None:
+        env = {"LEGISTRA_RESYNC_SECONDS": "0.4", "LEGISTRA_RESYNC_RATE": "2"}  # a start every 0.5 s
+        async with first_pass(crds, ns, bodies["lead-a"], env) as rt:
+            for name in ("lead-b", "lead-c"):
+                await _reconcile_run(rt, bodies[name])
+            rt.peering = Peering([record], priority=10, identity="replica-a")
+            await asyncio.sleep(0.3)  # past half a resync period
+            started = time.monotonic()
+            passing = asyncio.create_task(resync(rt, ns, page_size=2))
+            await asyncio.sleep(0.2)  # lead-a reconciled; the pass waits for lead-b's slot
+            seen = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            crds.kubectl("patch", "kopfpeering", record["metadata"]["name"], "-n", ns, "--type=merge", "-p",
+                         json.dumps({"status": {"replica-b": {"priority": 20, "lastseen": seen, "lifetime": 60}}}))
+            await passing
+            done = {name: rt.runs[(ns, name)].reconciled_at >= started for name in bodies}
+            # lead-b's turn was already booked in the first page; before lead-c the pass asks, and stops.
+            assert done == {"lead-a": True, "lead-b": True, "lead-c": False}
 
     asyncio.run(go())

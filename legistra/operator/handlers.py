@@ -462,15 +462,20 @@ async def every(rt: Runtime, interval: float, what: str, work: Callable[[Runtime
                 log.exception("%s in %s failed", what, ns or "all namespaces")
 
 
-async def resync(rt: Runtime, ns: str | None) -> None:
+async def resync(rt: Runtime, ns: str | None, page_size: int = 500) -> None:
     """Level-triggered safety net, and the heartbeat that pulls trainer progress from MLflow.
 
     One loop for the operator rather than kopf timers per object: kopf guards per-object timers with a
     finalizer, which costs a write per run and blocks deletion whenever the operator is down.
+
+    The runs due are listed first, page by page without a pause, and reconciled after, at the pacer's rate: a
+    list's continue token expires with etcd's compaction (every 5 minutes), and a pass paced between its pages
+    would lose its tail to a 410 every time at 15,000 runs. What is kept meanwhile is each due run's compact copy
+    (~1.6 KB). `page_size`: runs per list page, and runs between two checks that this replica still leads.
     """
     recent = time.monotonic() - rt.config.resync_seconds / 2
-    pacer = Pacer(rt.config.resync_rate)  # spread over the pass: each run costs the API server a request or more
-    async for page in rt.kube.pages("TrainingRun", ns):
+    due: list[tuple[tuple[str, str], RunState | None, bytes, bool]] = []  # key, state then, copy, Succeeded
+    async for page in rt.kube.pages("TrainingRun", ns, limit=page_size):
         for run in page:
             meta = run["metadata"]
             key = (meta.get("namespace", ""), meta["name"])
@@ -480,17 +485,23 @@ async def resync(rt: Runtime, ns: str | None) -> None:
                 continue  # finished: no requests at all
             if state is not None and state.reconciled_at > recent:
                 continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
-            if (wait := pacer.delay(time.monotonic())) > 0:
-                await asyncio.sleep(wait)
-                if state is not None and rt.runs.get(key) is not state:
-                    continue  # deleted while this pass waited (the listed body is older still): nothing to do
-                if state is not None and state.reconciled_at > recent:
-                    continue  # an event reconciled it meanwhile
-            if st.get("phase") == "Succeeded":
-                rt.state(key).lookups += 1
-            # Forced: a run whose status is still this operator's last write is what the resync is for (progress
-            # from MLflow, a crash loop's pods, a late model); the event path skips it as an echo.
-            await _reconcile_run(rt, lean(run), force=True)
+            due.append((key, state, compact(run), st.get("phase") == "Succeeded"))
+    pacer = Pacer(rt.config.resync_rate)  # spread over the pass: each run costs the API server a request or more
+    for i, (key, state, copy, succeeded) in enumerate(due):
+        # A paced pass over 10,000 runs lasts minutes: a replica that lost its lead meanwhile stops soon after.
+        if i and i % page_size == 0 and not await acting(rt):
+            return
+        if (wait := pacer.delay(time.monotonic())) > 0:
+            await asyncio.sleep(wait)
+        if state is not None and rt.runs.get(key) is not state:
+            continue  # deleted since it was listed (the listed copy is older still): nothing to do
+        if state is not None and state.reconciled_at > recent:
+            continue  # an event reconciled it since
+        if succeeded:
+            rt.state(key).lookups += 1
+        # Forced: a run whose status is still this operator's last write is what the resync is for (progress
+        # from MLflow, a crash loop's pods, a late model); the event path skips it as an echo.
+        await _reconcile_run(rt, json.loads(copy), force=True)
 
 
 async def tick_schedules(rt: Runtime, ns: str | None) -> None:
