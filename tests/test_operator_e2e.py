@@ -75,7 +75,8 @@ def wait_phase(world: dict[str, Any], name: str, *phases: str, timeout: float = 
         return dict(cluster.wait(lambda: (r := cluster.run(NS, name)) and r.get("status", {}).get("phase") in phases
                                  and r, timeout, f"{name} to reach {phases}"))
     except TimeoutError:
-        print(world["kubeflow"].logs(name))
+        if world["kubeflow"] is not None:
+            print(world["kubeflow"].logs(name))
         print(Path(world["root"] / "operator.log").read_text()[-5000:])
         raise
 
@@ -451,4 +452,45 @@ def test_a_retry_starts_at_its_retry_at_not_at_the_next_resync(tmp_path: Path, t
     finally:
         operator.stop()
         kubeflow.stop()
+        cluster.stop()
+
+
+def test_progress_reaches_the_status_while_the_job_sends_no_events(tmp_path: Path, tiny_models: dict[str, Path],
+                                                                    mlflow_server: str) -> None:
+    """The operator process (kopf, its resync loop) between job events: a running job sends none for hours, and
+    status.progress comes from the trainer's MLflow run, read by the resync pass. No stand-in trainer here: the
+    job is flipped to Running by hand and the progress tag is written as rank 0 keeps it, so each step seen in
+    the status can only have come through the resync (until fcf9c2b it stopped at the echo check)."""
+    import mlflow
+
+    from benchmarks.faults import job_conditions
+    from legistra.contract import TAG_PROGRESS, TAG_RUN_KEY
+
+    cluster = Cluster().start()
+    env = {"LEGISTRA_RESYNC_SECONDS": "1"}
+    operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, env, tmp_path / "operator.log").start()
+    world = {"cluster": cluster, "kubeflow": None, "root": tmp_path}
+    try:
+        experiment = f"progress-{tmp_path.name}"
+        doc = training_run("risk-progress", tiny_models,
+                           tracking={"mlflow": {"trackingUri": mlflow_server, "experiment": experiment}})
+        cluster.apply_run(doc)
+        cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-progress"), 60, "the job")
+        cluster.patch(*JOBS, NS, "risk-progress", job_conditions("Created", "Running"), sub="status")
+        uid = wait_phase(world, "risk-progress", "Running", timeout=60)["metadata"]["uid"]
+        client = mlflow.MlflowClient(mlflow_server)
+        trainer = client.create_run(client.create_experiment(experiment), tags={TAG_RUN_KEY: uid})
+
+        def step_in_status() -> int | None:
+            run = cluster.run(NS, "risk-progress") or {}
+            return ((run.get("status") or {}).get("progress") or {}).get("step")
+
+        for step in (3, 7):  # the operator caches a trainer's report for 10 s: each step within a few ticks after
+            client.set_tag(trainer.info.run_id, TAG_PROGRESS, json.dumps({"step": step, "totalSteps": 10}))
+            cluster.wait(lambda s=step: step_in_status() == s, 40, f"step {step} in the run's status")
+        final = cluster.run(NS, "risk-progress")
+        assert final is not None and final["status"]["phase"] == "Running"
+        assert final["status"]["progress"]["percent"] == 70
+    finally:
+        operator.stop()
         cluster.stop()
