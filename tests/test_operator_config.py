@@ -68,7 +68,8 @@ SHAPED: dict[str, Any] = {
     "LEGISTRA_CHECKPOINT_RWX": lambda i: False,
     "LEGISTRA_GPU_PRODUCT": lambda i: f"NVIDIA-H100-80GB-HBM{i}",
     **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
-                                         "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS")},
+                                         "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS",
+                                         "LEGISTRA_RESYNC_RATE")},
 }
 
 
@@ -120,3 +121,14 @@ def test_values_yaml_documents_every_helm_setting() -> None:
             for key in f.metadata["helm"].split("."):
                 assert isinstance(node, dict) and key in node, f"{name}: values.yaml has no {f.metadata['helm']}"
                 node = node[key]
+
+
+@pytest.mark.parametrize(("value", "bad"), [("workerLimit", 0), ("resyncSeconds", 0), ("resyncRate", 0),
+                                            ("resyncRate", -5)])
+def test_the_charts_schema_refuses_what_the_operator_would(value: str, bad: int) -> None:
+    """Caught at `helm install`, before a pod starts only to exit with the config's own error."""
+    import helm_python as helm
+
+    with pytest.raises(helm.errors.HelmValuesError, match=f"/operator/{value}"):
+        render({"operator": {value: bad}})
+    assert render({"operator": {value: 1}})  # above 0 renders

@@ -159,7 +159,7 @@ class OperatorConfig:
     # read: unpaced, 10,000 unfinished runs asked the API server for up to 20,000 requests in a burst every period.
     resync_rate: float = setting("LEGISTRA_RESYNC_RATE", 50.0,
                                  "runs per second the resync pass reconciles at most, evenly spaced (a pass over "
-                                 "more than rate x period runs takes longer than the period)")
+                                 "more than rate x period runs takes longer than the period)", "operator.resyncRate")
     schedule_tick_seconds: float = setting("LEGISTRA_SCHEDULE_TICK", 20.0, "period of the TrainingSchedule loop")
     metrics_port: int = setting("LEGISTRA_METRICS_PORT", 9090, "Prometheus /metrics port (0: off)",
                                 "metrics.port")
