@@ -53,9 +53,8 @@ and patches.
 The test harness's emulator forgets each request once answered (kmock matches every request against its
 whole history, which turned the emulator quadratic) and looks named objects up by name first; the
 operator keeps a kopf worker per busy object for 0.2 s after its last event instead of kopf's 5 s, with up to
-256 workers. An idle worker holds its slot: with kopf's defaults and 64 workers a burst was capped near
-64 / 5 s = 13 runs per second (1,000 runs: 52 s, p99 35 s on this machine), and at 1 s with 256 workers near
-190 per second (10,000 runs: 53 s, the operator's core 60-80% busy); see docs/operator.md.
+256 workers: an idle worker holds its slot, and the linger, not the CPU, used to bound a burst (the figures
+before and after are in docs/operator.md).
 """
 
 FAULTS = """

@@ -71,10 +71,10 @@ def apply_run(api: ApiServer, ns: str, name: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def first_pass(api: ApiServer, ns: str, body: dict[str, Any],
+async def first_pass(api: ApiServer, ns: str, *bodies: dict[str, Any],
                      env: dict[str, str] | None = None) -> AsyncIterator[Any]:
     """The operator's runtime for `ns` (its handlers' state, without kopf; `env`: its settings) after its first
-    pass over `body`: the run's children exist and its status is Pending."""
+    pass over each of `bodies`: the runs' children exist and their status is Pending."""
     from legistra.operator.config import OperatorConfig
     from legistra.operator.handlers import Runtime, _reconcile_run, discover
 
@@ -82,7 +82,8 @@ async def first_pass(api: ApiServer, ns: str, body: dict[str, Any],
     rt = Runtime(OperatorConfig.from_env((ns,), env or {}), kube)
     try:
         await discover(rt)
-        await _reconcile_run(rt, body)
+        for body in bodies:
+            await _reconcile_run(rt, body)
         yield rt
     finally:
         await kube.close()
@@ -387,7 +388,7 @@ def test_the_resync_pulls_the_trainers_progress_between_job_events(crds: ApiServ
         client.set_tag(trainer_run.info.run_id, TAG_PROGRESS, json.dumps({"step": step, "totalSteps": 10}))
 
     async def go() -> None:
-        async with first_pass(crds, ns, body, {"LEGISTRA_RESYNC_SECONDS": "0.4"}) as rt:
+        async with first_pass(crds, ns, body, env={"LEGISTRA_RESYNC_SECONDS": "0.4"}) as rt:
             rt.reporters[mlflow_server] = MlflowReporter(mlflow_server, ttl_s=0.0)  # no cache between passes
             progress(3)
             crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
@@ -409,15 +410,13 @@ def test_the_resync_pass_is_paced_and_skips_a_run_deleted_while_it_waited(crds: 
     when their turn comes; one deleted meanwhile (its watch's DELETED event) is not reconciled from that copy."""
     import kopf
 
-    from legistra.operator.handlers import _reconcile_run, resync, run_event
+    from legistra.operator.handlers import resync, run_event
 
     bodies = {name: apply_run(crds, ns, name) for name in ("pace-a", "pace-b", "pace-c")}
 
     async def go() -> None:
         env = {"LEGISTRA_RESYNC_SECONDS": "0.4", "LEGISTRA_RESYNC_RATE": "2"}  # a start every 0.5 s
-        async with first_pass(crds, ns, bodies["pace-a"], env) as rt:
-            for name in ("pace-b", "pace-c"):
-                await _reconcile_run(rt, bodies[name])
+        async with first_pass(crds, ns, *bodies.values(), env=env) as rt:
             assert {(ns, n) for n in bodies} <= set(rt.runs)
             await asyncio.sleep(0.3)  # past half a resync period: none was reconciled "just now"
             started = time.monotonic()
@@ -441,7 +440,7 @@ def test_a_replica_that_loses_its_lead_stops_its_resync_pass(crds: ApiServer, ns
     """kopf pauses its own handlers when a peer of higher priority appears, not our loops: a paced pass lasts
     minutes at scale, so it asks the peering records again every `page_size` runs and stops once it no longer
     leads (two replicas never both act for longer than that)."""
-    from legistra.operator.handlers import Peering, _reconcile_run, resync
+    from legistra.operator.handlers import Peering, resync
     from legistra.operator.peering import peering_objects
 
     bodies = {name: apply_run(crds, ns, name) for name in ("lead-a", "lead-b", "lead-c")}
@@ -450,9 +449,7 @@ def test_a_replica_that_loses_its_lead_stops_its_resync_pass(crds: ApiServer, ns
 
     async def go() -> None:
         env = {"LEGISTRA_RESYNC_SECONDS": "0.4", "LEGISTRA_RESYNC_RATE": "2"}  # a start every 0.5 s
-        async with first_pass(crds, ns, bodies["lead-a"], env) as rt:
-            for name in ("lead-b", "lead-c"):
-                await _reconcile_run(rt, bodies[name])
+        async with first_pass(crds, ns, *bodies.values(), env=env) as rt:
             rt.peering = Peering([record], priority=10, identity="replica-a")
             await asyncio.sleep(0.3)  # past half a resync period
             started = time.monotonic()

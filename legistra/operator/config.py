@@ -24,9 +24,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from legistra.operator.credentials import CREDENTIAL_ENV
 
 
-def setting(env: str, default: Any, doc: str, helm: str | None = None) -> Any:
-    """A field read from `env`; `helm` names the chart value that sets it (None: not exposed in values.yaml)."""
-    return field(default=default, metadata={"env": env, "doc": doc, "helm": helm})
+def setting(env: str, default: Any, doc: str, helm: str | None = None, positive: bool = False) -> Any:
+    """A field read from `env`; `helm` names the chart value that sets it (None: not exposed in values.yaml);
+    `positive`: 0 and below are refused (a period or limit that would spin, not stop)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "helm": helm, "positive": positive})
 
 
 def _base_type(hint: Any) -> tuple[Any, bool]:
@@ -144,23 +145,26 @@ class OperatorConfig:
     peering_lifetime: int = setting("LEGISTRA_PEERING_LIFETIME", 60,
                                     "seconds a silent replica keeps its leadership before a standby takes over")
     worker_limit: int = setting("LEGISTRA_WORKER_LIMIT", 256, "kopf workers (objects reconciled at once)",
-                                "operator.workerLimit")
+                                "operator.workerLimit", positive=True)
     # A lingering worker keeps its slot: at 1 s, a burst's runs (each lingering after its event, then after its
     # status write's echo) held the slots, not the CPU, and 10,000 runs took 53 s instead of 40 s.
     worker_idle_seconds: float = setting("LEGISTRA_WORKER_IDLE_SECONDS", 0.2,
-                                         "seconds a kopf worker lingers after its object's last event (above 0)")
+                                         "seconds a kopf worker lingers after its object's last event",
+                                         positive=True)
     watch_server_timeout: int = setting("LEGISTRA_WATCH_SERVER_TIMEOUT", 300,
                                         "seconds before the API server ends a watch (it is then re-opened)",
                                         "operator.watchServerTimeout")
     resync_seconds: float = setting("LEGISTRA_RESYNC_SECONDS", 30.0,
                                     "period of the resync loop over unfinished runs (progress from MLflow)",
-                                    "operator.resyncSeconds")
+                                    "operator.resyncSeconds", positive=True)
     # Each run a pass reconciles costs a GET of its job, a pod LIST while it runs without progress and an MLflow
     # read: unpaced, 10,000 unfinished runs asked the API server for up to 20,000 requests in a burst every period.
     resync_rate: float = setting("LEGISTRA_RESYNC_RATE", 50.0,
                                  "runs per second the resync pass reconciles at most, evenly spaced (a pass over "
-                                 "more than rate x period runs takes longer than the period)", "operator.resyncRate")
-    schedule_tick_seconds: float = setting("LEGISTRA_SCHEDULE_TICK", 20.0, "period of the TrainingSchedule loop")
+                                 "more than rate x period runs takes longer than the period)", "operator.resyncRate",
+                                 positive=True)
+    schedule_tick_seconds: float = setting("LEGISTRA_SCHEDULE_TICK", 20.0, "period of the TrainingSchedule loop",
+                                           positive=True)
     metrics_port: int = setting("LEGISTRA_METRICS_PORT", 9090, "Prometheus /metrics port (0: off)",
                                 "metrics.port")
     metrics_addr: str = setting("LEGISTRA_METRICS_ADDR", "0.0.0.0", "address the /metrics server binds")
@@ -172,9 +176,7 @@ class OperatorConfig:
         # of 0 cancels the wait before the queued event is taken (a 3,000-run burst burned 195 s of CPU), and the
         # loops would sleep(0) in a circle.
         for f in dataclasses.fields(self):
-            if f.name in ("worker_limit", "worker_idle_seconds", "resync_seconds", "resync_rate",
-                          "schedule_tick_seconds") \
-                    and not getattr(self, f.name) > 0:
+            if f.metadata.get("positive") and not getattr(self, f.name) > 0:
                 raise ValueError(f"{f.metadata['env']}={getattr(self, f.name)!r}: must be above 0")
 
     @classmethod
@@ -207,8 +209,9 @@ def settings_table() -> str:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = "" if default in (None, "", {}) else json.dumps(default) if isinstance(default, dict) else default
             helm = f"`{f.metadata['helm']}`" if f.metadata["helm"] else ""
+            above = "; above 0" if f.metadata.get("positive") else ""
             rows.append(f"| `{f.metadata['env']}` | {f'`{shown}`' if shown != '' else ''} | {helm} "
-                        f"| {f.metadata['doc']} |")
+                        f"| {f.metadata['doc']}{above} |")
     return "\n".join(rows)
 
 

@@ -474,7 +474,7 @@ async def resync(rt: Runtime, ns: str | None, page_size: int = 500) -> None:
     (~1.6 KB). `page_size`: runs per list page, and runs between two checks that this replica still leads.
     """
     recent = time.monotonic() - rt.config.resync_seconds / 2
-    due: list[tuple[tuple[str, str], RunState | None, bytes, bool]] = []  # key, state then, copy, Succeeded
+    due: list[tuple[tuple[str, str], RunState | None, bytes]] = []  # key, its state when listed, compact copy
     async for page in rt.kube.pages("TrainingRun", ns, limit=page_size):
         for run in page:
             meta = run["metadata"]
@@ -485,23 +485,23 @@ async def resync(rt: Runtime, ns: str | None, page_size: int = 500) -> None:
                 continue  # finished: no requests at all
             if state is not None and state.reconciled_at > recent:
                 continue  # an event reconciled it within half a period: at 10,000 runs a burst would be done twice
-            due.append((key, state, compact(run), st.get("phase") == "Succeeded"))
+            due.append((key, state, compact(run)))
     pacer = Pacer(rt.config.resync_rate)  # spread over the pass: each run costs the API server a request or more
-    for i, (key, state, copy, succeeded) in enumerate(due):
+    for i, (key, state, copy) in enumerate(due):
         # A paced pass over 10,000 runs lasts minutes: a replica that lost its lead meanwhile stops soon after.
         if i and i % page_size == 0 and not await acting(rt):
             return
         if (wait := pacer.delay(time.monotonic())) > 0:
             await asyncio.sleep(wait)
-        if state is not None and rt.runs.get(key) is not state:
-            continue  # deleted since it was listed (the listed copy is older still): nothing to do
-        if state is not None and state.reconciled_at > recent:
-            continue  # an event reconciled it since
-        if succeeded:
+        # Deleted since it was listed (the listed copy is older still), or reconciled by an event since.
+        if state is not None and (rt.runs.get(key) is not state or state.reconciled_at > recent):
+            continue
+        run = json.loads(copy)
+        if (run.get("status") or {}).get("phase") == "Succeeded":
             rt.state(key).lookups += 1
         # Forced: a run whose status is still this operator's last write is what the resync is for (progress
         # from MLflow, a crash loop's pods, a late model); the event path skips it as an echo.
-        await _reconcile_run(rt, json.loads(copy), force=True)
+        await _reconcile_run(rt, run, force=True)
 
 
 async def tick_schedules(rt: Runtime, ns: str | None) -> None:

@@ -165,7 +165,7 @@ async def reconcile(
     read_pods = job is not None and pods_worth_reading(job, current, rp.suspend, on_event)
     # A job's own event leaves a healthy job's pods to the resync pass (its start is too early to find anything);
     # the outcome says so, and the run is due at the next tick.
-    pods_deferred = job is not None and not read_pods and pods_worth_reading(job, current, rp.suspend)
+    pods_deferred = on_event and job is not None and not read_pods and pods_worth_reading(job, current, rp.suspend)
     if job is not None and read_pods:
         # Did the trainer say a retry would fail the same way (bad data, no such model)?
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
