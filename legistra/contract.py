@@ -9,10 +9,13 @@ API import every name, rule and document shape they share from here, the way MLf
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import unquote, urlsplit
 
+from legistra.api.formats import credentials_in
 from legistra.api.spec import Task, TrainingRun, TrainingRunSpec
 from legistra.api.status import Phase
 from legistra.api.tasks import DEFAULT_METRIC
@@ -30,6 +33,19 @@ TAG_MODEL_VERSION = "legistra.model_version"
 TAG_MODEL_URI = "legistra.model_uri"
 TAG_MODEL_ALIAS = "legistra.model_alias"
 TAG_PROMOTION = "legistra.promotion"  # promoted | rejected
+
+
+def run_key_filter(run_key: str) -> str:
+    """The MLflow search filter that finds a run by its key. The key comes from the run's uid or its name and
+    namespace, which a hostile manifest controls: only the characters those can hold are allowed, so no value
+    can close the quoted string and add a clause of its own (rather than trusting an escaping rule)."""
+    if not RUN_KEY.fullmatch(run_key):
+        raise ValueError(f"run key {run_key!r}: only letters, digits, '-', '.' and '_' may be used in an MLflow "
+                         "filter")
+    return f"tags.`{TAG_RUN_KEY}` = '{run_key}'"
+
+
+RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 # Tag on MLflow model versions: which registry version an MLflow model version mirrors.
 TAG_REGISTRY_VERSION = "legistra.version"
 
@@ -99,6 +115,20 @@ def registry_uri(spec: TrainingRunSpec | None, configured: str | None, state_dir
     if chosen:
         return chosen
     return str((state_dir / "registry").resolve()) if state_dir is not None else None
+
+
+def move_credentials(uri: str, env: MutableMapping[str, str]) -> str:
+    """`uri` without its user and password, which go into MLflow's own variables in `env` instead
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD, unless set already). A tracking URI is printed, written to run.json,
+    result.json, the registry manifest and MLflow itself: a password inside it would travel everywhere."""
+    if not credentials_in(uri):
+        return uri
+    parts = urlsplit(uri)
+    if parts.username:
+        env.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+    if parts.password:
+        env.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def configured_uris(env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:

@@ -132,3 +132,19 @@ def test_the_charts_schema_refuses_what_the_operator_would(value: str, bad: int)
     with pytest.raises(helm.errors.HelmValuesError, match=f"/operator/{value}"):
         render({"operator": {value: bad}})
     assert render({"operator": {value: 1}})  # above 0 renders
+
+
+def test_helm_gives_the_operator_its_mlflow_credentials_from_the_secret_only() -> None:
+    env = deployment_env(render({"mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecret": "mlflow-op"}}))
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password"),
+                      ("MLFLOW_TRACKING_TOKEN", "token")):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "mlflow-op", "key": key,
+                                                                          "optional": True}}}
+    assert "MLFLOW_TRACKING_PASSWORD" not in deployment_env(render())
+
+
+def test_helm_refuses_a_tracking_uri_with_a_password() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.errors.HelmValuesError, match="/mlflow/trackingUri"):
+        render({"mlflow": {"trackingUri": "http://alice:s3cret@mlflow:5000"}})

@@ -146,7 +146,8 @@ def test_wrong_kind_and_api_version() -> None:
 def test_bad_metadata_name() -> None:
     doc = copy.deepcopy(GOOD)
     doc["metadata"]["name"] = "Has_Capitals"
-    assert problems(doc) == ["metadata.name: must match ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ (got 'Has_Capitals')"]
+    assert problems(doc) == ["metadata.name: must be a DNS-1123 label: lower-case letters, digits and '-', starting and "
+                             "ending with a letter or digit (got 'Has_Capitals')"]
 
 
 def test_not_a_mapping() -> None:
@@ -287,3 +288,117 @@ def test_every_string_a_cel_rule_reads_is_bounded() -> None:
             node = node["properties"][part]
         if node.get("type") == "string":
             assert "maxLength" in node or "enum" in node, f"spec.{path} is read by CEL but has no maxLength"
+
+
+# -- values that validated and then failed (or silently misbehaved) once training started ----------------------
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"training__seed": 4294967296}, "spec.training.seed: must be <= 4294967295 (got 4294967296)"),
+    ({"training__epochs": float("inf")}, "spec.training.epochs: Input should be a finite number"),
+    ({"training__weightDecay": float("inf")}, "spec.training.weightDecay: Input should be a finite number"),
+    ({"training__learningRate": float("nan")}, "spec.training.learningRate: Input should be a finite number"),
+    ({"lora__alpha": 10**30}, "spec.lora.alpha: must be <= 65536 (got 1000000000000000000000000000000)"),
+    ({"training__batchSize": True}, "spec.training.batchSize: must be a whole number or one of 'auto' (got True)"),
+    ({"training__gradientCheckpointing": 1}, "spec.training.gradientCheckpointing: Input should be a valid boolean"),
+    ({"training__maxSteps": 2**31}, "spec.training.maxSteps: must be <= 2147483647 (got 2147483648)"),
+    ({"runPolicy__ttlSecondsAfterFinished": 2**31},
+     "spec.runPolicy.ttlSecondsAfterFinished: must be <= 2147483647 (got 2147483648)"),
+    ({"data__maxLength": "512"}, "spec.data.maxLength: Input should be a valid integer"),
+    ({"task": "clause-extraction", "data__maxLength": 128, "data__stride": 128},
+     "spec.data.stride: must be below maxLength (128); windows of 128 tokens cannot overlap by 128"),
+    ({"resources__tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]},
+     "spec.resources.tolerations[0]: value: must be empty when operator is Exists"),
+    ({"resources__tolerations": [{"operator": "Equal", "value": "x"}]},
+     "spec.resources.tolerations[0]: operator: must be Exists when key is empty"),
+    ({"resources__tolerations": [{"key": "gpu", "operator": "Exists", "tolerationSeconds": 5}]},
+     "spec.resources.tolerations[0]: tolerationSeconds: only allowed with effect NoExecute"),
+    ({"resources__tolerations": [{"key": "bad key!", "operator": "Exists"}]},
+     "spec.resources.tolerations[0].key: 'bad key!' is not a label key"),
+    ({"deepspeed__config": {"a": float("nan")}}, "spec.deepspeed.config: nan is not a finite number"),
+    ({"deepspeed__config": {"x": "y" * 70_000}}, "spec.deepspeed.config: is 70,009 bytes as JSON; at most 65,536"),
+    ({"deepspeed__config": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": {
+        "o": {"p": {"q": {"r": 1}}}}}}}}}}}}}}}}}}}, "spec.deepspeed.config: nested more than 16 levels deep"),
+])
+def test_values_that_would_fail_in_training_are_refused_up_front(changes: dict[str, Any], expected: str) -> None:
+    found = problems(with_spec(**changes))
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize("field", ["model__name", "data__train", "data__validation", "registry__uri",
+                                   "tracking__mlflow__trackingUri", "checkpoints__uri"])
+@pytest.mark.parametrize("uri", ["https://alice:s3cret@mlflow.example.com", "s3://AKIA:s3cret@bucket/prefix",
+                                 "http://token@host:5000"])
+def test_credentials_in_a_uri_are_refused_with_the_supported_way(field: str, uri: str) -> None:
+    if field == "checkpoints__uri" and not uri.startswith("s3://"):
+        uri = "s3://" + uri.partition("://")[2]
+    found = problems(with_spec(**{field: uri}))
+    path = "spec." + field.replace("__", ".")
+    assert len(found) == 1 and found[0].startswith(f"{path}: must not carry a user or password"), found
+    assert "credentialsSecret" in found[0] and "s3cret" not in found[0]
+
+
+@pytest.mark.parametrize(("meta", "expected"), [
+    ({"namespace": "team' OR tags.x = 'y"}, "metadata.namespace: must be a DNS-1123 label"),
+    ({"namespace": "a" * 64}, "metadata.namespace: must be at most 63 characters"),
+    ({"uid": "x' or '1'='1"}, "metadata.uid: must match"),
+    ({"labels": {"ok": "bad value!"}}, "metadata.labels.ok: must be a label value"),
+    ({"annotations": {"a": "x" * (256 << 10)}}, "metadata.annotations: annotations total 262,145"),
+])
+def test_metadata_is_checked_as_the_api_server_checks_it(meta: dict[str, Any], expected: str) -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["metadata"].update(meta)
+    found = problems(doc)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_a_refused_uri_is_quoted_without_its_password() -> None:
+    found = problems(with_spec(checkpoints__uri="https://alice:s3cret@host/x"))
+    assert found == ["spec.checkpoints.uri: must match ^s3://[^/]+ (got 'https://***@host/x')"]
+
+
+def cel_refusals(spec: dict[str, Any]) -> set[str]:
+    """The fieldPaths of the CRD's CEL rules that refuse `spec`, evaluated by a CEL interpreter (the test API
+    server, v1.20, has none). lowerAscii is a Kubernetes extension of CEL, supplied here."""
+    import celpy
+    from celpy import celtypes
+
+    from legistra.api.crd import SPEC_RULES
+
+    env = celpy.Environment()
+    functions = {"lowerAscii": lambda s: celtypes.StringType(str(s).lower())}
+    out = set()
+    for rule in SPEC_RULES:
+        program = env.program(env.compile(rule["rule"]), functions=functions)
+        if not program.evaluate({"self": celpy.json_to_cel(spec)}):
+            out.add("spec" + rule["fieldPath"])
+    return out
+
+
+CROSS_FIELD_CASES: list[dict[str, Any]] = [
+    {},
+    {"task": "summarization", "model": {"name": "google/flan-t5-base"}},
+    {"task": "summarization", "model": {"name": "google/flan-t5-base"}, "training": {"precision": "bf16"}},
+    {"training": {"evaluation": "steps"}},
+    {"training": {"evaluation": "steps", "evalSteps": 5}},
+    {"training": {"evaluation": "no", "earlyStopping": {"patience": 2}}},
+    {"deepspeed": {"zeroStage": 2, "config": {"a": 1}}},
+    {"task": "clause-extraction", "data": {"train": "x", "maxLength": 128, "stride": 128}},
+    {"task": "clause-extraction", "data": {"train": "x", "maxLength": 128, "stride": 64}},
+    {"task": "risk-classification", "data": {"train": "x", "maxLength": 64, "stride": 128}},
+    {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+    {"resources": {"tolerations": [{"operator": "Equal", "value": "x"}]}},
+    {"resources": {"tolerations": [{"operator": "Exists"}]}},
+    {"resources": {"tolerations": [{"key": "gpu", "tolerationSeconds": 5}]}},
+    {"resources": {"tolerations": [{"key": "gpu", "effect": "NoExecute", "tolerationSeconds": 5}]}},
+]
+
+
+@pytest.mark.parametrize("changes", CROSS_FIELD_CASES)
+def test_the_crds_cel_rules_refuse_what_the_schema_refuses(changes: dict[str, Any]) -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["spec"].update(changes)
+    try:
+        parse_training_run(doc)
+        refused: set[str] = set()
+    except SpecError as exc:
+        refused = {p.split(":")[0].split("[")[0] for p in exc.problems}
+    assert cel_refusals(doc["spec"]) == refused

@@ -200,7 +200,17 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
 
     doc["spec"]["training"]["learningRate"] = 1e-7  # learns nothing: must not take the alias
     doc["metadata"]["name"] = "tracked-2"
-    second = train(tmp_path, doc, env=env)
+    # The second run finds its server through a URI with a password in it (the server ignores it): the
+    # password must end up nowhere but in MLflow's own credential variables.
+    canary = "CANARY-" + os.urandom(6).hex()
+    with_password = mlflow_server.replace("://", f"://alice:{canary}@", 1)
+    run_file = write_run(tmp_path / "tracked-2.yaml", doc)
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file), "--nproc", "2", "--json",
+                   env={**env, "MLFLOW_TRACKING_URI": with_password})
+    assert res.returncode == 0, res.stderr[-4000:]
+    second = json.loads(res.stdout[res.stdout.index("{"):])
+    assert second["mlflow"]["trackingUri"] == mlflow_server
+    assert canary not in res.stdout + res.stderr
     assert second["model"]["version"] == 2
     decision = second["promotion"]
     assert decision["incumbent_version"] == 1 and decision["candidate"] is not None
@@ -222,6 +232,14 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
     run = client.get_run(second["mlflow"]["runId"])
     assert run.data.tags["legistra.promotion"] in ("promoted", "rejected")
     assert "tracking.wandb.apiKeySecret" not in run.data.params
+
+    leaks = [str(f) for f in (tmp_path / "state" / "runs" / "tracked-2").rglob("*")
+             if f.is_file() and canary.encode() in f.read_bytes()]
+    assert not leaks, f"the password reached {leaks}"
+    assert canary not in json.dumps(reg.version("tracked", 2).manifest)
+    assert canary not in json.dumps([run.data.params, run.data.tags])
+    artifacts = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    assert not [f for f in artifacts.rglob("*") if f.is_file() and canary.encode() in f.read_bytes()]
 
     offline = list((tmp_path / "state" / "runs" / "tracked" / "wandb").glob("offline-run-*"))
     assert offline and any(p.suffix == ".wandb" for p in offline[0].iterdir())

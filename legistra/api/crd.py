@@ -35,6 +35,19 @@ SPEC_RULES = [
      "fieldPath": ".training.earlyStopping", "message": "needs evaluation ('epoch' or 'steps')"},
     {"rule": "!has(self.deepspeed) || !(has(self.deepspeed.zeroStage) && has(self.deepspeed.config))",
      "fieldPath": ".deepspeed", "message": "give zeroStage or config, not both"},
+    {"rule": "self.task != 'clause-extraction' || !has(self.data.stride)"
+             " || self.data.stride < (has(self.data.maxLength) ? self.data.maxLength : 512)",
+     "fieldPath": ".data.stride", "message": "must be below maxLength"},
+    # A toleration's own rules (the API server checks them only when the pod is created, i.e. too late).
+    *({"rule": "!has(self.resources) || !has(self.resources.tolerations) || self.resources.tolerations.all(t, "
+               f"{condition})", "fieldPath": ".resources.tolerations", "message": message}
+      for condition, message in (
+          ("!(has(t.operator) && t.operator == 'Exists' && has(t.value) && t.value != '')",
+           "value must be empty when operator is Exists"),
+          ("(has(t.key) && t.key != '') || (has(t.operator) && t.operator == 'Exists')",
+           "operator must be Exists when key is empty"),
+          ("!has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute')",
+           "tolerationSeconds is only allowed with effect NoExecute"))),
 ]
 
 KEEP = ("type", "description", "enum", "pattern", "minimum", "maximum", "minLength", "maxLength", "format",

@@ -6,8 +6,11 @@ Each pattern is RE2-compatible (the API server's regex engine) and has a plain-w
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
@@ -15,6 +18,7 @@ from legistra import s3
 
 # resource.Quantity without a sign: 8, 500m, 1.5, 64Gi, 1e3
 QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)))?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -25,6 +29,8 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 IMAGE = rf"^({_DOMAIN}/)?{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(@sha256:[a-f0-9]{{64}})?$"
 
 DESCRIBED: dict[str, str] = {
+    DNS1123_LABEL: "a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or "
+                   "digit",
     QUANTITY: "a Kubernetes quantity such as 8, 500m, 1.5 or 64Gi",
     DNS1123_SUBDOMAIN: "a DNS-1123 name: lower-case letters, digits, '-' and '.', starting and ending with a "
                        "letter or digit",
@@ -50,11 +56,63 @@ def _s3_location(value: str) -> str:
     return value
 
 
+def credentials_in(uri: str) -> bool:
+    """Whether `uri` carries a user or password (scheme://user:password@host/...)."""
+    if "://" not in uri:
+        return False
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
+
+
+def no_credentials(value: str) -> str:
+    if credentials_in(value):
+        raise ValueError("must not carry a user or password (they would be copied into run.json, status, logs and "
+                         "MLflow); keep them in a Secret: spec.tracking.mlflow.credentialsSecret for MLflow, the "
+                         "operator's S3 Secret for s3://, spec.model.tokenSecret for the hub")
+    return value
+
+
+def redact(uri: str) -> str:
+    """`uri` with any user and password replaced by '***', for anything a person or a log may read."""
+    if not credentials_in(uri):
+        return uri
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def bounded_document(value: Any, max_bytes: int, max_depth: int) -> Any:
+    """A free-form JSON value (a raw DeepSpeed config) that is small, shallow and holds only finite numbers."""
+    if value is None:
+        return None
+
+    def walk(v: Any, depth: int) -> None:
+        if depth > max_depth:
+            raise ValueError(f"nested more than {max_depth} levels deep")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{v} is not a finite number")
+        for child in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()):
+            walk(child, depth + 1)
+
+    walk(value, 0)
+    size = len(json.dumps(value))
+    if size > max_bytes:
+        raise ValueError(f"is {size:,} bytes as JSON; at most {max_bytes:,} are allowed")
+    return value
+
+
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
+DnsLabel = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 DnsName = Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, min_length=1, max_length=253)]
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
-LabelKey = Annotated[str, AfterValidator(_label_key)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=317), AfterValidator(_label_key)]
 Image = Annotated[str, Field(pattern=IMAGE, max_length=512)]
 # A data, model or registry location: a path, a hub id, or s3://bucket/... with a real bucket.
 SecretKey = Annotated[str, Field(pattern=SECRET_KEY, max_length=253)]
-Location = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_s3_location)]
+Location = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_s3_location),
+                     AfterValidator(no_credentials)]
+# A server address (the MLflow tracking URI): never with credentials in it.
+Uri = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(no_credentials)]

@@ -10,10 +10,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from legistra.api.formats import DnsName, Image, LabelKey, LabelValue, Location, Quantity, SecretKey
+from legistra.api.formats import (
+    DnsLabel,
+    DnsName,
+    Image,
+    LabelKey,
+    LabelValue,
+    Location,
+    Quantity,
+    SecretKey,
+    Uri,
+    bounded_document,
+    no_credentials,
+)
 from legistra.api.tasks import TASK_METRICS, reports
 
 API_GROUP = "legistra.io"
@@ -24,12 +36,22 @@ Task = Literal["summarization", "clause-extraction", "risk-classification"]
 Precision = Literal["fp16", "bf16", "fp32"]
 DataFormat = Literal["auto", "jsonl", "csv", "parquet", "cuad", "saved-dataset"]
 
+# Limits the libraries and Kubernetes impose on numbers: refused here, before a pod starts, instead of failing
+# inside NumPy's seeding, a C int of the tokenizer or the API server's int32/int64 fields.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1  # numpy.random.seed
+NAME_MAX = 256  # column names, metric names, experiment names, labels
+
 
 class Spec(BaseModel):
     """Base for every spec object: camelCase on the wire, unknown fields are errors."""
 
+    # strict: a YAML `true` is not the number 1 and `"8"` is not 8 (the API server's schema agrees);
+    # allow_inf_nan: `.inf` and `.nan` are YAML floats that no setting can mean.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True, strict=True,
+        allow_inf_nan=False,
     )
 
     def wire(self) -> dict[str, Any]:
@@ -37,27 +59,39 @@ class Spec(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class SecretKeyRef(Spec):
+    name: DnsName = Field(description="Secret name, in the TrainingRun's namespace.")
+    key: SecretKey = Field(description="Key inside the Secret.")
+
+
 class ModelSpec(Spec):
     name: Location = Field(
         description="Base model: a Hugging Face id, an s3:// prefix, or a path on a mounted volume.",
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    revision: str | None = Field(None, max_length=NAME_MAX,
+                                 description="Hub revision (branch, tag or commit) of the base model.")
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the model.")
+    token_secret: SecretKeyRef | None = Field(
+        None, description="Secret holding a Hugging Face token for a gated or private model; the pods get it as "
+        "HF_TOKEN, which the hub download reads (never logged, never in run.json).")
+
+
+Column = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 
 
 class FieldNames(Spec):
-    text: str = Field("text", description="Input text column (the clause, the contract, the document).")
-    label: str = Field("label", description="Label column (risk-classification); a list for multi-label.")
-    summary: str = Field("summary", description="Target summary column (summarization).")
-    spans: str = Field(
+    text: Column = Field("text", description="Input text column (the clause, the contract, the document).")
+    label: Column = Field("label", description="Label column (risk-classification); a list for multi-label.")
+    summary: Column = Field("summary", description="Target summary column (summarization).")
+    spans: Column = Field(
         "spans",
         description="Clause-span column (clause-extraction): a list of {start, end, label} character spans.",
     )
 
 
 class SplitNames(Spec):
-    train: str = Field("train", description="Split of a saved DatasetDict to train on.")
-    validation: str = Field(
+    train: Column = Field("train", description="Split of a saved DatasetDict to train on.")
+    validation: Column = Field(
         "validation", description="Split of a saved DatasetDict to evaluate on (held out of train when absent)."
     )
 
@@ -84,19 +118,22 @@ class DataSpec(Spec):
     max_length: int = Field(512, ge=8, le=32768, description="Maximum input tokens.")
     max_target_length: int = Field(128, ge=4, le=4096, description="Maximum target tokens (summarization).")
     stride: int = Field(
-        128, ge=0, description="Token overlap between windows of long documents (clause-extraction)."
+        128, ge=0, le=32767,
+        description="Token overlap between windows of long documents (clause-extraction); below maxLength."
     )
-    max_samples: int | None = Field(None, ge=1, description="Use at most this many training rows (smoke runs).")
+    max_samples: int | None = Field(None, ge=1, le=INT32_MAX,
+        description="Use at most this many training rows (smoke runs).")
 
 
 class EarlyStoppingSpec(Spec):
-    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
-    threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
+    patience: int = Field(3, ge=1, le=10_000, description="Evaluations without improvement before stopping.")
+    threshold: float = Field(0.0, ge=0, le=1e6, description="Minimum improvement that counts.")
 
 
 class TrainingSpec(Spec):
-    epochs: float = Field(3, gt=0, description="Number of passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    epochs: float = Field(3, gt=0, le=100_000, description="Number of passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, le=INT32_MAX,
+        description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate.")
     batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
         8, description="Per-device batch size, or 'auto': the largest that fits the GPU, found at start-up "
@@ -104,17 +141,20 @@ class TrainingSpec(Spec):
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     precision: Precision = Field("fp16", description="fp16 (default), bf16 or fp32. CPU runs fall back to fp32.")
     evaluation: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate.")
-    eval_steps: int | None = Field(None, ge=1, description="Evaluation interval when evaluation is 'steps'.")
-    save_steps: int = Field(200, ge=1, description="Checkpoint interval in optimizer steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    logging_steps: int = Field(10, ge=1, description="Training-loss logging interval.")
-    seed: int = Field(42, ge=0, description="Random seed for data order, initialisation and dropout.")
+    eval_steps: int | None = Field(None, ge=1, le=INT32_MAX,
+        description="Evaluation interval when evaluation is 'steps'.")
+    save_steps: int = Field(200, ge=1, le=INT32_MAX, description="Checkpoint interval in optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, le=1000, description="Checkpoints kept on disk.")
+    logging_steps: int = Field(10, ge=1, le=INT32_MAX, description="Training-loss logging interval.")
+    seed: int = Field(42, ge=0, le=SEED_MAX,
+                      description="Random seed for data order, initialisation and dropout (0 to 2^32-1).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps used for learning-rate warm-up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay (0 to 1).")
     group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
     metric_for_best_model: str | None = Field(
-        None, description="Metric that picks the best checkpoint and drives early stopping (task default if unset)."
+        None, max_length=NAME_MAX,
+            description="Metric that picks the best checkpoint and drives early stopping (task default if unset)."
     )
     early_stopping: EarlyStoppingSpec | None = Field(None, description="Stop when the metric stops improving.")
     dataloader_workers: int = Field(2, ge=0, le=64, description="Data-loader worker processes per rank.")
@@ -126,7 +166,7 @@ class TrainingSpec(Spec):
 
 
 class ClassificationSpec(Spec):
-    labels: list[str] | None = Field(None, min_length=2,
+    labels: list[Annotated[str, Field(max_length=NAME_MAX)]] | None = Field(None, min_length=2, max_length=100_000,
                                      description="Label set, in order; inferred from the data when absent.")
     multi_label: bool = Field(False, description="Each example may carry several labels (LexGLUE unfair_tos).")
 
@@ -134,8 +174,9 @@ class ClassificationSpec(Spec):
 
 
 class ExtractionSpec(Spec):
-    clause_types: list[str] | None = Field(
-        None, min_length=1, description="Clause types to extract; inferred from the data when absent."
+    clause_types: list[Annotated[str, Field(max_length=NAME_MAX)]] | None = Field(
+        None, min_length=1, max_length=10_000,
+            description="Clause types to extract; inferred from the data when absent."
     )
 
     _distinct = field_validator("clause_types")(lambda v: distinct(v))
@@ -144,17 +185,17 @@ class ExtractionSpec(Spec):
 class GenerationSpec(Spec):
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Tokens generated per summary at evaluation.")
     num_beams: int = Field(1, ge=1, le=16, description="Beam width at evaluation.")
-    length_penalty: float = Field(1.0, description="Beam-search length penalty.")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeated n-grams of this size (0 = off).")
+    length_penalty: float = Field(1.0, ge=-100, le=100, description="Beam-search length penalty.")
+    no_repeat_ngram_size: int = Field(0, ge=0, le=1024, description="Forbid repeated n-grams of this size (0 = off).")
 
 
 class LoraSpec(Spec):
     enabled: bool = Field(True, description="Train low-rank adapters instead of all weights.")
     r: int = Field(16, ge=1, le=1024, description="Adapter rank.")
-    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    alpha: int = Field(32, ge=1, le=65536, description="Adapter scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] | None = Field(
-        None, min_length=1, description="Modules to adapt; per-architecture defaults when absent."
+    target_modules: list[Annotated[str, Field(max_length=NAME_MAX)]] | None = Field(
+        None, min_length=1, max_length=1000, description="Modules to adapt; per-architecture defaults when absent."
     )
 
     _distinct = field_validator("target_modules")(lambda v: distinct(v))
@@ -164,8 +205,11 @@ class DeepSpeedSpec(Spec):
     zero_stage: int | None = Field(None, ge=0, le=3, description="ZeRO stage 0-3; unset disables DeepSpeed.")
     offload: Literal["none", "cpu"] = Field("none", description="Offload optimizer (and ZeRO-3 params) to CPU.")
     config: dict[str, Any] | None = Field(
-        None, description="A raw DeepSpeed config passed through; 'auto' values are resolved by the trainer."
+        None, description="A raw DeepSpeed config passed through; 'auto' values are resolved by the trainer "
+        "(at most 64 KiB as JSON, 16 levels deep, finite numbers)."
     )
+
+    _bounded = field_validator("config")(lambda v: bounded_document(v, max_bytes=64 << 10, max_depth=16))
 
     @property
     def enabled(self) -> bool:
@@ -173,11 +217,23 @@ class DeepSpeedSpec(Spec):
 
 
 class Toleration(Spec):
-    key: str | None = None
+    key: LabelKey | None = Field(None, description="Taint key; empty with operator Exists matches every taint.")
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: LabelValue | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(None, ge=-INT64_MAX - 1, le=INT64_MAX,
+                                           description="With effect NoExecute: how long the pod stays bound.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        # The API server's own rules for a toleration (ValidateTolerations), said before the job is created.
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value: must be empty when operator is Exists")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator: must be Exists when key is empty")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds: only allowed with effect NoExecute")
+        return self
 
 
 class ResourcesSpec(Spec):
@@ -187,7 +243,7 @@ class ResourcesSpec(Spec):
     memory: Quantity | None = Field(None, description="Memory request and limit per pod, e.g. '64Gi'.")
     image: Image | None = Field(None, description="Trainer image; the operator's default when absent.")
     node_selector: dict[LabelKey, LabelValue] | None = Field(None, description="Node labels the pods must match.")
-    tolerations: list[Toleration] | None = Field(None, description="Taints the pods tolerate.")
+    tolerations: list[Toleration] | None = Field(None, max_length=100, description="Taints the pods tolerate.")
     priority_class_name: DnsName | None = Field(None, description="PriorityClass of the pods.")
     queue_name: LabelValue | None = Field(None, min_length=1,
                                           description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
@@ -205,21 +261,22 @@ class ResourcesSpec(Spec):
         "(torch-distributed) when absent.")
 
 
-class SecretKeyRef(Spec):
-    name: DnsName = Field(description="Secret name, in the TrainingRun's namespace.")
-    key: SecretKey = Field(description="Key inside the Secret.")
-
-
 class MlflowSpec(Spec):
-    experiment: str | None = Field(None, description="Experiment name; defaults to the model name.")
-    tracking_uri: str | None = Field(
-        None, description="Tracking server; defaults to the operator's (or a local sqlite store)."
+    experiment: str | None = Field(None, min_length=1, max_length=NAME_MAX,
+                                   description="Experiment name; defaults to the model name.")
+    tracking_uri: Uri | None = Field(
+        None, description="Tracking server; defaults to the operator's (or a local sqlite store). Never with a "
+        "user or password in it: give credentialsSecret."
     )
+    credentials_secret: DnsName | None = Field(
+        None, description="Secret (in the run's namespace) with the tracking server's credentials: its keys "
+        "username and password become MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the pods, or token "
+        "becomes MLFLOW_TRACKING_TOKEN.")
 
 
 class WandbSpec(Spec):
-    project: str = Field(min_length=1, description="W&B project.")
-    entity: str | None = Field(None, description="W&B entity (team).")
+    project: str = Field(min_length=1, max_length=128, description="W&B project.")
+    entity: str | None = Field(None, min_length=1, max_length=128, description="W&B entity (team).")
     api_key_secret: SecretKeyRef | None = Field(
         None, description="Secret holding the API key; without it W&B runs offline."
     )
@@ -231,7 +288,8 @@ class TrackingSpec(Spec):
 
 
 class PromotionSpec(Spec):
-    metric: str = Field(min_length=1, description="Evaluation metric compared, e.g. eval_f1_macro.")
+    metric: str = Field(min_length=1, max_length=NAME_MAX,
+        description="Evaluation metric compared, e.g. eval_f1_macro.")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Which way is better.")
     alias: str = Field(
         "champion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Alias the new version takes if it wins."
@@ -239,7 +297,7 @@ class PromotionSpec(Spec):
 
 
 class CheckpointsSpec(Spec):
-    uri: Annotated[str, Field(pattern=r"^s3://[^/]+", max_length=1024)] | None = Field(
+    uri: Annotated[str, Field(pattern=r"^s3://[^/]+", max_length=1024), AfterValidator(no_credentials)] | None = Field(
         None,
         description="Object storage for checkpoints (s3://bucket/prefix): pods keep working checkpoints on "
         "node-local storage, upload every save in the background and resume from the newest complete one on "
@@ -264,8 +322,9 @@ class RegistrySpec(Spec):
 
 class RunPolicySpec(Spec):
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit of the job.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this.")
+    active_deadline_seconds: int | None = Field(None, ge=1, le=INT64_MAX, description="Wall-clock limit of the job.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, le=INT32_MAX,
+        description="Delete the finished job after this.")
     suspend: bool = Field(False, description="Hold the job (or pause it, keeping its checkpoints).")
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "None", description="Pods deleted when the job ends; None keeps logs."
@@ -313,6 +372,9 @@ class TrainingRunSpec(Spec):
             raise ValueError("spec.training.earlyStopping: needs evaluation ('epoch' or 'steps')")
         if self.deepspeed.zero_stage is not None and self.deepspeed.config is not None:
             raise ValueError("spec.deepspeed: give zeroStage or config, not both")
+        if self.task == "clause-extraction" and self.data.stride >= self.data.max_length:
+            raise ValueError(f"spec.data.stride: must be below maxLength ({self.data.max_length}); windows of "
+                             f"{self.data.max_length} tokens cannot overlap by {self.data.stride}")
         known = ", ".join(TASK_METRICS[self.task])
         gate = self.registry.promotion
         for path, metric in (("spec.registry.promotion.metric", gate.metric if gate else None),
@@ -345,16 +407,27 @@ def is_t5_family(model_name: str) -> bool:
 
 
 class ObjectMeta(BaseModel):
-    """The subset of metadata a TrainingRun file may carry (the API server fills in the rest)."""
+    """The subset of metadata a TrainingRun file may carry (the API server fills in the rest).
 
-    model_config = ConfigDict(extra="allow")
+    Name, namespace and uid end up in MLflow lookups, object-store prefixes and child names: they are checked
+    here as the API server checks them, so a local file cannot carry what a cluster would refuse."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
-    namespace: str | None = None
-    uid: str | None = None
-    generation: int | None = None
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
+    namespace: DnsLabel | None = None
+    uid: str | None = Field(None, pattern=r"^[A-Za-z0-9][-A-Za-z0-9]{0,127}$")
+    generation: int | None = Field(None, ge=0, le=INT64_MAX)
+    labels: dict[LabelKey, LabelValue] | None = None
+    annotations: dict[LabelKey, str] | None = None
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_size(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        size = sum(len(k) + len(val) for k, val in (v or {}).items())
+        if size > 256 << 10:  # the API server's TotalAnnotationSizeLimitB
+            raise ValueError(f"annotations total {size:,} bytes; at most {256 << 10:,} are allowed")
+        return v
 
 
 class TrainingRun(BaseModel):

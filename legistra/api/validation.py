@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from legistra.api.formats import DESCRIBED
+from legistra.api.formats import DESCRIBED, redact
+from legistra.api.loader import DocumentError, read_documents
 from legistra.api.spec import TrainingRun
 
 
@@ -75,13 +74,16 @@ def problems_of(exc: ValidationError) -> list[str]:
     problems = []
     unions: set[str] = set()
     for err in exc.errors():
+        if isinstance(err.get("input"), str):
+            # Messages quote the value; a URI's password must not reach the terminal, the status or an event.
+            err = {**err, "input": redact(err["input"])}
         msg = _message(err)
         tagged = bool(err["loc"]) and _union_member(err["loc"][-1])
         loc = [p for p in err["loc"] if not _union_member(p)]
         path = _field_path(loc)
         if tagged:
             # One line per field: the number's bound for a number, the keywords for anything else.
-            is_number = isinstance(err.get("input"), int)
+            is_number = isinstance(err.get("input"), int) and not isinstance(err.get("input"), bool)
             if path in unions or (err["type"] == "literal_error") == is_number:
                 continue
             unions.add(path)
@@ -106,21 +108,19 @@ def parse_training_run(doc: Any, source: str = "") -> TrainingRun:
 
 
 def load_documents(path: str | Path) -> list[Any]:
-    text = Path(path).read_text(encoding="utf-8")
-    if str(path).endswith(".json"):
-        return [json.loads(text)]
+    """The documents of a manifest file, through the one bounded reader (`legistra.api.loader`)."""
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError([f"YAML: {exc}"], str(path)) from None
+        return read_documents(path)
+    except DocumentError as exc:
+        raise SpecError([str(exc)], str(path)) from None
 
 
 def load_training_run(path: str | Path) -> TrainingRun:
     """The single TrainingRun in `path` (YAML or JSON)."""
-    docs = [d for d in load_documents(path) if isinstance(d, Mapping) and d.get("kind") == "TrainingRun"]
+    found = load_documents(path)
+    docs = [d for d in found if isinstance(d, Mapping) and d.get("kind") == "TrainingRun"]
     if len(docs) != 1:
-        others = load_documents(path)
-        if len(others) == 1:
-            return parse_training_run(others[0], str(path))
+        if len(found) == 1:
+            return parse_training_run(found[0], str(path))
         raise SpecError([f"document: expected exactly one TrainingRun, found {len(docs)}"], str(path))
     return parse_training_run(docs[0], str(path))

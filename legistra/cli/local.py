@@ -20,6 +20,7 @@ from legistra.contract import (
     EXIT_DETERMINISTIC,
     EXIT_PREEMPTED,
     PREEMPTED,
+    move_credentials,
     parse_termination_message,
     run_document,
 )
@@ -164,6 +165,8 @@ def train_locally(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.tracking_uri:
         env[ENV_TRACKING_URI] = args.tracking_uri
+    if env.get(ENV_TRACKING_URI):
+        env[ENV_TRACKING_URI] = move_credentials(env[ENV_TRACKING_URI], env)
     if args.registry:
         env[ENV_REGISTRY_URI] = args.registry
     env.setdefault("LEGISTRA_PROGRESS", "bar" if sys.stderr.isatty() else "log")

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import socket
 import sys
 import types
@@ -21,7 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from legistra.api.formats import credentials_in, redact
+from legistra.api.loader import no_duplicate_keys
 from legistra.operator.credentials import CREDENTIAL_ENV
+
+MLFLOW_AUTH_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def setting(env: str, default: Any, doc: str, helm: str | None = None, positive: bool = False) -> Any:
@@ -41,10 +46,7 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
 def _parse(kind: Any, raw: str, env: str) -> Any:
     try:
         if get_origin(kind) is dict:
-            value = json.loads(raw or "{}")
-            if not isinstance(value, dict):
-                raise ValueError("expected a JSON object")
-            return {str(k): str(v) for k, v in value.items()}
+            return _env_object(raw)
         if kind in (int, float):
             return kind(raw)
         if kind is bool:
@@ -52,8 +54,31 @@ def _parse(kind: Any, raw: str, env: str) -> Any:
                 raise ValueError("expected true or false")
             return raw.lower() == "true"
     except ValueError as exc:
-        raise ValueError(f"{env}={raw!r}: {exc}") from None
+        shown = env if get_origin(kind) is dict else f"{env}={raw!r}"  # an object may hold values not to echo
+        raise ValueError(f"{shown}: {exc}") from None
     return raw
+
+
+# A container env var name as the API server accepts it (v1.20's IsEnvVarName).
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def _env_object(raw: str) -> dict[str, str]:
+    """A JSON object of env var names to string values: no duplicate, no null, no name the API server refuses
+    (each of those would be accepted here and then fail every pod, or silently keep the last duplicate)."""
+    try:
+        value = json.loads(raw or "{}", object_pairs_hook=no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    for key, item in value.items():
+        if not ENV_NAME.match(key):
+            raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '-', '.', '_', not "
+                             "starting with a digit)")
+        if not isinstance(item, str):
+            raise ValueError(f"{key}: the value must be a string (got {json.dumps(item)})")
+    return value
 
 
 def _from_env(cls: Any, env: Mapping[str, str]) -> Any:
@@ -87,6 +112,11 @@ class JobDefaults:
                                        "registry.uri")
     s3_endpoint: str | None = setting("LEGISTRA_S3_ENDPOINT", None,
                                       "S3-compatible endpoint handed to training pods (empty: AWS)", "s3.endpoint")
+    mlflow_credentials_secret: str | None = setting(
+        "LEGISTRA_MLFLOW_CREDENTIALS_SECRET", None,
+        "Secret with the MLflow server's username and password (or token) for runs that name none in "
+        "spec.tracking.mlflow.credentialsSecret; it must exist in each run's namespace, as s3.secretName must",
+        "mlflow.credentialsSecret")
     s3_secret: str | None = setting("LEGISTRA_S3_SECRET", None,
                                     "Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for training pods",
                                     "s3.secretName")
@@ -120,6 +150,12 @@ class JobDefaults:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "pytorchjob", "trainjob"):
             raise ValueError(f"LEGISTRA_BACKEND={self.backend!r}: must be auto, pytorchjob or trainjob")
+        # These URIs are copied into every job's env and the runs' status: a password in one would travel too.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_uri", "_endpoint")) and isinstance(value, str) and credentials_in(value):
+                raise ValueError(f"{f.metadata['env']}={redact(value)!r}: must not carry a user or password; give "
+                                 "them through a Secret (mlflow.credentialsSecret, s3.secretName)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JobDefaults:
@@ -170,6 +206,9 @@ class OperatorConfig:
     metrics_addr: str = setting("LEGISTRA_METRICS_ADDR", "0.0.0.0", "address the /metrics server binds")
     # What Kubernetes and kubectl conventions put in the environment for the credential loader.
     kube_env: dict[str, str] = field(default_factory=dict)
+    # The operator's own MLflow credentials (MLflow's variable names; Helm's mlflow.credentialsSecret sets them):
+    # used only for the operator's configured tracking server, never shown.
+    mlflow_auth: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Zero would spin, not stop: kopf waits for a worker's next event with asyncio.wait_for, which at a timeout
@@ -185,7 +224,8 @@ class OperatorConfig:
         loaded: OperatorConfig = _from_env(cls, source)
         pod_id = loaded.pod_id or f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
         return dataclasses.replace(loaded, jobs=JobDefaults.from_env(source), namespaces=tuple(namespaces),
-                                   pod_id=pod_id, kube_env={k: source[k] for k in CREDENTIAL_ENV if k in source})
+                                   pod_id=pod_id, kube_env={k: source[k] for k in CREDENTIAL_ENV if k in source},
+                                   mlflow_auth={k: source[k] for k in MLFLOW_AUTH_ENV if source.get(k)})
 
     @property
     def watched(self) -> list[str | None]:

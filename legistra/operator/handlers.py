@@ -157,7 +157,9 @@ def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:
     if not uri.startswith(("http://", "https://")):
         return None
     if uri not in rt.reporters:
-        rt.reporters[uri] = MlflowReporter(uri)
+        # The operator holds credentials for its own server only; it has no access to the runs' Secrets.
+        own = uri == rt.config.jobs.mlflow_tracking_uri
+        rt.reporters[uri] = MlflowReporter(uri, auth=rt.config.mlflow_auth if own else None)
     return rt.reporters[uri]
 
 

@@ -239,7 +239,10 @@ async def reconcile(
     report = None
     # The run's own tracking server when it names one (the pods log there), else the operator's.
     uri = tracking_uri(run.spec, defaults.mlflow_tracking_uri)
-    reporter = reporters(uri) if reporters is not None and uri else None
+    # A server of the run's own, behind credentials of its own, is one the operator cannot read (it reads no
+    # Secrets): progress then comes from the job alone (trainerStatus, termination messages).
+    private = bool(run.spec.tracking.mlflow.credentials_secret) and uri != defaults.mlflow_tracking_uri
+    reporter = reporters(uri) if reporters is not None and uri and not private else None
     if reporter is not None and run.metadata.uid and job is not None:
         experiment = experiment_name(run.spec)
         finished = job_state(job, False).phase in ("Succeeded", "Failed")

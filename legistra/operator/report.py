@@ -7,10 +7,12 @@ The trainer (rank 0) tags its MLflow run with `legistra.run_key` = the TrainingR
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from legistra.contract import (
@@ -20,15 +22,26 @@ from legistra.contract import (
     TAG_MODEL_URI,
     TAG_MODEL_VERSION,
     TAG_PROGRESS,
-    TAG_RUN_KEY,
+    run_key_filter,
 )
 
 
-def _call(base: str, path: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+def auth_header(auth: Mapping[str, str]) -> dict[str, str]:
+    """The Authorization header MLflow's client sends for its MLFLOW_TRACKING_* credentials (a token wins)."""
+    if auth.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {auth['MLFLOW_TRACKING_TOKEN']}"}
+    if auth.get("MLFLOW_TRACKING_USERNAME"):
+        pair = f"{auth['MLFLOW_TRACKING_USERNAME']}:{auth.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+    return {}
+
+
+def _call(base: str, path: str, payload: dict[str, Any] | None = None, timeout: float = 5.0,
+          headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     url = f"{base.rstrip('/')}/api/2.0/mlflow/{path}"
     data = json.dumps(payload).encode() if payload is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         out: dict[str, Any] = json.loads(resp.read() or b"{}")
         return out
@@ -64,9 +77,10 @@ def report_from_run(run: dict[str, Any], base: str) -> dict[str, Any]:
 class MlflowReporter:
     """Finds the run of a TrainingRun (by uid) and reads its report; caches per run for `ttl_s`."""
 
-    def __init__(self, base: str, ttl_s: float = 10.0) -> None:
+    def __init__(self, base: str, ttl_s: float = 10.0, auth: Mapping[str, str] | None = None) -> None:
         self.base = base
         self.ttl_s = ttl_s
+        self._headers = auth_header(auth or {})
         self._experiments: dict[str, str] = {}
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
@@ -74,7 +88,7 @@ class MlflowReporter:
         if name not in self._experiments:
             try:
                 q = urllib.parse.urlencode({"experiment_name": name})
-                exp = _call(self.base, f"experiments/get-by-name?{q}")
+                exp = _call(self.base, f"experiments/get-by-name?{q}", headers=self._headers)
             except Exception:
                 return None
             self._experiments[name] = exp["experiment"]["experiment_id"]
@@ -90,7 +104,8 @@ class MlflowReporter:
         if exp_id is not None:
             try:
                 found = _call(self.base, "runs/search", {
-                    "experiment_ids": [exp_id], "filter": f"tags.`{TAG_RUN_KEY}` = '{run_key}'", "max_results": 1})
+                    "experiment_ids": [exp_id], "filter": run_key_filter(run_key), "max_results": 1},
+                    headers=self._headers)
                 runs = found.get("runs", [])
                 report = report_from_run(runs[0], self.base) if runs else None
             except Exception:

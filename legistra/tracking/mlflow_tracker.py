@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from legistra.contract import TAG_RUN_KEY
+from legistra.contract import TAG_RUN_KEY, run_key_filter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +97,7 @@ class MlflowTracker:
                 run = client.get_run(wanted)
                 return str(run.info.run_id)
             found = client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{self.run_key}'", max_results=1
+                [self.experiment_id], filter_string=run_key_filter(self.run_key), max_results=1
             )
             if found:
                 run_id = str(found[0].info.run_id)

@@ -10,7 +10,6 @@ import os
 PARENT_PID = os.getppid()  # first thing: see runtime.die_with_parent
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -19,7 +18,7 @@ from legistra.trainer.runtime import die_with_parent  # noqa: E402
 
 die_with_parent(PARENT_PID)
 
-from legistra.api.validation import SpecError, parse_training_run  # noqa: E402
+from legistra.api.validation import SpecError, load_training_run  # noqa: E402
 from legistra.contract import (  # noqa: E402
     ENV_CHECKPOINT_URI,
     ENV_TERMINATION_LOG,
@@ -28,6 +27,7 @@ from legistra.contract import (  # noqa: E402
     PREEMPTED,
     checkpoint_uri,
     configured_uris,
+    move_credentials,
     registry_uri,
     termination_message,
     tracking_uri,
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from legistra.trainer.train import RunPaths, RunSettings, run_training
 
     try:
-        run = parse_training_run(json.loads(args.config.read_text(encoding="utf-8")), str(args.config))
-    except (OSError, json.JSONDecodeError, SpecError) as exc:
+        run = load_training_run(args.config)
+    except (OSError, SpecError) as exc:
         return fail("TrainerError", exc)
     state = args.state_dir or args.output_dir
     paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get("LEGISTRA_CACHE_DIR", state / "cache")))
     configured_tracking, configured_registry = configured_uris()
     settings = RunSettings(
-        tracking_uri=str(tracking_uri(run.spec, configured_tracking, state)),
+        tracking_uri=move_credentials(str(tracking_uri(run.spec, configured_tracking, state)), os.environ),
         registry_uri=str(registry_uri(run.spec, configured_registry, state)),
         mlflow_artifact_root=os.environ.get("LEGISTRA_MLFLOW_ARTIFACT_ROOT"),
         checkpoint_uri=checkpoint_uri(run.spec, os.environ.get(ENV_CHECKPOINT_URI)),

@@ -131,7 +131,7 @@ def train_with_tracking(
 
     Columns: `text` plus `label` (class id or name; a list for multi-label), `summary`, or `spans`, by task.
     `training_args` take TrainingArguments names (see TRAINING_ARGS)."""
-    from legistra.contract import configured_uris, tracking_uri
+    from legistra.contract import configured_uris, move_credentials, tracking_uri
     from legistra.trainer.train import InMemory, RunPaths, RunSettings, run_training
 
     if "train" not in dataset:
@@ -157,7 +157,8 @@ def train_with_tracking(
     uri = tracking_uri(run.spec, configured_uris()[0], state) if use_mlflow else \
         f"sqlite:///{out.resolve() / 'mlflow.db'}"
     paths = RunPaths(root=out, cache=state / "cache")
-    result = run_training(run, paths, RunSettings(tracking_uri=str(uri), registry_uri=None), given)
+    settings = RunSettings(tracking_uri=move_credentials(str(uri), os.environ), registry_uri=None)
+    result = run_training(run, paths, settings, given)
     assert result is not None  # the notebook is rank 0
     run_id = (result.get("mlflow") or {}).get("runId") if use_mlflow else None
     return TrainResult(dict(result.get("metrics", {})), out, given.model, run_id, given.history)
