@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import http.server
 import json
@@ -332,3 +333,130 @@ def test_a_conditional_write_retried_after_it_landed_is_still_ours(registry: Reg
     assert registry._create(key, b'{"by": "me"}')  # the retry of a write that landed
     assert not registry._create(key, b'{"by": "someone else"}')
     assert registry.store.get(key)[0] == b'{"by": "me"}'
+
+
+# -- a hostile manifest, model folder or metadata file (each of these escaped, leaked or crashed before) -------
+def _tamper_manifest(registry: Registry, version: int, change: Any) -> None:
+    """Rewrite a stored manifest behind the registry's back, as someone with write access to the store could."""
+    key = f"m/v{version}/manifest.json"
+    manifest = json.loads(registry.store.get(key)[0])
+    change(manifest)
+    registry.store.put(key, json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("name", ["../../escaped.txt", "/tmp/absolute.txt", "a/../../b.txt", "C:/win.txt",
+                                  "a\\..\\b", "nul\x00.txt", "./a", ""])
+def test_download_never_writes_outside_its_destination(registry: Registry, tmp_path: Path, name: str) -> None:
+    registry.push("m", model_dir(tmp_path / "m"))
+    payload = b"planted"
+    digest = hashlib.sha256(payload).hexdigest()
+    _tamper_manifest(registry, 1, lambda m: m["files"].update({name: {"sha256": digest, "size": len(payload)}}))
+    dest = tmp_path / "deep" / "er" / "dl"
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(RegistryError, match="in the manifest"):
+        registry.download("m", 1, dest)
+    assert {p for p in tmp_path.rglob("*")} - before <= {dest, dest.parent, dest.parent.parent}
+    assert not Path("/tmp/absolute.txt").exists()
+
+
+def test_a_checksum_mismatch_leaves_nothing_behind(registry: Registry, tmp_path: Path) -> None:
+    registry.push("m", model_dir(tmp_path / "m"))
+    registry.store.put("m/v1/tokenizer/tokenizer.json", b"tampered")  # sorted after part-*.bin
+    dest = tmp_path / "dl"
+    with pytest.raises(ChecksumMismatch, match="nothing was kept"):
+        registry.download("m", 1, dest)
+    assert [p for p in dest.rglob("*") if p.is_file()] == []
+
+
+def test_push_refuses_links_that_leave_the_folder(registry: Registry, tmp_path: Path) -> None:
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = s3cret")
+    outside = tmp_path / "elsewhere"
+    model_dir(outside, "o")
+    for name, target in (("creds.txt", secret), ("linked-folder", outside)):
+        src = model_dir(tmp_path / f"m-{name}")
+        (src / name).symlink_to(target)
+        with pytest.raises(RegistryError, match="outside"):
+            registry.push("m", src)
+    assert registry.versions("m") == []
+    assert not any(b"s3cret" in registry.store.get(k)[0] for k in registry.store.list_keys(""))
+
+
+def test_push_keeps_links_inside_the_folder_and_nested_manifests(registry: Registry, tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "m")
+    (src / "alias.bin").symlink_to(src / "part-0.bin")
+    (src / "tok").symlink_to(src / "tokenizer", target_is_directory=True)
+    (src / "tokenizer" / "manifest.json").write_text("{}")  # a file of the model's own, not ours
+    (src / "manifest.json").write_text('{"version": 99}')  # a downloaded version's: replaced by the new one
+    files = set(registry.push("m", src).manifest["files"])
+    assert {"alias.bin", "tok/tokenizer.json", "tokenizer/manifest.json"} <= files
+    assert "manifest.json" not in files
+
+
+def test_push_refuses_a_fifo_instead_of_dropping_it(registry: Registry, tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "m")
+    os.mkfifo(src / "pipe")
+    with pytest.raises(RegistryError, match="not a regular file"):
+        registry.push("m", src)
+
+
+@pytest.mark.parametrize(("metadata", "message"), [
+    ({"version": 99}, "metadata may not set version"),
+    ({"model": "other", "createdAt": "1970"}, "metadata may not set createdAt, model"),
+    ({"files": {}}, "metadata may not set files"),
+    ({"schemaVersion": 7}, "metadata may not set schemaVersion"),
+    ({"metrics": {"eval_f1": "high"}}, "metric 'eval_f1' must be a finite number"),
+    ({"metrics": {"eval_f1": math.nan}}, "metric 'eval_f1' must be a finite number"),
+    ({"metrics": [1]}, "metrics must be an object"),
+])
+def test_metadata_may_add_keys_but_never_replace_the_manifests_identity(
+        registry: Registry, tmp_path: Path, metadata: dict[str, Any], message: str) -> None:
+    with pytest.raises(RegistryError, match=message):
+        registry.push("m", model_dir(tmp_path / "m"), metadata)
+    assert registry.push("m", model_dir(tmp_path / "m"), {"team": "legal", "metrics": {"eval_f1": 0.5}}
+                         ).manifest["team"] == "legal"
+
+
+def test_list_and_show_survive_a_hand_written_manifest(tmp_path: Path) -> None:
+    reg = str(tmp_path / "reg")
+    registry = Registry.open(reg)
+    registry.push("m", model_dir(tmp_path / "m"))
+    registry.push("m", model_dir(tmp_path / "m"))
+    registry.push("m", model_dir(tmp_path / "m"))
+    _tamper_manifest(registry, 1, lambda m: m.update(metrics={"eval_f1": "high", "eval_acc": None}))
+    registry.store.put("m/v2/manifest.json", b"{not json")
+    registry.store.put("m/aliases/champion.json", b'{"version": "two"}')
+    res = legistra("registry", "--registry", reg, "list", "m")
+    assert res.returncode == 0 and "Traceback" not in res.stderr
+    assert "f1='high'" in res.stdout and "v3" in res.stdout
+    for args, message in ((["show", "m", "2"], "m v2: manifest.json is not valid JSON"),
+                          (["show", "m", "champion"], "alias 'champion' of 'm' is not a valid alias record")):
+        res = legistra("registry", "--registry", reg, *args)
+        assert res.returncode == 1 and res.stderr.strip() == f"error: {message}", res.stderr
+
+
+def test_the_folder_store_follows_the_umask_and_leaves_no_probe_or_staging(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    old = os.umask(0o022)
+    try:
+        registry = Registry.open(str(root))
+        registry.push("m", model_dir(tmp_path / "m"))
+        registry.set_alias("m", "champion", 1)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()}
+    assert modes["m/v1/manifest.json"] == modes["m/v1/.claim"] == modes["m/aliases/champion.json"] == 0o644
+    assert set(modes.values()) == {0o644}
+    left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    assert not [p for p in left if p.startswith((".conditional-write-check", "m/.staging")) or ".tmp-" in p], left
+
+
+def test_cli_metadata_file_is_read_through_the_bounded_reader(tmp_path: Path) -> None:
+    src = model_dir(tmp_path / "m")
+    for name, data, message in (("dup.json", b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+                                ("list.json", b"[1, 2]", "must hold one JSON (or YAML) object"),
+                                ("reserved.json", b'{"version": 5}', "metadata may not set version")):
+        (tmp_path / name).write_bytes(data)
+        res = legistra("registry", "--registry", str(tmp_path / "reg"), "push", str(src), "--model", "m",
+                       "--metadata", str(tmp_path / name))
+        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -105,7 +105,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         reg = _registry(args)
         action = args.registry_cmd
         if action == "push":
-            meta = json.loads(Path(args.metadata).read_text()) if args.metadata else {}
+            meta = _metadata(args.metadata) if args.metadata else {}
             mv = reg.push(args.model, Path(args.dir), meta)
             _print({"model": mv.model, "version": mv.version, "uri": mv.uri}, args.json,
                    [["MODEL", "VERSION", "URI"], [mv.model, f"v{mv.version}", mv.uri]])
@@ -123,7 +123,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
                 keys = [k for k in m if k.startswith("eval_") and not k.endswith("loss")][:2]
                 rows.append([f"v{mv.version}", str(mv.manifest.get("createdAt", "")), str(mv.manifest.get("task", "")),
                              ",".join(sorted(by_version.get(mv.version, []))) or "-",
-                             " ".join(f"{k.removeprefix('eval_')}={m[k]:.4g}" for k in keys) or "-"])
+                             " ".join(f"{k.removeprefix('eval_')}={_number(m[k])}" for k in keys) or "-"])
             _print({"model": args.model, "aliases": aliases,
                     "versions": [{"version": mv.version, "uri": mv.uri, "createdAt": mv.manifest.get("createdAt"),
                                   "metrics": mv.manifest.get("metrics", {})} for mv in versions]},
@@ -146,6 +146,26 @@ def cmd_registry(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         return _err(str(exc))
     return 0
+
+
+def _metadata(path: str) -> dict[str, Any]:
+    """The --metadata file: one JSON object, read through the bounded reader."""
+    from legistra.api.loader import DocumentError, read_documents
+    from legistra.registry.registry import RegistryError
+
+    try:
+        docs = read_documents(path)
+    except (DocumentError, OSError) as exc:
+        raise RegistryError(f"--metadata {path}: {exc}") from None
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise RegistryError(f"--metadata {path}: must hold one JSON (or YAML) object")
+    meta: dict[str, Any] = docs[0]
+    return meta
+
+
+def _number(value: Any) -> str:
+    """A stored metric for a table: a number as 4 significant digits, anything else as it is."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
 
 
 def _alias_out(args: argparse.Namespace, rec: dict[str, Any]) -> None:

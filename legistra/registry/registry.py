@@ -18,11 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from legistra.registry.promotion import GateDecision, decide
@@ -30,6 +32,8 @@ from legistra.registry.store import NotFound, PreconditionFailed, Store, open_st
 
 MANIFEST = "manifest.json"
 CLAIM = ".claim"
+# The manifest's own identity: set by the registry, never by metadata a push is given.
+RESERVED = ("schemaVersion", "model", "version", "createdAt", "files")
 VERSION_DIR = re.compile(r"^v(\d+)$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -49,6 +53,44 @@ class ModelVersion:
     version: int
     uri: str
     manifest: dict[str, Any]
+
+
+def safe_relative(rel: Any) -> PurePosixPath:
+    """A file path from a manifest as a plain relative path that stays inside the folder it is joined to: no
+    absolute path, drive letter, backslash, '..', '.', empty part or NUL (a manifest may be hostile)."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise RegistryError(f"file name {rel!r} in the manifest is not a relative path")
+    path = PurePosixPath(rel)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", rel) or any(p in ("", ".", "..") for p in rel.split("/")):
+        raise RegistryError(f"file name {rel!r} in the manifest leaves its folder; refusing to write it")
+    return path
+
+
+def model_files(src: Path) -> list[tuple[str, Path]]:
+    """(name in the version, file to read) for every file under `src`, links followed only inside it.
+
+    A link to a file or folder outside `src` is refused (it could register a credentials file), and so is
+    anything that is neither a file nor a folder; nothing is dropped silently. The top-level manifest.json of a
+    downloaded version is the one thing skipped: the registry writes its own."""
+    root = src.resolve()
+    out: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        folder = Path(dirpath)
+        if root not in folder.resolve().parents and folder.resolve() != root:
+            raise RegistryError(f"{folder}: a link leads outside {src}; refusing to register what it points to")
+        for name in sorted(dirnames + filenames):
+            path = folder / name
+            target = path.resolve()
+            if root not in target.parents:
+                raise RegistryError(f"{path}: a link to {target}, outside {src}; refusing to register it")
+            if name in dirnames:
+                continue
+            if not target.is_file():
+                raise RegistryError(f"{path}: not a regular file; refusing to register it")
+            rel = path.relative_to(src).as_posix()
+            if rel != MANIFEST:
+                out.append((rel, target))
+    return sorted(out)
 
 
 def sha256_file(path: Path) -> str:
@@ -97,7 +139,7 @@ class Registry:
                 except PreconditionFailed:
                     pass
         finally:
-            self.store.delete_prefix(key)
+            self.store.delete_prefix(key)  # the key, its lock, and the folder once empty
         if ignored:
             raise RegistryError(
                 f"{self.uri}: the store ignores conditional writes ({' and '.join(ignored)}); the registry needs them "
@@ -120,32 +162,28 @@ class Registry:
             raise RegistryError(f"model name {model!r} must match {NAME.pattern}")
         if not src.is_dir():
             raise RegistryError(f"{src}: not a directory")
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
+        extra = checked_metadata(metadata or {})
+        files = model_files(src)
         if not files:
             raise RegistryError(f"{src}: no files to register")
         self._check_conditional_writes()  # before the upload, the slow part
         staging = f"{model}/.staging/{uuid.uuid4().hex}"
         checksums: dict[str, dict[str, Any]] = {}
-        for path in files:
-            rel = path.relative_to(src).as_posix()
-            checksums[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-            self.store.put_file(f"{staging}/{rel}", path)
-        version = self._claim(model)
-        prefix = f"{model}/v{version}"
-        for rel in checksums:
-            self.store.copy(f"{staging}/{rel}", f"{prefix}/{rel}")
-        manifest = {
-            "schemaVersion": 1,
-            "model": model,
-            "version": version,
-            "createdAt": _now(),
-            **dict(metadata or {}),
-            "files": checksums,
-        }
-        if not self._create(f"{prefix}/{MANIFEST}", _dumps(manifest)):
-            # Only possible if someone wrote into our claimed slot by hand.
-            raise RegistryError(f"{model} v{version}: manifest already exists; refusing to overwrite")
-        self.store.delete_prefix(staging)
+        try:
+            for rel, path in files:
+                checksums[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+                self.store.put_file(f"{staging}/{rel}", path)
+            version = self._claim(model)
+            prefix = f"{model}/v{version}"
+            for rel in checksums:
+                self.store.copy(f"{staging}/{rel}", f"{prefix}/{rel}")
+            manifest = {**extra, "schemaVersion": 1, "model": model, "version": version, "createdAt": _now(),
+                        "files": checksums}
+            if not self._create(f"{prefix}/{MANIFEST}", _dumps(manifest)):
+                # Only possible if someone wrote into our claimed slot by hand.
+                raise RegistryError(f"{model} v{version}: manifest already exists; refusing to overwrite")
+        finally:
+            self.store.delete_prefix(staging)
         return ModelVersion(model, version, self.store.url(prefix), manifest)
 
     def _create(self, key: str, data: bytes) -> bool:
@@ -196,7 +234,7 @@ class Registry:
             if not self._claimed_numbers(model):
                 raise RegistryError(f"model {model!r} not found in {self.uri}") from None
             raise RegistryError(f"model {model!r} has no version {version}") from None
-        return ModelVersion(model, version, self.store.url(prefix), json.loads(data))
+        return ModelVersion(model, version, self.store.url(prefix), _manifest(data, f"{model} v{version}"))
 
     def resolve(self, model: str, ref: str | int) -> int:
         """A version number from 7, "7", "v7" or an alias name."""
@@ -207,18 +245,33 @@ class Registry:
         return int(self.alias(model, text)["version"])
 
     def download(self, model: str, ref: str | int, dest: Path) -> ModelVersion:
+        """The version's files under `dest`, each checked before it takes its name: fetched to a temporary
+        name beside it, verified, then renamed. A file that does not match is removed, and so is every file this
+        download placed; a manifest that names a path outside `dest` is refused before anything is written."""
         mv = self.version(model, self.resolve(model, ref))
-        dest.mkdir(parents=True, exist_ok=True)
         prefix = f"{model}/v{mv.version}"
-        for rel, meta in mv.manifest["files"].items():
-            target = dest / rel
-            self.store.get_file(f"{prefix}/{rel}", target)
-            actual = sha256_file(target)
-            if actual != meta["sha256"]:
-                raise ChecksumMismatch(
-                    f"{model} v{mv.version}: checksum mismatch for {rel} (expected {meta['sha256'][:12]}…, "
-                    f"got {actual[:12]}…)"
-                )
+        files = {rel: safe_relative(rel) for rel in mv.manifest["files"]}
+        dest.mkdir(parents=True, exist_ok=True)
+        placed: list[Path] = []
+        try:
+            for rel, meta in mv.manifest["files"].items():
+                target = dest.joinpath(*files[rel].parts)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+                try:
+                    self.store.get_file(f"{prefix}/{rel}", tmp)
+                    actual = sha256_file(tmp)
+                    if actual != meta["sha256"]:
+                        raise ChecksumMismatch(
+                            f"{model} v{mv.version}: checksum mismatch for {rel} (expected {meta['sha256'][:12]}…, "
+                            f"got {actual[:12]}…); nothing was kept")
+                    os.replace(tmp, target)
+                    placed.append(target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
         (dest / MANIFEST).write_text(json.dumps(mv.manifest, indent=2), encoding="utf-8")
         return mv
 
@@ -233,7 +286,13 @@ class Registry:
             data, _ = self.store.get(self._alias_key(model, alias))
         except NotFound:
             raise RegistryError(f"model {model!r} has no alias {alias!r}") from None
-        record: dict[str, Any] = json.loads(data)
+        try:
+            record = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict) or isinstance(record.get("version"), bool) \
+                or not isinstance(record.get("version"), int) or not isinstance(record.get("history", []), list):
+            raise RegistryError(f"alias {alias!r} of {model!r} is not a valid alias record")
         return record
 
     def aliases(self, model: str) -> dict[str, int]:
@@ -241,7 +300,10 @@ class Registry:
         for key in self.store.list_keys(f"{model}/aliases"):
             name = key.rsplit("/", 1)[-1].removesuffix(".json")
             if ALIAS.match(name):
-                out[name] = int(self.alias(model, name)["version"])
+                try:
+                    out[name] = int(self.alias(model, name)["version"])
+                except RegistryError:
+                    continue  # a damaged record names no version; `show`/`resolve` say what is wrong with it
         return out
 
     def _update_alias(
@@ -326,6 +388,36 @@ def _moved(current: dict[str, Any] | None, alias: str, version: int, reason: str
     if current is not None:
         history.append({"version": current["version"], "until": _now()})
     return {"alias": alias, "version": version, "since": _now(), "reason": reason, "history": history}
+
+
+def checked_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What a push may add to a manifest: anything but the registry's own keys, with numeric metrics."""
+    reserved = sorted(set(metadata) & set(RESERVED))
+    if reserved:
+        raise RegistryError(f"metadata may not set {', '.join(reserved)}: the registry sets them")
+    metrics = metadata.get("metrics", {})
+    if not isinstance(metrics, Mapping):
+        raise RegistryError("metadata: metrics must be an object of metric name to number")
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RegistryError(f"metadata: metric {name!r} must be a finite number (got {value!r})")
+    return dict(metadata)
+
+
+def _manifest(data: bytes, what: str) -> dict[str, Any]:
+    """A stored manifest, or a one-line error: it is read by `list`, `show`, `download` and the gate, and a
+    store may hold one written by hand or by an older, laxer version."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RegistryError(f"{what}: manifest.json is not valid JSON") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("sha256"), str) for m in files.values()):
+        raise RegistryError(f"{what}: manifest.json has no valid 'files' (name -> sha256)")
+    if not isinstance(manifest.get("metrics", {}), dict):
+        manifest["metrics"] = {}
+    return manifest
 
 
 def _dumps(obj: Any) -> bytes:

@@ -11,7 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,12 +69,15 @@ class LocalStore:
 
     def _tmp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        # Not mkstemp: its files are 0600 whatever the umask, so another user of a shared registry folder could
+        # read the model files (0644) but not the manifests, claims and aliases beside them.
+        tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        return Path(tmp)
+        return tmp
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
@@ -113,9 +116,12 @@ class LocalStore:
     def put_file(self, key: str, path: Path) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        tmp = dest.with_name(f".tmp-{dest.name}-{uuid.uuid4().hex}")
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get(self, key: str) -> tuple[bytes, str]:
         try:
@@ -153,7 +159,21 @@ class LocalStore:
         self.put_file(dst, self._path(src))
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self._path(prefix), ignore_errors=True)
+        """Remove the key or folder `prefix`, its lock file, and the parent folders it leaves empty (a folder
+        store has folders where S3 has only keys: an empty one must not outlive its last key)."""
+        path = self._path(prefix)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+            parent = parent.parent
 
 
 class S3Store:
