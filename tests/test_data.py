@@ -282,12 +282,79 @@ def test_every_bad_row_is_reported_at_once_up_to_twenty(tmp_path: Path) -> None:
 def test_preflight_checks_the_first_rows_only(tmp_path: Path) -> None:
     from legistra.trainer.data import preflight
 
-    rows: list[dict[str, object]] = [{"text": f"clause {i}", "label": "low"} for i in range(30)]
+    rows: list[dict[str, object]] = [{"text": f"clause {i}", "label": "low" if i % 2 else "high"} for i in range(30)]
     rows.append({"text": "past the limit"})  # row 31: no label
     f = write_jsonl(tmp_path / "train.jsonl", rows)
     assert preflight(spec(f), tmp_path, limit=30) == {"train": 30}
     with pytest.raises(DataError, match="row 31, field 'label'"):
         preflight(spec(f), tmp_path, limit=31)
+
+
+# -- what training would fail on, found by the preflight (`legistra validate --data`, before `legistra train`) --
+
+def preflight_error(spec_: TrainingRunSpec, tmp_path: Path) -> str:
+    from legistra.trainer.data import preflight
+
+    with pytest.raises(DataError) as info:
+        preflight(spec_, tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_preflight_refuses_labels_outside_the_label_set_and_a_single_class(tmp_path: Path) -> None:
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": f"c {i}", "label": ["low", "high"][i % 2]} for i in range(9)])
+    outside = TrainingRunSpec.model_validate({**spec(f).wire(), "classification": {"labels": ["low", "medium"]}})
+    assert preflight_error(outside, tmp_path) == \
+        f"{f}, row 2, field 'label': label 'high' is not in the label set ['low', 'medium']"
+    single = write_jsonl(tmp_path / "one.jsonl", [{"text": f"c {i}", "label": "low"} for i in range(9)])
+    assert preflight_error(spec(single), tmp_path) == \
+        f"{single}, field 'label': risk-classification needs at least two labels (the data has only 'low')"
+
+
+def test_preflight_names_the_row_with_invalid_utf8(tmp_path: Path) -> None:
+    f = tmp_path / "d.jsonl"
+    good = [json.dumps({"text": f"c {i}", "label": ["low", "high"][i % 2]}).encode() for i in range(6)]
+    f.write_bytes(b"\n".join([*good[:3], b'{"text": "caf\xe9", "label": "low"}', *good[3:]]) + b"\n")
+    assert preflight_error(spec(f), tmp_path) == f"{f}, row 4: not valid UTF-8"
+
+
+@pytest.mark.parametrize(("suffix", "data", "message"), [
+    (".csv", "text,label\nVertragsprüfung,low\nb,high\n".encode("latin-1"),
+     "line 2: byte 0xfc is not UTF-8; the file looks like latin-1 or cp1252: convert it to UTF-8 first "
+     "(iconv -f latin1 -t UTF-8)"),
+    (".csv", "text,label\na,low\nb,high\n".encode("utf-16"),
+     "the file is UTF-16; convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8)"),
+    (".jsonl", '{"text": "a", "label": "low"}\n'.encode("utf-16"), "the file is UTF-16; convert it"),
+    (".parquet", b"PAR1 not really parquet PAR1", "not a readable parquet file (Parquet file size is"),
+])
+def test_preflight_gives_one_line_for_a_file_it_cannot_read(tmp_path: Path, suffix: str, data: bytes,
+                                                             message: str) -> None:
+    f = tmp_path / f"d{suffix}"
+    f.write_bytes(data)
+    assert preflight_error(spec(f), tmp_path).startswith(f"{f}: {message}")
+
+
+def test_a_cuad_answer_without_answer_start_is_a_data_error(tmp_path: Path) -> None:
+    doc = {"data": [{"title": "c1", "paragraphs": [{"context": "The licence is exclusive.", "qas": [
+        {"id": "c1__Exclusivity", "question": "q", "answers": [{"text": "exclusive"}]}]}]}]}
+    f = tmp_path / "cuad.json"
+    f.write_text(json.dumps(doc))
+    cuad = TrainingRunSpec.model_validate({**spec(f, task="clause-extraction").wire(), "data": {
+        "train": str(f), "format": "cuad"}})
+    assert preflight_error(cuad, tmp_path) == \
+        f"{f}, row 1, field 'answers': an answer to 'c1__Exclusivity' needs an integer answer_start and a text"
+
+
+def test_validate_data_reports_each_problem_in_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    f.write_bytes("text,label\nVertragsprüfung,low\n".encode("latin-1"))
+    run = tmp_path / "run.yaml"
+    run.write_text(json.dumps({"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "r"},
+                               "spec": spec(f).wire()}))
+    res = legistra("--state-dir", str(tmp_path / "state"), "validate", "--data", str(run))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"error: {f}: line 2: byte 0xfc is not UTF-8" in res.stderr
 
 
 # -- saved datasets, the Arrow path, one preparer per node --------------------------------------------------

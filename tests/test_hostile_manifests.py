@@ -147,3 +147,23 @@ def test_the_trainer_reads_run_json_through_the_same_reader(tmp_path: Path) -> N
     config.write_text(json.dumps(doc).replace('"spec": {', '"spec": {"task": "summarization", ', 1))
     with pytest.raises(SpecError, match="duplicate key 'task'"):
         load_training_run(config)
+
+
+def test_numbers_are_read_as_kubectl_reads_them() -> None:
+    # YAML 1.1 (PyYAML) reads 2e-5 as a string; kubectl and the API server read a number, and so do we.
+    assert parse_documents(b"lr: 2e-5\nb: -1E3\nc: .5e1\nd: 42\ne: -e5\n") == [
+        {"lr": 2e-5, "b": -1000.0, "c": 5.0, "d": 42, "e": "-e5"}]
+    doc = yaml.safe_load(GOOD)
+    doc["spec"]["training"]["learningRate"] = "REPLACE"
+    text = yaml.safe_dump(doc).replace("REPLACE", "1e-4")
+    assert parse_documents(text.encode())[0]["spec"]["training"]["learningRate"] == 1e-4
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"when: 2026-13-45\n", "not valid YAML: month must be in 1..12"),
+    (b"x: !!python/object:os.system {}\n", "could not determine a constructor"),
+    (b"x: !!float abc\n", "could not convert string to float"),
+])
+def test_scalars_a_tag_cannot_hold_get_one_line(text: bytes, message: str) -> None:
+    with pytest.raises(DocumentError, match=message):
+        parse_documents(text)

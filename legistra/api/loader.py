@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def _measure(node: Node, depth: int, seen: dict[int, tuple[int, int]], path: set
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping, naming it and both lines."""
+    """SafeLoader that refuses a key given twice in one mapping, naming it and both lines, and reads numbers
+    as kubectl does (YAML 1.2): `learningRate: 2e-5` is a number there, while YAML 1.1 makes it a string."""
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         if isinstance(node, MappingNode):
@@ -88,6 +90,13 @@ class _Loader(yaml.SafeLoader):
                         raise DocumentError(f"line {line}: duplicate key {key!r} (first given on line {seen[key]})")
                     seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9][0-9_]*(\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),  # 1e-4, 2.5E3: YAML 1.1 misses
+    list("-+0123456789."),
+)
 
 
 def _yaml_documents(text: str) -> list[Any]:
@@ -110,6 +119,8 @@ def _yaml_documents(text: str) -> list[Any]:
         raise DocumentError(f"not valid YAML: {exc}") from None
     except RecursionError:
         raise DocumentError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a scalar its tag cannot hold: 2026-13-45
+        raise DocumentError(f"not valid YAML: {exc}") from None
     finally:
         loader.dispose()
     return out

@@ -90,7 +90,10 @@ def _label(col: pa.ChunkedArray | pa.Array, multi_label: bool) -> pa.Array | Non
 def canonical(table: pa.Table, canon: Canon) -> pa.Table | None:
     """`table` in canonical columns when every row passes; None when some row needs the row-by-row check."""
     try:
-        return _canonical(table, canon)
+        out = _canonical(table, canon)
+        if out is not None:
+            out.validate(full=True)  # Arrow's JSON reader keeps invalid UTF-8; the tokenizer would not
+        return out
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None  # bytes Arrow parsed but cannot compute on (invalid UTF-8): the row check says which row
 

@@ -23,12 +23,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from legistra import s3
 from legistra.api.spec import DataSpec, TrainingRunSpec
 from legistra.registry.registry import sha256_file
 from legistra.trainer import sources
-from legistra.trainer.columnar import Canon, canonical, from_rows, open_dataset, read_arrow, write_arrow
+from legistra.trainer.columnar import (
+    Canon,
+    canonical,
+    first_outside,
+    from_rows,
+    open_dataset,
+    read_arrow,
+    write_arrow,
+)
 from legistra.trainer.sources import Chunk
 
 log = logging.getLogger(__name__)
@@ -329,24 +338,39 @@ def _chunks(source: Source, role: str, data: DataSpec) -> tuple[Iterator[Chunk],
         fingerprint = getattr(dataset, "_fingerprint", "") if source.fmt == "hub" else label
         return sources.dataset_chunks(dataset), label, len(dataset), fingerprint
     assert source.path is not None
-    size = source.path.stat().st_size
-    if source.fmt == "jsonl":
-        return sources.jsonl_chunks(source.path), source.location, size, ""
-    if source.fmt == "csv":
-        return sources.csv_chunks(source.path), source.location, size, ""
-    if source.fmt == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        return _file_chunks(source, source.path)
+    except sources.EncodingProblem as exc:
+        raise DataError(source.location, None, None, str(exc)) from None
 
-        rows_total = pq.ParquetFile(source.path).metadata.num_rows
-        return sources.parquet_chunks(source.path), source.location, rows_total, ""
+
+def _file_chunks(source: Source, path: Path) -> tuple[Iterator[Chunk], str, int, str]:
+    size = path.stat().st_size
+    if source.fmt in ("jsonl", "csv", "cuad"):
+        # One line for the file, before any row is read: Arrow's and Python's CSV readers each fail on a non-UTF-8
+        # file in their own way, and a UTF-16 jsonl file would fail on every line, one report per row. (A jsonl
+        # file with a few latin-1 lines keeps its per-row reports.)
+        problem = sources.encoding_problem(path)
+        if problem and (source.fmt != "jsonl" or "UTF-16" in problem or "UTF-32" in problem):
+            raise sources.EncodingProblem(problem)
+    if source.fmt == "jsonl":
+        return sources.jsonl_chunks(path), source.location, size, ""
+    if source.fmt == "csv":
+        return sources.csv_chunks(path), source.location, size, ""
+    if source.fmt == "parquet":
+        rows_total = sources.parquet_file(path).metadata.num_rows
+        return sources.parquet_chunks(path), source.location, rows_total, ""
     if source.fmt == "cuad":
         try:
-            doc = json.loads(source.path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(source.location, None, None, f"not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(source.location, None, None, "not valid CUAD JSON (nested too deeply)") from None
         rows: list[tuple[int, Row | Exception]] = list(enumerate(cuad_to_rows(doc, source.location), start=1))
         return sources.rows_chunks(rows), source.location, len(rows), ""
     raise DataError(source.location, None, None, f"unsupported format {source.fmt!r}")
+
 def cuad_to_rows(doc: Any, label: str) -> list[Row]:
     """CUAD v1 (SQuAD 2.0 layout) -> one row per contract with character spans per clause type."""
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -362,8 +386,12 @@ def cuad_to_rows(doc: Any, label: str) -> list[Row]:
                 qid = str(qa.get("id", ""))
                 clause = qid.split("__", 1)[1] if "__" in qid else str(qa.get("question", ""))
                 for ans in qa.get("answers", []):
-                    start = int(ans["answer_start"])
-                    spans.append({"start": start, "end": start + len(ans["text"]), "label": clause})
+                    start, text = ans.get("answer_start") if isinstance(ans, dict) else None, \
+                        ans.get("text") if isinstance(ans, dict) else None
+                    if isinstance(start, bool) or not isinstance(start, int) or not isinstance(text, str):
+                        raise DataError(label, di, "answers", f"an answer to {qid or clause!r} needs an integer "
+                                        "answer_start and a text")
+                    spans.append({"start": start, "end": start + len(text), "label": clause})
             rows.append({"id": entry.get("title", f"doc-{di}"), "text": context, "spans": spans})
     return rows
 
@@ -517,6 +545,29 @@ def loaded(train: Prepared, validation: Prepared, max_samples: int | None) -> Lo
                       {"train": (train.path, len(train_ds)), "validation": (validation.path, validation.rows)})
 
 
+def checked_labels(given: list[str] | None, splits: list[tuple[str, pa.Table]]) -> list[str]:
+    """The label set of a classification run: `given`, else every label of the first split (train), sorted.
+    Raises DataError for the first row whose label is outside it, and for a set of fewer than two labels: the
+    model's head, the loss and the metrics all need two classes at least."""
+    def flat(table: pa.Table) -> tuple[pa.Array, pa.Array | None]:
+        col = table.column("label").combine_chunks()
+        if pa.types.is_list(col.type):
+            return pc.list_flatten(col), pc.list_parent_indices(col)
+        return col, None
+
+    labels = list(given) if given else sorted(str(v) for v in pc.unique(flat(splits[0][1])[0]).to_pylist())
+    for split, table in splits:
+        values, rows = flat(table)
+        at = first_outside(values, labels)
+        if at >= 0:
+            row = at if rows is None else rows[at].as_py()
+            raise DataError(split, row + 1, "label", f"label {values[at].as_py()!r} is not in the label set {labels}")
+    if len(labels) < 2:
+        found = f" (the data has only {labels[0]!r})" if labels else ""
+        raise DataError(splits[0][0], None, "label", f"risk-classification needs at least two labels{found}")
+    return labels
+
+
 def preflight(spec: TrainingRunSpec, cache_dir: Path, limit: int = PREFLIGHT_ROWS) -> dict[str, int]:
     """Check the first `limit` rows of each data location (all of a smaller file) before any process group or
     GPU is started; raises DataError/DataProblems naming every bad row. Returns rows checked per role.
@@ -526,13 +577,19 @@ def preflight(spec: TrainingRunSpec, cache_dir: Path, limit: int = PREFLIGHT_ROW
     roles = [("train", d.train)] + ([("validation", d.validation)] if d.validation else [])
     if not d.validation and may_hold_splits(d.train, d):
         roles.append(("validation", d.train))
+    read: list[tuple[str, pa.Table]] = []
     for role, location in roles:
         opened = _chunks(resolve(location, d.format, cache_dir), role, d)
         if opened is None:
             continue
         chunks, label, _, _ = opened
-        n = sum(t.num_rows for t in canonical_tables(chunks, canon, label, limit))
+        tables = list(canonical_tables(chunks, canon, label, limit))  # at most `limit` rows
+        n = sum(t.num_rows for t in tables)
         if not n:
             raise DataError(label, None, None, "no rows")
         checked[role] = n
+        read.append((label, pa.concat_tables(tables)))
+    if spec.task == "risk-classification":
+        # What the trainer's label check (fit_labels) would refuse, on the rows read here.
+        checked_labels(spec.classification.labels if spec.classification.labels else None, read)
     return checked

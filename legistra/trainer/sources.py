@@ -108,6 +108,40 @@ def _json_cells(row: Row) -> Row:
     return row
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+         (b"\xfe\xff", "UTF-16"))
+
+
+def encoding_problem(path: Path) -> str | None:
+    """Why the text file at `path` is not UTF-8, naming the line and what to convert from; None when it is.
+    Read in chunks with an incremental decoder (a line may span two chunks)."""
+    import codecs
+
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        for bom, name in _BOMS:
+            if head.startswith(bom):
+                return f"the file is {name}; convert it to UTF-8 first (iconv -f {name} -t UTF-8)"
+        fh.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        line = 1
+        while True:
+            block = fh.read(CHUNK_BYTES)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                at = line + block[: exc.start].count(b"\n")
+                return (f"line {at}: byte 0x{block[exc.start]:02x} is not UTF-8; the file looks like latin-1 or "
+                        "cp1252: convert it to UTF-8 first (iconv -f latin1 -t UTF-8)")
+            if not block:
+                return None
+            line += block.count(b"\n")
+
+
+class EncodingProblem(ValueError):
+    """A text file that is not UTF-8: one message for the whole file, not one per row."""
+
+
 def csv_chunks(path: Path) -> Iterator[Chunk]:
     """Every cell is read as text (as a spreadsheet holds it); record numbers count the header as row 1."""
     import pyarrow.csv as pacsv
@@ -147,11 +181,19 @@ def _csv_python_chunks(path: Path) -> Iterator[Chunk]:
             yield Chunk(None, partial(iter, block), len(block))
 
 
-def parquet_chunks(path: Path) -> Iterator[Chunk]:
+def parquet_file(path: Path) -> Any:
+    """The parquet file at `path`; EncodingProblem's sibling for a file that is not parquet at all."""
     import pyarrow.parquet as pq
 
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EncodingProblem(f"not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def parquet_chunks(path: Path) -> Iterator[Chunk]:
     first = 1
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
+    for batch in parquet_file(path).iter_batches(batch_size=CHUNK_ROWS):
         table = pa.Table.from_batches([batch])
         yield Chunk(table, partial(_table_rows, table, first, None), table.num_rows)
         first += table.num_rows

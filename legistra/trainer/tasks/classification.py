@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from legistra.contract import DEFAULT_METRIC
-from legistra.trainer.columnar import first_outside, table_of
-from legistra.trainer.data import DataError, Row
+from legistra.trainer.columnar import table_of
+from legistra.trainer.data import Row, checked_labels
 from legistra.trainer.metrics import classification_metrics, majority_label, multilabel_metrics
 from legistra.trainer.tasks.base import Columns, TaskHandler, token_ids
 
@@ -24,19 +24,8 @@ class RiskClassification(TaskHandler):
         return self.spec.classification.multi_label
 
     def fit_labels(self, train: Any, validation: Any) -> None:
-        if self.spec.classification.labels:
-            self.labels = list(self.spec.classification.labels)
-        else:
-            self.labels = sorted(str(v) for v in pc.unique(_flat_labels(train)[0]).to_pylist())
-        for split, ds in (("train", train), ("validation", validation)):
-            values, rows = _flat_labels(ds)
-            at = first_outside(values, self.labels)
-            if at >= 0:
-                row = at if rows is None else rows[at].as_py()
-                raise DataError(split, row + 1, "label",
-                                f"label {values[at].as_py()!r} is not in the label set {self.labels}")
-        if len(self.labels) < 2:
-            raise DataError("train", None, "label", "risk-classification needs at least two labels")
+        self.labels = checked_labels(self.spec.classification.labels,
+                                     [("train", table_of(train)), ("validation", table_of(validation))])
 
     def load_model(self, path: str, **kwargs: Any) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -87,11 +76,3 @@ class RiskClassification(TaskHandler):
         y_true = [self.labels.index(v) for v in truth.to_pylist()]
         f1 = classification_metrics(y_true, [self.labels.index(top)] * len(y_true), len(self.labels))["f1_macro"]
         return {"majority_accuracy": float(acc), "majority_f1_macro": f1}
-
-
-def _flat_labels(ds: Any) -> tuple[pa.Array, pa.Array | None]:
-    """Every label of a split, flattened for multi-label rows, with the row each came from (None: one per row)."""
-    col = table_of(ds).column("label").combine_chunks()
-    if pa.types.is_list(col.type):
-        return pc.list_flatten(col), pc.list_parent_indices(col)
-    return col, None
