@@ -207,11 +207,11 @@ def test_push_killed_mid_upload_leaves_no_version(where: str, tmp_path: Path, re
     big = model_dir(tmp_path / "big", "x", files=60, size=1 << 20)
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, uri, str(big)], env=dict(os.environ))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any("/.staging/" in k for k in reg.store.list_keys("m")):
+    while time.monotonic() < deadline and not any("/.staging-" in k for k in reg.store.list_keys("m")):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    staged = [k for k in reg.store.list_keys("m") if "/.staging/" in k]
+    staged = [k for k in reg.store.list_keys("m") if "/.staging-" in k]
     assert staged, "the push was not caught mid-upload"
     assert len(staged) < 61
     assert [v.version for v in reg.versions("m")] == [1]

@@ -2,7 +2,7 @@
 
 Layout under the root (a folder or s3://bucket/prefix):
 
-    <model>/.staging/<upload-id>/...   files of a push in progress (never read as a version)
+    <model>/.staging-<upload-id>/...   files of a push in progress (never read as a version)
     <model>/v<N>/.claim                 version number N taken (create-if-absent)
     <model>/v<N>/<files>                adapter, tokenizer, optional merged/
     <model>/v<N>/manifest.json          written last, create-if-absent: the version exists iff this does
@@ -128,7 +128,7 @@ class Registry:
         wrong ETag must both be refused."""
         if self._conditional_writes_checked:
             return
-        key = f".conditional-write-check/{uuid.uuid4().hex}"
+        key = f".conditional-write-check-{uuid.uuid4().hex}"  # a name of its own: nothing shared is left behind
         ignored: list[str] = []
         self.store.put(key, b"first", if_none_match=True)
         try:
@@ -139,7 +139,7 @@ class Registry:
                 except PreconditionFailed:
                     pass
         finally:
-            self.store.delete_prefix(key)  # the key, its lock, and the folder once empty
+            self.store.delete_prefix(key)  # the key and its lock
         if ignored:
             raise RegistryError(
                 f"{self.uri}: the store ignores conditional writes ({' and '.join(ignored)}); the registry needs them "
@@ -167,7 +167,7 @@ class Registry:
         if not files:
             raise RegistryError(f"{src}: no files to register")
         self._check_conditional_writes()  # before the upload, the slow part
-        staging = f"{model}/.staging/{uuid.uuid4().hex}"
+        staging = f"{model}/.staging-{uuid.uuid4().hex}"  # removed whole, push or fail
         checksums: dict[str, dict[str, Any]] = {}
         try:
             for rel, path in files:

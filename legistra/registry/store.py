@@ -159,21 +159,14 @@ class LocalStore:
         self.put_file(dst, self._path(src))
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove the key or folder `prefix`, its lock file, and the parent folders it leaves empty (a folder
-        store has folders where S3 has only keys: an empty one must not outlive its last key)."""
+        """Remove the key or folder `prefix` and its lock file. Parent folders stay: another writer may be
+        creating a file in one right now (callers that must leave nothing give each prefix a folder of its own)."""
         path = self._path(prefix)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
         (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
-        parent = path.parent
-        while parent != self.root and self.root in parent.parents:
-            try:
-                parent.rmdir()  # only when empty
-            except OSError:
-                break
-            parent = parent.parent
 
 
 class S3Store:
