@@ -33,6 +33,7 @@ TAG_MODEL_VERSION = "legistra.model_version"
 TAG_MODEL_URI = "legistra.model_uri"
 TAG_MODEL_ALIAS = "legistra.model_alias"
 TAG_PROMOTION = "legistra.promotion"  # promoted | rejected
+TAG_FAILURE = "legistra.failure"  # "<Reason>: <message>" of a run that ended in a deterministic failure
 
 
 def run_key_filter(run_key: str) -> str:
@@ -142,7 +143,8 @@ def configured_uris(env: Mapping[str, str] | None = None) -> tuple[str | None, s
 # message file: torchrun turns a rank's exit code into its own, but the file survives. Retrying such a run
 # only fails the same way again, so the operator ends it at once with that reason and message.
 EXIT_DETERMINISTIC = 2
-FAILURE_REASONS: tuple[str, ...] = ("InvalidData", "InvalidModel", "TrainerError")
+# Diverged: the loss or the saved weights are NaN/inf; such a model is never registered.
+FAILURE_REASONS: tuple[str, ...] = ("InvalidData", "InvalidModel", "TrainerError", "Diverged")
 # A stop on SIGTERM after a saved checkpoint (eviction, preemption, drain): the next attempt resumes there, and
 # the operator does not count the attempt. 143 = 128 + SIGTERM, what a retry-on-signal policy expects.
 EXIT_PREEMPTED = 143

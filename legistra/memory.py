@@ -142,6 +142,43 @@ for _names, _cfg in [
         KNOWN_MODELS[_n] = _cfg
 
 
+# Learned position tables that reserve their first entries (RoBERTa's padding offset): usable = table - 2.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"})
+
+
+def position_limit(cfg: Mapping[str, Any]) -> int | None:
+    """The longest input a model's position embeddings can index, from its config.json; None when positions are
+    relative (T5, DeBERTa without absolute positions) and so impose no limit of their own."""
+    kind = str(cfg.get("model_type", ""))
+    if "d_kv" in cfg or kind in ("t5", "mt5", "umt5", "longt5"):
+        return None
+    if kind.startswith("deberta") and not cfg.get("position_biased_input", kind == "deberta"):
+        return None
+    table = cfg.get("max_position_embeddings")
+    if isinstance(table, bool) or not isinstance(table, int) or table <= 0:
+        return None
+    return table - 2 if kind in _OFFSET_POSITIONS else table
+
+
+def length_problem(spec: TrainingRunSpec, cfg: Mapping[str, Any], source: str) -> str | None:
+    """Why spec.data.maxLength (or maxTargetLength) is longer than the model can take; None when it fits. The
+    model would otherwise fail at its first long batch with an index error, after the GPU was taken."""
+    limit = position_limit(cfg)
+    if limit is None:
+        return None
+    for field, wanted in (("maxLength", spec.data.max_length),
+                          ("maxTargetLength", spec.data.max_target_length if spec.task == "summarization" else 0)):
+        if wanted > limit:
+            return (f"spec.data.{field}: {wanted} tokens is more than {spec.model.name} can take ({limit} positions, "
+                    f"from {source}); use at most {limit}")
+    return None
+
+
+def known_config(model_name: str) -> Mapping[str, Any] | None:
+    """The config.json fields of a well-known model (the operator reads no model files)."""
+    return KNOWN_MODELS.get(model_name)
+
+
 def known_shape(model_name: str) -> ModelShape | None:
     cfg = KNOWN_MODELS.get(model_name)
     return ModelShape.from_config(cfg) if cfg is not None else None

@@ -167,3 +167,20 @@ def test_numbers_are_read_as_kubectl_reads_them() -> None:
 def test_scalars_a_tag_cannot_hold_get_one_line(text: bytes, message: str) -> None:
     with pytest.raises(DocumentError, match=message):
         parse_documents(text)
+
+
+def test_validate_checks_a_training_schedule_and_its_template(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sample = (EXAMPLES.parent / "manifests" / "samples" / "weekly-retraining.yaml").read_text()
+    good = tmp_path / "schedule.yaml"
+    good.write_text(sample)
+    doc = yaml.safe_load(sample)
+    doc["spec"]["template"]["spec"]["training"] = {"seed": True}
+    doc["metadata"]["namespace"] = "Team_A"
+    bad = tmp_path / "bad-schedule.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{good}: ok (TrainingSchedule" in out
+    assert "spec.template.spec.training.seed: Input should be a valid integer" in err
+    assert "metadata.namespace: must be a DNS-1123 label" in err

@@ -277,3 +277,37 @@ def test_auto_batch_is_a_spec_value_and_eight_on_a_cpu() -> None:
         assert err.value.problems == [f"spec.training.batchSize: {problem}"]  # one line per field, not per type
     # The operator and `legistra plan` judge 'auto' by whether a batch of one fits.
     assert estimate(auto, known_shape("bert-base-uncased"), ["query"]).batch_size == 1  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cfg", "limit"), [
+    ({"model_type": "bert", "max_position_embeddings": 512}, 512),
+    ({"model_type": "roberta", "max_position_embeddings": 514}, 512),  # two entries reserved (padding offset)
+    ({"model_type": "xlm-roberta", "max_position_embeddings": 514}, 512),
+    ({"model_type": "bart", "d_model": 768, "max_position_embeddings": 1024}, 1024),
+    ({"model_type": "t5", "d_kv": 64}, None),  # relative positions
+    ({"model_type": "deberta-v2", "max_position_embeddings": 512, "position_biased_input": False}, None),
+    ({"model_type": "deberta", "max_position_embeddings": 512}, 512),
+    ({"model_type": "bert"}, None),
+    ({"model_type": "bert", "max_position_embeddings": True}, None),
+])
+def test_position_limit_per_architecture(cfg: dict[str, object], limit: int | None) -> None:
+    from legistra.memory import position_limit
+
+    assert position_limit(cfg) == limit
+
+
+def test_the_operator_refuses_a_max_length_a_well_known_model_cannot_take() -> None:
+    from legistra.api.validation import parse_training_run
+    from legistra.operator.build import length_refusal
+
+    def run(**data: object) -> object:
+        return parse_training_run({
+            "apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "r"},
+            "spec": {"task": "summarization", "model": {"name": "facebook/bart-large-cnn"},
+                     "data": {"train": "s3://b/t.jsonl", **data}, "registry": {"modelName": "m"}}})
+
+    assert length_refusal(run(maxLength=1024)) is None  # type: ignore[arg-type]
+    assert length_refusal(run(maxLength=4096)) == (  # type: ignore[arg-type]
+        "spec.data.maxLength: 4096 tokens is more than facebook/bart-large-cnn can take (1024 positions, from "
+        "legistra's list of well-known models); use at most 1024")
+    assert "spec.data.maxTargetLength: 2048" in str(length_refusal(run(maxTargetLength=2048)))  # type: ignore[arg-type]

@@ -388,7 +388,7 @@ def test_crd_schema_accepts_examples_and_rejects_bad_specs() -> None:
     assert spec["properties"]["training"]["properties"]["learningRate"]["exclusiveMinimum"] is True
     assert all("description" in p for p in spec["properties"].values())
     assert {r["fieldPath"] for r in spec["x-kubernetes-validations"]} == {
-        ".training.precision", ".training.evalSteps", ".training.earlyStopping", ".deepspeed", ".data.stride",
+        ".training.precision", ".training.evalSteps", ".training.earlyStopping", ".deepspeed",
         ".resources.tolerations"}
 
 

@@ -312,6 +312,32 @@ def test_a_run_that_cannot_fit_its_gpu_is_failed_without_a_job(world: dict[str, 
     assert world["cluster"].get("v1", "configmaps", NS, "bart-on-t4-config") is None
 
 
+def test_hostile_specs_are_failed_without_a_job_and_without_echoing_secrets(world: dict[str, Any],
+                                                                            tiny_models: dict[str, Path]) -> None:
+    """A password inside a URI, a maxLength a well-known model cannot take, a bool for a number: what the CRD
+    schema refuses on a real API server (the emulator does not) is refused by the operator, which quotes no
+    password in the status."""
+    cases = {
+        "risk-password": ({"tracking": {"mlflow": {"trackingUri": "http://alice:s3cret@mlflow:5000"}}},
+                          "spec.tracking.mlflow.trackingUri: must not carry a user or password"),
+        "risk-too-long": ({"model": {"name": "facebook/bart-large"}, "data": {"maxLength": 4096}},
+                          "spec.data.maxLength: 4096 tokens is more than facebook/bart-large can take (1024"),
+        "risk-bool": ({"training": {"batchSize": True}}, "spec.training.batchSize: must be a whole number"),
+    }
+    for name, (changes, _) in cases.items():
+        doc = training_run(name, tiny_models)
+        for key, value in changes.items():
+            doc["spec"].setdefault(key, {}).update(value)
+        world["cluster"].apply_run(doc)
+    for name, (_, message) in cases.items():
+        st = wait_phase(world, name, "Failed")["status"]
+        assert st["message"].startswith(message), st["message"]
+        assert "s3cret" not in json.dumps(st)
+        assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "InvalidSpec"
+        assert world["cluster"].get(*JOBS, NS, name) is None
+    assert world["operator"].proc.poll() is None
+
+
 def test_operator_killed_mid_run_creates_no_second_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
     cluster: Cluster = world["cluster"]
     operator: OperatorProcess = world["operator"]

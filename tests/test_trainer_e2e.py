@@ -391,3 +391,44 @@ def test_notebook_run_identity_is_the_same_in_every_process(tmp_path: Path) -> N
                            text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
             for seed in ("1", "2", "3")}
     assert len(keys) == 1 and next(iter(keys)).startswith("local-my-notebook-run-")
+
+
+def test_a_run_that_diverges_fails_as_diverged_and_registers_nothing(tmp_path: Path,
+                                                                       tiny_models: dict[str, Path]) -> None:
+    """Weights that are NaN from the start train to NaN: exit 2, reason Diverged, no version, no advice to
+    resume (before: exit 0 and the NaN model registered as a new version)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(tiny_models["bert"], poisoned)
+    weights = poisoned / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    doc = base_run("risk-classification", poisoned, "diverges")
+    run_file = write_run(tmp_path / "d.yaml", doc)
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file), "--nproc", "1")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "error: Diverged: " in res.stderr and "the run diverged" in res.stderr
+    assert "run the same command again to resume" not in res.stderr
+    assert Registry.open(str(tmp_path / "state" / "registry")).versions("diverges") == []
+    assert not (tmp_path / "state" / "runs" / "diverges" / "result.json").exists()
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused_before_training(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The tiny BERT has 256 positions: validate says so from its config.json, and the trainer refuses at start
+    (exit 2, deterministic) instead of an index error at the first long batch."""
+    doc = base_run("risk-classification", tiny_models["bert"], "too-long", data={"maxLength": 512})
+    run_file = write_run(tmp_path / "t.yaml", doc)
+    res = legistra("validate", str(run_file))
+    assert res.returncode == 1
+    assert "error: spec.data.maxLength: 512 tokens is more than" in res.stdout and "(256 positions" in res.stdout
+    res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file), "--nproc", "1")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "spec.data.maxLength: 512 tokens is more than" in res.stderr
+    assert "run the same command again to resume" not in res.stderr

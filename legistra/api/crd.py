@@ -35,9 +35,6 @@ SPEC_RULES = [
      "fieldPath": ".training.earlyStopping", "message": "needs evaluation ('epoch' or 'steps')"},
     {"rule": "!has(self.deepspeed) || !(has(self.deepspeed.zeroStage) && has(self.deepspeed.config))",
      "fieldPath": ".deepspeed", "message": "give zeroStage or config, not both"},
-    {"rule": "self.task != 'clause-extraction' || !has(self.data.stride)"
-             " || self.data.stride < (has(self.data.maxLength) ? self.data.maxLength : 512)",
-     "fieldPath": ".data.stride", "message": "must be below maxLength"},
     # A toleration's own rules (the API server checks them only when the pod is created, i.e. too late).
     *({"rule": "!has(self.resources) || !has(self.resources.tolerations) || self.resources.tolerations.all(t, "
                f"{condition})", "fieldPath": ".resources.tolerations", "message": message}

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from legistra.api.formats import DESCRIBED, redact
 from legistra.api.loader import DocumentError, read_documents
-from legistra.api.spec import TrainingRun
+from legistra.api.schedule import TrainingSchedule
+from legistra.api.spec import ObjectMeta, TrainingRun
 
 
 class SpecError(ValueError):
@@ -105,6 +106,25 @@ def parse_training_run(doc: Any, source: str = "") -> TrainingRun:
         return TrainingRun.model_validate(doc)
     except ValidationError as exc:
         raise SpecError(problems_of(exc), source) from None
+
+
+def parse_training_schedule(doc: Any, source: str = "") -> TrainingSchedule:
+    """A TrainingSchedule document; its template's spec is checked as any TrainingRun's."""
+    if not isinstance(doc, Mapping):
+        raise SpecError(["document: must be a mapping with apiVersion, kind, metadata and spec"], source)
+    problems: list[str] = []
+    try:
+        ObjectMeta.model_validate(doc.get("metadata"))
+    except ValidationError as exc:
+        # ObjectMeta's own paths (name, namespace, ...) and, for a missing or non-mapping metadata, none.
+        problems += [f"metadata.{p}" if ": " in p else f"metadata: {p}" for p in problems_of(exc)]
+    try:
+        schedule = TrainingSchedule.model_validate(doc)
+    except ValidationError as exc:
+        problems += [p for p in problems_of(exc) if not p.startswith("metadata")]
+    if problems:
+        raise SpecError(problems, source)
+    return schedule
 
 
 def load_documents(path: str | Path) -> list[Any]:

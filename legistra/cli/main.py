@@ -20,9 +20,35 @@ def _err(msg: str) -> int:
     return 1
 
 
+def _schedule_verdict(path: str) -> bool | None:
+    """For a file that holds one TrainingSchedule: whether it is valid (after printing the verdict); None for
+    any other file (the TrainingRun path reports it)."""
+    from legistra.api.validation import SpecError, load_documents, parse_training_schedule
+
+    try:
+        docs = load_documents(path)
+    except (SpecError, OSError):
+        return None  # load_or_report says why
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != "TrainingSchedule":
+        return None
+    try:
+        schedule = parse_training_schedule(docs[0], path)
+    except SpecError as exc:
+        print(f"{path}: invalid", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return False
+    print(f"{path}: ok (TrainingSchedule '{schedule.spec.schedule}', {schedule.spec.template.spec.task})")
+    return True
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.files:
+        verdict = _schedule_verdict(path)
+        if verdict is not None:
+            bad += not verdict
+            continue
         run = load_or_report(path)
         if run is None:
             bad += 1
@@ -37,7 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warning = storage_warning(run, defaults)
         if warning:
             print(f"  warning: {warning}")
-        misfit = memory_refusal(run, defaults)
+        misfit = memory_refusal(run, defaults) or _length_problem(run, Path(path).resolve().parent)
         if misfit:
             print(f"  error: {misfit}")
             bad += 1
@@ -48,6 +74,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if check_data(run, Path(args.state_dir).resolve() / "cache", out=sys.stdout) is not None:
                 bad += 1
     return 1 if bad else 0
+
+
+def _length_problem(run: Any, base: Path) -> str | None:
+    """maxLength beyond the model's positions, from its config.json where one is at hand (local folder, HF
+    cache, well-known list); nothing to say about a model whose config cannot be read here."""
+    from legistra.cli.plan import PlanError, model_config
+    from legistra.memory import length_problem
+
+    try:
+        found = model_config(run.spec, base)
+    except PlanError as exc:
+        return str(exc)
+    return length_problem(run.spec, found[0], found[1]) if found is not None else None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

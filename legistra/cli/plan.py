@@ -6,12 +6,13 @@ well-known models; the estimate is `legistra.memory`'s, the same the operator re
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from legistra.api.loader import DocumentError, read_documents
 from legistra.api.spec import TrainingRunSpec
-from legistra.memory import GIB, GPUS, ModelShape, estimate, fit, gpu_memory, gpu_of, known_shape, lora_params
+from legistra.memory import GIB, GPUS, ModelShape, estimate, fit, gpu_memory, gpu_of, known_config, lora_params
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -22,6 +23,21 @@ class PlanError(Exception):
 
 def model_shape(spec: TrainingRunSpec, base: Path) -> tuple[ModelShape, str]:
     """(shape, where its config.json came from); PlanError naming spec.model.name when none can be read."""
+    found = model_config(spec, base)
+    if found is None:
+        raise PlanError(f"spec.model.name: no config.json for {spec.model.name!r} (not a local folder, not in the "
+                        "Hugging Face cache, not a well-known model); download it once or point model.name at a "
+                        "local copy")
+    cfg, source = found
+    try:
+        return ModelShape.from_config(cfg), source
+    except ValueError as exc:
+        raise PlanError(f"spec.model.name: {source}: {exc}") from None
+
+
+def model_config(spec: TrainingRunSpec, base: Path) -> tuple[Mapping[str, Any], str] | None:
+    """(the model's config.json fields, where they came from): a local folder, the Hugging Face cache, else
+    legistra's list of well-known models; None when none has it. PlanError for a config.json that is not one."""
     name = spec.model.name
     folder = Path(name) if Path(name).is_absolute() else base / name
     candidates = [folder / "config.json"]
@@ -37,14 +53,14 @@ def model_shape(spec: TrainingRunSpec, base: Path) -> tuple[ModelShape, str]:
     for path in candidates:
         if path.is_file():
             try:
-                return ModelShape.from_config(json.loads(path.read_text())), str(path)
-            except ValueError as exc:
+                cfg = read_documents(path)[0]  # bounded: a config.json may come from anyone's model folder
+            except (DocumentError, OSError) as exc:
                 raise PlanError(f"spec.model.name: {path}: {exc}") from None
-    shape = known_shape(name)
-    if shape is not None:
-        return shape, "legistra's list of well-known models"
-    raise PlanError(f"spec.model.name: no config.json for {name!r} (not a local folder, not in the Hugging Face "
-                    "cache, not a well-known model); download it once or point model.name at a local copy")
+            if not isinstance(cfg, dict):
+                raise PlanError(f"spec.model.name: {path}: not a JSON object")
+            return cfg, str(path)
+    known = known_config(name)
+    return (known, "legistra's list of well-known models") if known is not None else None
 
 
 def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:

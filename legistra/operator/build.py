@@ -242,6 +242,14 @@ def memory_refusal(run: TrainingRun, defaults: JobDefaults) -> str | None:
     return f"spec.training.batchSize: {verdict.message()}"
 
 
+def length_refusal(run: TrainingRun) -> str | None:
+    """spec.data.maxLength beyond a well-known model's positions (the operator reads no model files)."""
+    from legistra.memory import known_config, length_problem
+
+    cfg = known_config(run.spec.model.name)
+    return length_problem(run.spec, cfg, "legistra's list of well-known models") if cfg is not None else None
+
+
 def volumes(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     shm: dict[str, Any] = {"medium": "Memory"}
     if run.spec.resources.shm_size:

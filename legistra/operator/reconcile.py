@@ -25,6 +25,7 @@ from legistra.operator.build import (
     SPEC_HASH_ANNOTATION,
     build_children,
     config_name,
+    length_refusal,
     memory_refusal,
     object_storage,
     pvc_name,
@@ -203,6 +204,9 @@ async def reconcile(
             return Outcome(new["phase"], [], new, version, resource_version(job))
     delete_at = None
     if job is None:
+        too_long = length_refusal(run)
+        if too_long is not None:  # deterministic: the model would fail at its first long batch
+            return await refuse([too_long], "InvalidSpec", [])
         misfit = memory_refusal(run, defaults)
         if misfit is not None:  # deterministic: no GPU is spent finding out that it runs out of memory
             return await refuse([misfit], "InsufficientGPUMemory", [])

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None, help="local MLflow store / registry / caches")
     args = parser.parse_args(argv)
 
-    from legistra.trainer.train import RunPaths, RunSettings, run_training
+    from legistra.trainer.train import Diverged, RunPaths, RunSettings, run_training
 
     try:
         run = load_training_run(args.config)
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("InvalidData", exc)
     except ModelError as exc:
         return fail("InvalidModel", exc)
+    except Diverged as exc:
+        return fail("Diverged", exc)
     except SpecError as exc:
         return fail("TrainerError", exc)
     return 0

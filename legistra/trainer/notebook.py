@@ -124,7 +124,7 @@ def train_with_tracking(
     *,
     lora: LoraSpec | None = None,
     experiment: str = "legistra-notebook",
-    max_length: int = 512,
+    max_length: int | None = None,
     **training_args: Any,
 ) -> TrainResult:
     """Fine-tune `model` on `dataset["train"]`, evaluating on its validation split, tracked in MLflow/W&B.
@@ -147,6 +147,12 @@ def train_with_tracking(
         labels = list(feature.names)  # a ClassLabel: its names, in the order of its ids
     elif task == "risk-classification" and num_labels and isinstance(dataset["train"][0].get("label"), int):
         labels = [str(i) for i in range(num_labels)]  # class ids keep the model's own order
+    if max_length is None:  # 512, or fewer where the model's position table is shorter
+        from legistra.memory import position_limit
+
+        config = getattr(model, "config", None)
+        limit = position_limit(config.to_dict()) if config is not None else None
+        max_length = min(512, limit) if limit else 512
     run = notebook_run(task, getattr(model, "name_or_path", "") or "in-memory", out, labels=labels,
                        use_lora=use_lora, lora=lora, use_wandb=use_wandb, experiment=experiment,
                        max_length=max_length, training_args=training_args)

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -27,10 +28,12 @@ from legistra.contract import (
     FINAL_PREFIX,
     TAG_BASE_MODEL,
     TAG_CODE_VERSION,
+    TAG_FAILURE,
     TAG_TASK,
     TAG_TRAINING_RUN,
     experiment_name,
 )
+from legistra.memory import length_problem
 from legistra.trainer.checkpoints import (
     CheckpointSync,
     Preempted,
@@ -196,6 +199,31 @@ def verify_adapter(model_dir: Path) -> dict[str, float]:
     if norm == 0.0:
         raise RuntimeError(f"{path}: adapter weights never changed from their zero init; LoRA did not train")
     return {"adapter_tensors": float(len(tensors)), "lora_b_abs_sum": norm}
+
+
+class Diverged(Exception):
+    """Training ended with a non-finite loss or non-finite weights: such a model is never registered, and a retry
+    from the last checkpoint would only diverge again (contract reason Diverged)."""
+
+
+def divergence(metrics: dict[str, Any], model_dir: Path) -> str | None:
+    """Why the trained model is unusable, or None: a final loss that is NaN or infinite, or a saved weight that is.
+    (A few fp16 steps that overflow early are normal and skipped by the loss scaler; they leave both finite.)"""
+    import torch
+    from safetensors import safe_open
+
+    for key in ("train_loss", "eval_loss"):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"{key} is {value}: the run diverged (lower spec.training.learningRate, or use bf16/fp32)"
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            for name in fh.keys():  # noqa: SIM118 (safe_open is not iterable); one tensor at a time
+                tensor = fh.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return (f"{path.name}: {name} holds NaN or infinite values: the run diverged (lower "
+                            "spec.training.learningRate, or use bf16/fp32)")
+    return None
 
 
 def build_training_args(
@@ -384,6 +412,9 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         with model_loading(spec.model.name):
             model = handler.load_model(model_path, revision=spec.model.revision,
                                        trust_remote_code=spec.model.trust_remote_code)
+    too_long = length_problem(spec, model.config.to_dict(), f"{model_path}'s config")
+    if too_long is not None:  # before any step: the first long batch would fail with an index error
+        raise SpecError([too_long])
     if precision == "fp16" and model.config.model_type in T5_MODEL_TYPES:
         raise SpecError([f"spec.training.precision: fp16 is not allowed for {model.config.model_type} models "
                          "(they overflow to NaN); use bf16 or fp32"])
@@ -515,6 +546,14 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
 
     tokenizer.save_pretrained(str(paths.model))
     (paths.model / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing to ship in a registry
+    diverged = divergence({**train_out.metrics, **final}, paths.model)
+    if diverged is not None:
+        assert mlflow is not None
+        mlflow.set_tags({TAG_FAILURE: f"Diverged: {diverged}"})
+        mlflow.end("FAILED")
+        if wandb is not None:
+            wandb.finish(exit_code=1)
+        raise Diverged(diverged)
     adapter_check = verify_adapter(paths.model) if spec.lora.enabled else {}
     metrics = _clean_metrics({**train_out.metrics, **final})
     baseline = handler.baseline(data.train, data.validation)
