@@ -100,7 +100,11 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml_documents(text: str) -> list[Any]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader checks every character here
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise DocumentError(f"not valid YAML: line {line}: character #x{exc.character:04x} is not allowed") from None
     out: list[Any] = []
     try:
         while loader.check_node():
@@ -116,7 +120,7 @@ def _yaml_documents(text: str) -> list[Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise DocumentError(f"not valid YAML: {where}{exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise DocumentError(f"not valid YAML: {exc}") from None
+        raise DocumentError("not valid YAML: " + " ".join(str(exc).split())) from None
     except RecursionError:
         raise DocumentError(f"nested more than {MAX_DEPTH} levels deep") from None
     except (ValueError, TypeError, OverflowError) as exc:  # a scalar its tag cannot hold: 2026-13-45
