@@ -464,3 +464,43 @@ def test_a_replica_that_loses_its_lead_stops_its_resync_pass(crds: ApiServer, ns
             assert done == {"lead-a": True, "lead-b": True, "lead-c": False}
 
     asyncio.run(go())
+
+
+def test_a_run_with_its_own_tracking_credentials_is_not_read_and_its_status_says_so(
+        crds: ApiServer, ns: str, mlflow_server: str) -> None:
+    """The operator reads no Secrets, so it cannot read a tracking server that takes the run's own credentials:
+    it leaves that server alone (the trainer's progress tag there is not read) and says so in status.mlflow."""
+    import mlflow
+
+    from benchmarks.faults import job_conditions
+    from legistra.contract import TAG_PROGRESS, TAG_RUN_KEY
+    from legistra.operator.handlers import _reconcile_run
+
+    name = "risk-private"
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": ns}
+    doc["spec"]["tracking"] = {"mlflow": {"trackingUri": mlflow_server, "experiment": f"private-{ns}",
+                                          "credentialsSecret": "team-mlflow"}}
+    crds.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
+    body = crds.get("trainingrun", name, "-n", ns)
+    client = mlflow.MlflowClient(mlflow_server)
+    client.create_run(client.create_experiment(f"private-{ns}"),
+                      tags={TAG_RUN_KEY: body["metadata"]["uid"], TAG_PROGRESS: json.dumps({"step": 3,
+                                                                                            "totalSteps": 10})})
+
+    async def go() -> None:
+        async with first_pass(crds, ns, body) as rt:
+            crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps(job_conditions("Created", "Running")))
+            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
+                                 job=crds.get("pytorchjob", name, "-n", ns))
+            assert rt.reporters == {}  # never asked
+
+    asyncio.run(go())
+    status = crds.get("trainingrun", name, "-n", ns)["status"]
+    assert status["phase"] == "Running" and "progress" not in status
+    assert status["mlflow"]["note"].startswith(f"not read by the operator: {mlflow_server} takes this run's own")
+    env = {e["name"]: e for e in crds.get("pytorchjob", name, "-n", ns)["spec"]["pytorchReplicaSpecs"]["Master"][
+        "template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "team-mlflow",
+                                                                            "key": "password", "optional": True}

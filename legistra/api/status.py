@@ -34,6 +34,8 @@ class MlflowRef(Spec):
     run_id: str | None = None
     experiment_id: str | None = None
     url: str | None = None
+    note: str | None = Field(None, description="Why the operator does not read this run's tracking server (its own "
+                             "server behind its own credentials); progress then comes from the job.")
 
 
 class ModelRef(Spec):

@@ -253,6 +253,10 @@ async def reconcile(
         # MLflow's client is blocking: keep it off the event loop that serves every other run.
         report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
     report = report or trainer_status_report(job)  # Trainer v2 reports progress itself (TrainJobStatus gate)
+    if private:
+        report = {**(report or {}), "mlflow": {"note": (
+            f"not read by the operator: {uri} takes this run's own credentials (spec.tracking.mlflow."
+            "credentialsSecret) and the operator reads no Secrets; progress comes from the job")}}
 
     storage: tuple[str, str] | None = None
     warning = storage_warning(run, defaults)
