@@ -446,6 +446,7 @@ class JobState:
     done: bool = False
     conditions: list[dict[str, Any]] = field(default_factory=list)
     start_time: str | None = None
+    finished_at: float | None = None  # monotonic time the job became Succeeded or Failed
 
 
 class FakeTrainingOperator(Poller):
@@ -486,6 +487,14 @@ class FakeTrainingOperator(Poller):
             for name, job in jobs.items():
                 self._sync(name, job)
 
+    def _expire(self, name: str, job: dict[str, Any], state: JobState) -> None:
+        """runPolicy.ttlSecondsAfterFinished as training-operator v1.9.4 applies it (pkg/controller.v1/common/
+        job.go, CleanupJob): to every finished job, Failed ones included, counted from completion."""
+        ttl = job["spec"].get("runPolicy", {}).get("ttlSecondsAfterFinished")
+        if ttl is None or state.finished_at is None or time.monotonic() - state.finished_at < int(ttl):
+            return
+        self.cluster.delete("kubeflow.org/v1", "pytorchjobs", self.ns, name)
+
     def _set(self, name: str, state: JobState, kind: str, reason: str, message: str,
              others_false: tuple[str, ...] = ()) -> None:
         conds = [c for c in state.conditions if c["type"] != kind]
@@ -501,6 +510,7 @@ class FakeTrainingOperator(Poller):
             status["startTime"] = state.start_time
         if kind in ("Succeeded", "Failed"):
             status["completionTime"] = now_iso()
+            state.finished_at = time.monotonic()
         self.cluster.patch("kubeflow.org/v1", "pytorchjobs", self.ns, name, {"status": status}, sub="status")
 
     @staticmethod
@@ -520,6 +530,7 @@ class FakeTrainingOperator(Poller):
             state = self.jobs[name] = JobState(uid=uid)
             self._set(name, state, "Created", "PyTorchJobCreated", f"PyTorchJob {name} is created.")
         if state.done:
+            self._expire(name, job, state)
             return
         suspended = bool(job["spec"].get("runPolicy", {}).get("suspend"))
         if suspended:

@@ -173,3 +173,16 @@ def test_a_preempted_failure_is_retried_at_once_and_not_counted() -> None:
     assert not preempted([pod(said, job_name="other")], "r")
     assert not preempted([pod("InvalidData: train.jsonl, row 2: missing label")], "r")
     assert not preempted([pod("Traceback (most recent call last): ...")], "r")
+
+
+def test_a_failed_job_deleted_by_its_ttl_before_the_retry_still_counts() -> None:
+    """training-operator v1.9.4 (CleanupJob) deletes a Failed job after ttlSecondsAfterFinished too. Before, a run
+    Retrying without its job made the same attempt again, so attempt never rose and maxAttempts was never reached."""
+    due = NOW + dt.timedelta(seconds=30)
+    retrying = {"phase": "Retrying", "attempt": 1, "jobName": "r", "retryAt": due.isoformat().replace("+00:00", "Z")}
+    assert plan(retrying, None) == AttemptPlan("wait", 1, due)
+    later = plan_attempt(retrying, None, 3, 60, due + dt.timedelta(seconds=1))
+    assert later == AttemptPlan("retry", 2)
+    assert plan({**retrying, "retryAt": "not a time"}, None) == AttemptPlan("retry", 2)
+    # the last attempt's job expiring is the end, as before
+    assert plan({"phase": "Failed", "attempt": 3, "jobName": "r"}, None).action == "finished"

@@ -200,9 +200,11 @@ def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_mod
 def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, Any],
                                                               tiny_models: dict[str, Path]) -> None:
     # backoffLimit 0: the first killed pod fails the whole job, as a spent limit or an NCCL hang would.
+    # ttlSecondsAfterFinished 0: the stand-in deletes the Failed job at once, as training-operator v1.9.4 does,
+    # long before retryAt; the retry must still be attempt 2 (it used to make attempt 1 again, for ever).
     doc = training_run("risk-retry", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
                        data={"maxSamples": 200}, runPolicy={"backoffLimit": 0, "maxAttempts": 2,
-                                                            "retryDelaySeconds": 3})
+                                                            "retryDelaySeconds": 3, "ttlSecondsAfterFinished": 0})
     cluster: Cluster = world["cluster"]
     kubeflow: FakeTrainingOperator = world["kubeflow"]
     posts = cluster.creates("pytorchjobs")
@@ -211,10 +213,11 @@ def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, An
     retrying = wait_phase(world, "risk-retry", "Retrying", timeout=60)["status"]
     assert retrying["attempt"] == 1 and retrying["retryAt"]
     assert retrying["message"].startswith("attempt 1 of 2 failed: PyTorchJob risk-retry is failed")
+    cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-retry") is None, 30, "the TTL to delete the failed job")
+    second = cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-retry"), 60, "the second attempt's job")
+    assert second["metadata"]["annotations"]["legistra.io/attempt"] == "2"
     done = wait_phase(world, "risk-retry", "Succeeded")["status"]
     assert done["attempt"] == 2 and "retryAt" not in done
-    job = cluster.get(*JOBS, NS, "risk-retry")
-    assert job is not None and job["metadata"]["annotations"]["legistra.io/attempt"] == "2"
     assert cluster.creates("pytorchjobs") - posts == 2  # one job per attempt, never more
     result = json.loads((kubeflow.pvc_dir("risk-retry") / "output" / "result.json").read_text())
     assert result["globalStep"] == 60 and "checkpoint-" in (result["resumedFrom"] or "")

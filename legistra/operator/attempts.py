@@ -44,12 +44,16 @@ def job_attempt(job: Mapping[str, Any]) -> int:
 def _failed_at(job: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Failed" and str(c.get("status")) == "True":
-            try:
-                at = dt.datetime.fromisoformat(str(c.get("lastTransitionTime")).replace("Z", "+00:00"))
-            except ValueError:
-                return now
-            return at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
+            return _parse_time(c.get("lastTransitionTime")) or now
     return now
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    try:
+        at = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
 
 
 def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
@@ -73,6 +77,14 @@ def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_
         had_job = bool(current.get("jobName"))
         if phase == "Succeeded" and had_job:
             return AttemptPlan("finished", attempt)
+        if phase == "Retrying" and had_job:
+            # The failed attempt's job is gone before its retry (training-operator v1.9.4's CleanupJob applies
+            # ttlSecondsAfterFinished to Failed jobs too): the attempt still ended. Wait out retryAt, then start
+            # the next one; making this attempt's job again would never count up to maxAttempts.
+            due = _parse_time(current.get("retryAt"))
+            if due is not None and now < due:
+                return AttemptPlan("wait", attempt, due)
+            return AttemptPlan("retry", attempt + 1)
         if phase == "Failed" and had_job:
             # The failed job was deleted (TTL, by hand): retry only if attempts remain (maxAttempts raised).
             return AttemptPlan("retry", attempt + 1) if attempt < max_attempts else AttemptPlan("finished", attempt)

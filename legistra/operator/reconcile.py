@@ -185,6 +185,10 @@ async def reconcile(
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
     if plan.action == "finished":  # e.g. its job expired by TTL
         return await over()
+    if plan.action == "wait" and job is None:
+        # Retrying, and the failed job already expired (TTL): the status, retryAt included, stays as it is until
+        # the retry is due (the runtime wakes the run then).
+        return Outcome(str(current.get("phase", "")), [], current, version)
     if plan.action in ("retry", "replace"):
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
