@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from legistra.operator.status import job_state
+from legistra.operator.status import job_state, parse_time
 
 ATTEMPT_ANNOTATION = "legistra.io/attempt"
 
@@ -44,16 +44,8 @@ def job_attempt(job: Mapping[str, Any]) -> int:
 def _failed_at(job: Mapping[str, Any], now: dt.datetime) -> dt.datetime:
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Failed" and str(c.get("status")) == "True":
-            return _parse_time(c.get("lastTransitionTime")) or now
+            return parse_time(c.get("lastTransitionTime")) or now
     return now
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    try:
-        at = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
 
 
 def retry_delay(base_seconds: int, failed_attempt: int) -> dt.timedelta:
@@ -81,7 +73,7 @@ def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_
             # The failed attempt's job is gone before its retry (training-operator v1.9.4's CleanupJob applies
             # ttlSecondsAfterFinished to Failed jobs too): the attempt still ended. Wait out retryAt, then start
             # the next one; making this attempt's job again would never count up to maxAttempts.
-            due = _parse_time(current.get("retryAt"))
+            due = parse_time(current.get("retryAt"))
             if due is not None and now < due:
                 return AttemptPlan("wait", attempt, due)
             return AttemptPlan("retry", attempt + 1)

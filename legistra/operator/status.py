@@ -73,7 +73,8 @@ def preempted(pods: Sequence[Mapping[str, Any]], job_name: str, backend: Backend
 VOLUME_GRACE_SECONDS = 60  # a claim is bound within seconds where a class can provide it
 
 
-def _time(text: Any) -> dt.datetime | None:
+def parse_time(text: Any) -> dt.datetime | None:
+    """An RFC 3339 time from a status or condition (UTC when it names no zone); None when it is not one."""
     try:
         t = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
@@ -83,7 +84,7 @@ def _time(text: Any) -> dt.datetime | None:
 
 def volume_worth_checking(job: Mapping[str, Any], suspended_in_spec: bool, now: dt.datetime) -> bool:
     """Whether to GET the checkpoint PVC: the job's pods have been pending for a while (no request otherwise)."""
-    created = _time((job.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
     return (not suspended_in_spec and job_state(job, False).phase == "Pending" and created is not None
             and (now - created).total_seconds() >= VOLUME_GRACE_SECONDS)
 
@@ -93,7 +94,7 @@ def volume_problem(pvc: Mapping[str, Any] | None, now: dt.datetime) -> str | Non
     if not pvc:
         return None
     phase = (pvc.get("status") or {}).get("phase")
-    created = _time((pvc.get("metadata") or {}).get("creationTimestamp"))
+    created = parse_time((pvc.get("metadata") or {}).get("creationTimestamp"))
     if phase == "Bound" or created is None or (now - created).total_seconds() < VOLUME_GRACE_SECONDS:
         return None
     spec = pvc.get("spec") or {}
