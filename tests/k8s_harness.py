@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
+from legistra.operator.backends import QUEUE_LABEL
 from tests.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -185,6 +186,7 @@ def lean_emulator() -> Any:
                 if path.endswith("/log") and "/pods/" in path:
                     return await self._pod_log(request)
                 self._generate_name(request)
+                self._kueue_webhook(request)
                 return await super()._handle(request)
             finally:
                 self._forget(request)
@@ -208,6 +210,18 @@ def lean_emulator() -> Any:
                 # 10 characters, not the API server's 5: that one retries a name already taken, kmock refuses it
                 # (5 hex characters met 128 conflicts among a 10,000-run benchmark's 20,000 Events).
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
+
+        @staticmethod
+        def _kueue_webhook(request: Any) -> None:
+            """Kueue's mutating webhook: a job created with a queue-name label is created suspended, for Kueue to
+            admit (kueue pkg/controller/jobframework, ApplyDefaultForSuspend)."""
+            data = request.data if isinstance(request.data, dict) else None
+            if request.action != kmock.action.CREATE or not data or data.get("kind") not in ("PyTorchJob",
+                                                                                              "TrainJob"):
+                return
+            if (data.get("metadata", {}).get("labels") or {}).get(QUEUE_LABEL):
+                spec = data.setdefault("spec", {})
+                (spec.setdefault("runPolicy", {}) if data["kind"] == "PyTorchJob" else spec)["suspend"] = True
 
         async def _pod_log(self, request: Any) -> Any:
             """A kubelet's pods/log: the stand-in's pod output; with follow=true, once its process has ended."""
@@ -776,6 +790,41 @@ class FakeTrainingOperator(Poller):
         for path in sorted((self.workdir / job).glob("*/pod.log")):
             out.append(f"--- {path.parent.name}\n{path.read_text(errors='replace')[-3000:]}")
         return "\n".join(out)
+
+
+class FakeKueue(Poller):
+    """Stands in for Kueue's job reconciler on queue-labelled jobs (its webhook is in the emulator): a job stays
+    suspended until the test admits it, is unsuspended then, and is suspended again whenever it is found running
+    without admission. `undone` counts those: each is someone else undoing Kueue's decision."""
+
+    interval = 0.2
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        super().__init__()
+        self.cluster, self.ns = cluster, namespace
+        self.admitted: set[str] = set()
+        self.undone: dict[str, int] = {}
+
+    def admit(self, name: str) -> None:
+        self.admitted.add(name)
+
+    def tick(self) -> None:
+        for gv, plural in (("kubeflow.org/v1", "pytorchjobs"), ("trainer.kubeflow.org/v1alpha1", "trainjobs")):
+            if f"{gv}/{plural}" in self.cluster.without:
+                continue
+            for job in self.cluster.list(gv, plural, self.ns):
+                if not (job["metadata"].get("labels") or {}).get(QUEUE_LABEL):
+                    continue
+                name, spec = job["metadata"]["name"], job["spec"]
+                pytorch = job["kind"] == "PyTorchJob"
+                suspended = bool((spec.get("runPolicy") or {}).get("suspend") if pytorch else spec.get("suspend"))
+                wanted = name not in self.admitted
+                if suspended == wanted:
+                    continue
+                if wanted:
+                    self.undone[name] = self.undone.get(name, 0) + 1
+                body = {"runPolicy": {"suspend": wanted}} if pytorch else {"suspend": wanted}
+                self.cluster.patch(gv, plural, self.ns, name, {"spec": body})
 
 
 class GarbageCollector(Poller):

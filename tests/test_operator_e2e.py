@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import base_run
-from tests.k8s_harness import Cluster, FakeTrainingOperator, GarbageCollector, OperatorProcess
+from tests.k8s_harness import Cluster, FakeKueue, FakeTrainingOperator, GarbageCollector, OperatorProcess
 
 pytestmark = pytest.mark.slow
 NS = "legal-ml"
@@ -34,6 +34,7 @@ def full_world(root: Path, mlflow_server: str, s3_endpoint: str, bucket: str,
                  "AWS_SECRET_ACCESS_KEY": base64.b64encode(b"testing").decode()}})
     kubeflow = FakeTrainingOperator(cluster, NS, root / "pods").start()
     gc = GarbageCollector(cluster, NS).start()
+    kueue = FakeKueue(cluster, NS).start()
     env = {
         "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
         "LEGISTRA_REGISTRY_URI": f"s3://{bucket}/registry",
@@ -44,8 +45,9 @@ def full_world(root: Path, mlflow_server: str, s3_endpoint: str, bucket: str,
             "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}),
     }
     operator = OperatorProcess(cluster.kubeconfig(root / "kubeconfig", NS), NS, env, root / "operator.log").start()
-    yield {"cluster": cluster, "kubeflow": kubeflow, "operator": operator, "root": root}
+    yield {"cluster": cluster, "kubeflow": kubeflow, "operator": operator, "root": root, "kueue": kueue}
     operator.stop()
+    kueue.stop()
     gc.stop()
     kubeflow.stop()
     cluster.stop()
@@ -221,6 +223,30 @@ def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, An
     assert cluster.creates("pytorchjobs") - posts == 2  # one job per attempt, never more
     result = json.loads((kubeflow.pvc_dir("risk-retry") / "output" / "result.json").read_text())
     assert result["globalStep"] == 60 and "checkpoint-" in (result["resumedFrom"] or "")
+
+
+def test_a_queued_job_stays_suspended_until_kueue_admits_it(world: dict[str, Any],
+                                                            tiny_models: dict[str, Path]) -> None:
+    """Kueue suspends a queue-labelled job at creation and owns suspend from then on. The operator used to set it
+    back to the run's value on every pass, starting jobs the quota had not admitted (Kueue suspended them again:
+    a flap). Now the run reads Pending, Queued, the job stays suspended, and Kueue's admission starts it."""
+    cluster: Cluster = world["cluster"]
+    kueue: FakeKueue = world["kueue"]
+    doc = training_run("risk-queued", tiny_models)
+    doc["spec"]["resources"]["queueName"] = "team-a"
+    cluster.apply_run(doc)
+    queued = cluster.wait(lambda: (r := cluster.run(NS, "risk-queued")) and r.get("status", {}).get(
+        "message", "").startswith("queued in Kueue's team-a") and r, 60, "the run to read Queued")["status"]
+    assert queued["phase"] == "Pending"
+    time.sleep(3)  # several passes of the operator, the stand-ins and Kueue
+    job = cluster.get(*JOBS, NS, "risk-queued")
+    assert job is not None and job["spec"]["runPolicy"]["suspend"] is True
+    assert kueue.undone.get("risk-queued", 0) == 0, "the operator undid Kueue's suspension"
+    assert not world["kubeflow"].jobs["risk-queued"].pods
+    kueue.admit("risk-queued")
+    wait_phase(world, "risk-queued", "Running", "Succeeded", timeout=60)
+    assert kueue.undone.get("risk-queued", 0) == 0
+    cluster.delete("legistra.io/v1alpha1", "trainingruns", NS, "risk-queued")  # its job and pods follow
 
 
 def test_suspend_then_resume(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:

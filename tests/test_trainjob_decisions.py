@@ -3,6 +3,8 @@ mapped to the run's, the backend chosen, and the operator's own TTL."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 from jsonschema import ValidationError
@@ -171,8 +173,10 @@ def test_backend_choice(in_spec: str, configured: str, served: set[str], started
 def test_backends_know_their_jobs() -> None:
     tj, pj = BACKENDS["trainjob"], BACKENDS["pytorchjob"]
     assert backend_of({"kind": "TrainJob"}) is tj and backend_of({"kind": "PyTorchJob"}) is pj
-    assert tj.suspend_patch(True) == {"spec": {"suspend": True}}
-    assert pj.suspend_patch(False) == {"spec": {"runPolicy": {"suspend": False}}}
+    assert tj.suspend_patch(True) == {"metadata": {"annotations": {"legistra.io/suspend": "true"}},
+                                      "spec": {"suspend": True}}
+    assert pj.suspend_patch(False) == {"metadata": {"annotations": {"legistra.io/suspend": "false"}},
+                                       "spec": {"runPolicy": {"suspend": False}}}
     assert tj.suspended({"spec": {"suspend": True}}) and not pj.suspended({"spec": {"suspend": True}})
 
 
@@ -192,3 +196,46 @@ def test_render_prints_the_trainjob(tmp_path: object) -> None:
     assert [d["kind"] for d in docs] == ["ConfigMap", "PersistentVolumeClaim", "TrainJob"]
     docs[2]["metadata"]["ownerReferences"][0]["uid"] = "u"
     validate_trainjob(docs[2])
+
+
+def queued_job(kind: str, suspended: bool, written: str | None, queue: str | None = "team-a") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "r", "labels": {"kueue.x-k8s.io/queue-name": queue} if queue else {}}
+    if written is not None:
+        meta["annotations"] = {"legistra.io/suspend": written}
+    spec = {"runPolicy": {"suspend": suspended}} if kind == "PyTorchJob" else {"suspend": suspended}
+    return {"kind": kind, "metadata": meta, "spec": spec}
+
+
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
+@pytest.mark.parametrize(("suspended", "written", "wanted", "queue", "write"), [
+    # No queue: the operator owns suspend and keeps it equal to the run's.
+    (True, None, False, None, False), (False, None, True, None, True), (False, None, False, None, None),
+    # A queue: Kueue suspended it at creation, the run never asked: leave it (before: written back to false).
+    (True, "false", False, "team-a", None),
+    # Kueue admitted it: leave it running.
+    (False, "false", False, "team-a", None),
+    # Kueue preempted it: leave it suspended.
+    (True, "false", False, "team-a", None),
+    # The user suspends the run, then resumes it: the operator's own transitions go through.
+    (False, "false", True, "team-a", True), (True, "true", False, "team-a", False),
+    # A job built before the annotation: a suspend goes through, a resume is left to Kueue.
+    (False, None, True, "team-a", True), (True, None, False, "team-a", None),
+])
+def test_suspend_is_shared_with_kueue(kind: str, suspended: bool, written: str | None, wanted: bool,
+                                      queue: str | None, write: bool | None) -> None:
+    job = queued_job(kind, suspended, written, queue)
+    assert backend_of(job).suspend_to_write(job, wanted) is write
+
+
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
+def test_a_job_kueue_holds_reads_queued_not_suspended(kind: str) -> None:
+    held = queued_job(kind, True, "false")
+    held["status"] = {"conditions": [{"type": "Suspended", "status": "True"}]}
+    state = job_state(held, suspended_in_spec=False)
+    assert (state.phase, state.reason) == ("Pending", "Queued")
+    assert state.message == "queued in Kueue's team-a: the job starts when Kueue admits it"
+    # suspended by its own run: Suspended, as before
+    assert job_state(held, suspended_in_spec=True).phase == "Suspended"
+    # admitted (unsuspended): whatever the job says
+    admitted = queued_job(kind, False, "false")
+    assert job_state(admitted, suspended_in_spec=False).reason != "Queued"

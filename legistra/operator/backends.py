@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 BackendName = Literal["pytorchjob", "trainjob"]
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SUSPEND_ANNOTATION = "legistra.io/suspend"  # the suspend value the operator last wrote on the job
 Choice = Literal["auto", "pytorchjob", "trainjob"]
 
 
@@ -36,9 +38,25 @@ class Backend:
         return bool((spec.get("runPolicy") or {}).get("suspend") if self.name == "pytorchjob" else spec.get("suspend"))
 
     def suspend_patch(self, suspend: bool) -> dict[str, Any]:
-        if self.name == "pytorchjob":
-            return {"spec": {"runPolicy": {"suspend": suspend}}}
-        return {"spec": {"suspend": suspend}}
+        """Set the job's suspend, and record it as the operator's last word on it (see `suspend_to_write`)."""
+        spec = {"runPolicy": {"suspend": suspend}} if self.name == "pytorchjob" else {"suspend": suspend}
+        return {"metadata": {"annotations": {SUSPEND_ANNOTATION: str(suspend).lower()}}, "spec": spec}
+
+    def suspend_to_write(self, job: Mapping[str, Any], wanted: bool) -> bool | None:
+        """The suspend value to write on the job, or None to leave it.
+
+        Without Kueue the operator owns `suspend` and keeps it equal to the run's `runPolicy.suspend`. A job in a
+        Kueue queue (its queue-name label) shares it: Kueue's webhook suspends the job at creation and Kueue
+        unsuspends it on admission and suspends it again on preemption. Resetting it to the run's value on every
+        pass would undo each of those decisions (and start a job the quota has not admitted). So the operator
+        writes only its own transitions: when the run's value differs from the last one it wrote (the annotation,
+        set at build and by every patch of ours)."""
+        if not (job.get("metadata", {}).get("labels") or {}).get(QUEUE_LABEL):
+            return wanted if self.suspended(job) != wanted else None
+        written = (job.get("metadata", {}).get("annotations") or {}).get(SUSPEND_ANNOTATION)
+        if written is None:  # built before the annotation: a suspend still goes through, a resume is Kueue's
+            return True if wanted and not self.suspended(job) else None
+        return wanted if written != str(wanted).lower() else None
 
 
 BACKENDS: dict[str, Backend] = {

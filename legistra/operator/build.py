@@ -27,7 +27,7 @@ from legistra.contract import (
     tracking_uri,
 )
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
-from legistra.operator.backends import BACKENDS, BackendName
+from legistra.operator.backends import BACKENDS, QUEUE_LABEL, SUSPEND_ANNOTATION, BackendName
 from legistra.operator.config import JobDefaults
 
 CONFIG_MOUNT = "/etc/legistra"
@@ -311,8 +311,10 @@ def pod_template(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
 def _job_meta(run: TrainingRun, attempt: int) -> dict[str, Any]:
     """Either job's metadata: the run's labels (and Kueue's queue label), the spec hash and the attempt."""
     queue = run.spec.resources.queue_name
-    meta = _meta(run, run.metadata.name, {"kueue.x-k8s.io/queue-name": queue} if queue else None)
+    meta = _meta(run, run.metadata.name, {QUEUE_LABEL: queue} if queue else None)
     meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(run.spec.wire()), ATTEMPT_ANNOTATION: str(attempt)}
+    if queue:  # Kueue shares suspend with the operator: what the operator said last (backends.suspend_to_write)
+        meta["annotations"][SUSPEND_ANNOTATION] = str(run.spec.run_policy.suspend).lower()
     return meta
 
 

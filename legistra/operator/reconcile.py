@@ -235,8 +235,9 @@ async def reconcile(
                 job = got
     else:
         refused = await _spec_drift(kube, run, job)
-        if backend.suspended(job) != rp.suspend:
-            job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(rp.suspend))
+        suspend = backend.suspend_to_write(job, rp.suspend)
+        if suspend is not None:
+            job = await kube.patch(backend.kind, ns, name, backend.suspend_patch(suspend))
         # Trainer v2 has no ttlSecondsAfterFinished: the operator deletes a finished TrainJob itself.
         expires = job_expires_at(job, backend, rp.ttl_seconds_after_finished)
         if expires is not None and at >= expires:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legistra.contract import MUTABLE_RUN_POLICY, PREEMPTED, parse_termination_message
-from legistra.operator.backends import BACKENDS, Backend, backend_of
+from legistra.operator.backends import BACKENDS, QUEUE_LABEL, Backend, backend_of
 
 # As users write them: "spec.runPolicy.suspend, maxAttempts and retryDelaySeconds".
 MUTABLE_FIELDS = "spec.runPolicy." + ", ".join(MUTABLE_RUN_POLICY[:-1]) + " and " + MUTABLE_RUN_POLICY[-1]
@@ -184,11 +184,20 @@ def job_expires_at(job: Mapping[str, Any], backend: Backend, ttl: int | None) ->
 
 
 def job_state(job: Mapping[str, Any] | None, suspended_in_spec: bool) -> JobState:
-    """Phase of a PyTorchJob (or TrainJob) from its conditions; terminal conditions win over transient ones."""
+    """Phase of a PyTorchJob (or TrainJob) from its conditions; terminal conditions win over transient ones. A job
+    in a Kueue queue that is suspended while its run is not waits for admission: Pending, reason Queued."""
     if job is None:
         return JobState("Pending", "JobPending", "the job is being created")
-    if job.get("kind") == "TrainJob":
-        return trainjob_state(job, suspended_in_spec)
+    state = trainjob_state(job, suspended_in_spec) if job.get("kind") == "TrainJob" else \
+        _pytorchjob_state(job, suspended_in_spec)
+    queue = (job.get("metadata", {}).get("labels") or {}).get(QUEUE_LABEL)
+    if queue and not suspended_in_spec and state.phase in ("Suspended", "Pending") and \
+            backend_of(job).suspended(job):
+        return JobState("Pending", "Queued", f"queued in Kueue's {queue}: the job starts when Kueue admits it")
+    return state
+
+
+def _pytorchjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
     status = job.get("status") or {}
     conditions = status.get("conditions") or []
     if c := _true(conditions, "Succeeded"):
