@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from legistra.cli.logs import COMPLETION_INDEX
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
 from legistra.operator.backends import QUEUE_LABEL
 from tests.ports import free_port
@@ -665,7 +666,8 @@ class FakeTrainingOperator(Poller):
         its exit code and termination message (what the operator reads)."""
         name, labels, container = self._pod_identity(job, pod)
         obj = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": self.ns, "labels": labels},
+               "metadata": {"name": name, "namespace": self.ns, "labels": labels,
+                            "annotations": self._pod_annotations(job, pod)},
                "spec": {"containers": [{"name": container, "image": "trainer"}]}}
         status = {"phase": "Failed", "containerStatuses": [{
             "name": container, "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
@@ -700,15 +702,24 @@ class FakeTrainingOperator(Poller):
     def _pod_identity(self, job: str, pod: Pod) -> tuple[str, dict[str, str], str]:
         """A pod's name, labels and container as its controller makes them: the training-operator's (what Kubeflow's
         TrainingClient selects by) or JobSet's for a TrainJob node (what `legistra logs` selects by)."""
-        if self.jobs[job].kind == "TrainJob":  # JobSet: <jobset>-<replicated job>-<job index>-<pod index>
-            return (f"{job}-node-{pod.index}-0", {"jobset.sigs.k8s.io/jobset-name": job,
+        if self.jobs[job].kind == "TrainJob":
+            # Trainer v2.3's torch plugin runs every node as a pod of ONE Indexed Job (replicated job "node", job
+            # index 0, parallelism = numNodes): the node rank is the pod's completion index (PET_NODE_RANK from
+            # the batch.kubernetes.io/job-completion-index annotation; pkg/runtime/framework/plugins/torch), and
+            # the pod is <jobset>-node-0-<completion index>-<suffix>.
+            return (f"{job}-node-0-{pod.index}", {"jobset.sigs.k8s.io/jobset-name": job,
                                                    "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                                                   "jobset.sigs.k8s.io/job-index": str(pod.index)}, "node")
+                                                   "jobset.sigs.k8s.io/job-index": "0",
+                                                   COMPLETION_INDEX: str(pod.index)}, "node")
         labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": pod.replica.lower(),
                   "training.kubeflow.org/replica-index": str(pod.index)}
         if pod.replica == "Master":
             labels["training.kubeflow.org/job-role"] = "master"
         return f"{job}-{pod.replica.lower()}-{pod.index}", labels, "pytorch"
+
+    def _pod_annotations(self, job: str, pod: Pod) -> dict[str, str]:
+        """The Job controller annotates every pod of an Indexed Job with its completion index."""
+        return {COMPLETION_INDEX: str(pod.index)} if self.jobs[job].kind == "TrainJob" else {}
 
     def _announce_pod(self, job: str, pod: Pod) -> None:
         """The running pod as the API shows it, its output served as pods/log."""
@@ -716,7 +727,8 @@ class FakeTrainingOperator(Poller):
         self.cluster.pod_logs[(self.ns, name)] = pod
         if self.cluster.get("v1", "pods", self.ns, name) is None:
             self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns, "labels": labels},
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns, "labels": labels,
+                                                                 "annotations": self._pod_annotations(job, pod)},
                 "spec": {"containers": [{"name": container, "image": "trainer"}]}})
         self.cluster.patch("v1", "pods", self.ns, name, {"status": {"phase": "Running"}}, sub="status")
 

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
-JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
+REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
+# Trainer v2.3's torch plugin runs all nodes as pods of one Indexed Job: a node's rank is its pod's completion
+# index, which the Job controller writes on every such pod as this annotation (and, from Kubernetes 1.28, label).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
 class Replica:
-    """Where rank N runs: PyTorchJob node 0 is the Master, node k the Worker k-1; a TrainJob's node k is job k."""
+    """Where rank N runs: PyTorchJob node 0 is the Master, node k the Worker k-1; a TrainJob's node k is the pod of
+    completion index k."""
 
     replica_type: str  # "master" or "worker" (PyTorchJob)
     index: int
@@ -81,12 +85,16 @@ def _trainjob_logs(ns: str, job: str, replica: Replica | None, follow: bool, kub
 
     config.load_kube_config(config_file=kubeconfig, context=context)
     core = client.CoreV1Api()
-    selector = f"{JOBSET_LABEL}={job},{JOB_INDEX_LABEL}={replica.node if replica else 0}"
-    pods = core.list_namespaced_pod(ns, label_selector=selector).items
+    node = replica.node if replica else 0
+    selector = f"{JOBSET_LABEL}={job},{REPLICATED_JOB_LABEL}=node"
+    pods = [p for p in core.list_namespaced_pod(ns, label_selector=selector).items
+            if (p.metadata.annotations or {}).get(COMPLETION_INDEX) == str(node)]
     if not pods:
-        print(f"error: no pod of TrainJob {ns}/{job} matches {selector}", file=sys.stderr)
+        print(f"error: no pod of TrainJob {ns}/{job} is node {node} ({selector}, {COMPLETION_INDEX}={node})",
+              file=sys.stderr)
         return 1
-    pod = pods[0].metadata.name
+    # A node restarted by its Job has a new pod beside the failed one: the newest is the one training.
+    pod = max(pods, key=lambda p: str(p.metadata.creation_timestamp or "")).metadata.name
     if follow:
         stream = core.read_namespaced_pod_log(pod, ns, container="node", follow=True, _preload_content=False)
         for chunk in stream.stream():
