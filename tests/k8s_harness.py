@@ -600,8 +600,12 @@ class FakeTrainingOperator(Poller):
                  "lastTransitionTime": now_iso()}]
         running = [p for p in state.pods if p.proc.poll() is None]
         suspended = any(c["type"] == "Suspended" and c["status"] == "True" for c in state.conditions)
+        # One child Job for all nodes (Trainer v2.3's torch plugin); JobSet counts it active while it has pods
+        # (pending ones too) and ready once all of them are (jobset v0.12 ReplicatedJobStatus).
         status = {"conditions": state.conditions, "jobsStatus": [{
-            "name": "node", "active": len(running), "ready": len(running), "failed": sum(state.failed.values()),
+            "name": "node", "active": 1 if running else 0,
+            "ready": 1 if state.pods and len(running) == len(state.pods) else 0,
+            "failed": sum(state.failed.values()),
             "succeeded": 1 if condition == "Complete" else 0, "suspended": 1 if suspended else 0}]}
         self.cluster.patch("trainer.kubeflow.org/v1alpha1", "trainjobs", self.ns, name, {"status": status},
                            sub="status")

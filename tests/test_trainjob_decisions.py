@@ -105,7 +105,9 @@ def trainjob(*conditions: str, jobs: dict | None = None, **status: object) -> di
 @pytest.mark.parametrize(("job", "suspended", "phase", "reason"), [
     (trainjob(), False, "Pending", "JobCreated"),
     (trainjob(jobs={"active": 0, "ready": 0}), False, "Pending", "JobCreated"),
-    (trainjob(jobs={"active": 2, "ready": 2}), False, "Running", "JobRunning"),
+    (trainjob(jobs={"active": 1, "ready": 1}), False, "Running", "JobRunning"),
+    # JobSet counts the Job active while its pods are pending (waiting for GPUs): not Running yet.
+    (trainjob(jobs={"active": 1, "ready": 0}), False, "Pending", "NodesStarting"),
     (trainjob("Suspended", jobs={"suspended": 1}), False, "Suspended", "JobSuspended"),
     (trainjob(), True, "Suspended", "JobSuspended"),
     (trainjob("Complete", jobs={"succeeded": 1}), False, "Succeeded", "JobSucceeded"),
@@ -239,3 +241,22 @@ def test_a_job_kueue_holds_reads_queued_not_suspended(kind: str) -> None:
     # admitted (unsuspended): whatever the job says
     admitted = queued_job(kind, False, "false")
     assert job_state(admitted, suspended_in_spec=False).reason != "Queued"
+
+
+def test_a_trainjob_whose_pods_wait_is_checked_for_its_volume_and_its_pods_are_not_listed() -> None:
+    """A TrainJob waiting for its nodes (JobSet: active, not ready) reads Pending, so its unbound checkpoint PVC is
+    looked at after a minute (VolumePending) and its pods, which cannot have failed yet, are not listed on every
+    resync. Before, `active` alone read Running: the PVC was never reported and the pods listed every pass."""
+    import datetime as dt
+
+    from legistra.operator.status import pods_worth_reading, volume_worth_checking
+
+    waiting = trainjob(jobs={"active": 1, "ready": 0})
+    waiting["metadata"]["creationTimestamp"] = "2026-11-25T10:00:00Z"
+    later = dt.datetime(2026, 11, 25, 10, 2, tzinfo=dt.timezone.utc)
+    assert volume_worth_checking(waiting, False, later)
+    assert not pods_worth_reading(waiting, {"phase": "Pending"}, False)
+    running = trainjob(jobs={"active": 1, "ready": 1})
+    running["metadata"]["creationTimestamp"] = "2026-11-25T10:00:00Z"
+    assert not volume_worth_checking(running, False, later)
+    assert pods_worth_reading(running, {"phase": "Running"}, False)

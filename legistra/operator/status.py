@@ -144,8 +144,14 @@ def trainjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
         return JobState("Failed", str(c.get("reason") or "TrainJobFailed"), f"{msg} ({failed})" if failed else msg)
     if _true(conditions, "Suspended") or suspended_in_spec:
         return JobState("Suspended", "JobSuspended", "the job is suspended; checkpoints are kept")
-    if any(int(j.get("active") or 0) or int(j.get("ready") or 0) for j in jobs):
+    # JobSet counts a child Job `active` while it has pods at all, pending ones included (Job.status.active), and
+    # `ready` once its ready pods reach its parallelism (jobset v0.12, ReplicatedJobStatus). Trainer v2.3 runs all
+    # nodes as one Job: ready means every node's pod is up; active alone means some still wait (for GPUs, a
+    # volume, an image), which is Pending, not Running.
+    if any(int(j.get("ready") or 0) for j in jobs):
         return JobState("Running", "JobRunning", "training")
+    if any(int(j.get("active") or 0) for j in jobs):
+        return JobState("Pending", "NodesStarting", "waiting for every node's pod to be scheduled and ready")
     return JobState("Pending", "JobCreated", "waiting for nodes to be scheduled")
 
 
