@@ -365,6 +365,9 @@ def test_hostile_specs_are_failed_without_a_job_and_without_echoing_secrets(worl
         assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "InvalidSpec"
         assert world["cluster"].get(*JOBS, NS, name) is None
     assert world["operator"].proc.poll() is None
+    # Nor in an event or a line of the operator's log.
+    assert "s3cret" not in json.dumps(world["cluster"].list("v1", "events", NS))
+    assert "s3cret" not in (world["root"] / "operator.log").read_text(errors="replace")
 
 
 def test_operator_killed_mid_run_creates_no_second_job(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:

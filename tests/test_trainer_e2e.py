@@ -421,8 +421,9 @@ def test_a_run_that_diverges_fails_as_diverged_and_registers_nothing(tmp_path: P
 
 def test_a_max_length_beyond_the_models_positions_is_refused_before_training(
         tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    """The tiny BERT has 256 positions: validate says so from its config.json, and the trainer refuses at start
-    (exit 2, deterministic) instead of an index error at the first long batch."""
+    """The tiny BERT has 256 positions: validate and `legistra train` say so from its config.json before any process
+    starts, and the trainer itself (as a pod runs it) refuses before the first step (exit 2, TrainerError in the
+    termination message) instead of an index error at the first long batch."""
     doc = base_run("risk-classification", tiny_models["bert"], "too-long", data={"maxLength": 512})
     run_file = write_run(tmp_path / "t.yaml", doc)
     res = legistra("validate", str(run_file))
@@ -432,3 +433,11 @@ def test_a_max_length_beyond_the_models_positions_is_refused_before_training(
     assert res.returncode == 2, res.stderr[-3000:]
     assert "spec.data.maxLength: 512 tokens is more than" in res.stderr
     assert "run the same command again to resume" not in res.stderr
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(doc))
+    termination = tmp_path / "termination-log"
+    pod = subprocess.run([sys.executable, "-m", "legistra.trainer", "--config", str(config), "--output-dir",
+                          str(tmp_path / "out"), "--state-dir", str(tmp_path / "pod-state")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "LEGISTRA_TERMINATION_LOG": str(termination)})
+    assert pod.returncode == 2, pod.stderr[-3000:]
+    assert termination.read_text().startswith("TrainerError: invalid TrainingRun: spec.data.maxLength: 512 tokens")

@@ -153,6 +153,13 @@ def train_locally(args: argparse.Namespace) -> int:
             print(json.dumps(result, indent=2) if args.json else format_result(result))
             return 0
         print(f"resuming '{run.metadata.name}' from {run_dir}")
+    from legistra.cli.plan import length_check
+
+    too_long = length_check(run.spec, Path(args.file).resolve().parent)
+    if too_long is not None:  # before torchrun, like the data check; the trainer checks again from the loaded model
+        print(f"error: {too_long}", file=sys.stderr)
+        print("this is not transient: fix the spec first", file=sys.stderr)
+        return EXIT_DETERMINISTIC
     rc = check_data(run, state / "cache")  # before torchrun: one clean error, not a traceback per rank
     if rc is not None:
         return rc

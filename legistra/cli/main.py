@@ -54,6 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             bad += 1
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
+        from legistra.cli.plan import length_check
         from legistra.operator.build import memory_refusal, storage_warning
         from legistra.operator.config import JobDefaults
 
@@ -63,7 +64,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         warning = storage_warning(run, defaults)
         if warning:
             print(f"  warning: {warning}")
-        misfit = memory_refusal(run, defaults) or _length_problem(run, Path(path).resolve().parent)
+        misfit = memory_refusal(run, defaults) or length_check(run.spec, Path(path).resolve().parent)
         if misfit:
             print(f"  error: {misfit}")
             bad += 1
@@ -74,19 +75,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if check_data(run, Path(args.state_dir).resolve() / "cache", out=sys.stdout) is not None:
                 bad += 1
     return 1 if bad else 0
-
-
-def _length_problem(run: Any, base: Path) -> str | None:
-    """maxLength beyond the model's positions, from its config.json where one is at hand (local folder, HF
-    cache, well-known list); nothing to say about a model whose config cannot be read here."""
-    from legistra.cli.plan import PlanError, model_config
-    from legistra.memory import length_problem
-
-    try:
-        found = model_config(run.spec, base)
-    except PlanError as exc:
-        return str(exc)
-    return length_problem(run.spec, found[0], found[1]) if found is not None else None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

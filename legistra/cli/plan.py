@@ -63,6 +63,18 @@ def model_config(spec: TrainingRunSpec, base: Path) -> tuple[Mapping[str, Any], 
     return (known, "legistra's list of well-known models") if known is not None else None
 
 
+def length_check(spec: TrainingRunSpec, base: Path) -> str | None:
+    """maxLength beyond the model's positions, from its config.json where one is at hand (local folder, HF
+    cache, well-known list); nothing to say about a model whose config cannot be read here."""
+    from legistra.memory import length_problem
+
+    try:
+        found = model_config(spec, base)
+    except PlanError as exc:
+        return str(exc)
+    return length_problem(spec, found[0], found[1]) if found is not None else None
+
+
 def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
     """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits."""
     from legistra.trainer.modeling import lora_targets
