@@ -122,8 +122,8 @@ class DataSpec(Spec):
         description="Token overlap between windows of long documents (clause-extraction); at most half of "
         "maxLength is used."
     )
-    max_samples: int | None = Field(None, ge=1, le=INT32_MAX,
-        description="Use at most this many training rows (smoke runs).")
+    max_samples: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Use at most this many training rows (smoke runs).")
 
 
 class EarlyStoppingSpec(Spec):
@@ -133,8 +133,8 @@ class EarlyStoppingSpec(Spec):
 
 class TrainingSpec(Spec):
     epochs: float = Field(3, gt=0, le=100_000, description="Number of passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, le=INT32_MAX,
-        description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate.")
     batch_size: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
         8, description="Per-device batch size, or 'auto': the largest that fits the GPU, found at start-up "
@@ -142,8 +142,8 @@ class TrainingSpec(Spec):
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     precision: Precision = Field("fp16", description="fp16 (default), bf16 or fp32. CPU runs fall back to fp32.")
     evaluation: Literal["epoch", "steps", "no"] = Field("epoch", description="When to evaluate.")
-    eval_steps: int | None = Field(None, ge=1, le=INT32_MAX,
-        description="Evaluation interval when evaluation is 'steps'.")
+    eval_steps: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="Evaluation interval when evaluation is 'steps'.")
     save_steps: int = Field(200, ge=1, le=INT32_MAX, description="Checkpoint interval in optimizer steps.")
     save_total_limit: int = Field(2, ge=1, le=1000, description="Checkpoints kept on disk.")
     logging_steps: int = Field(10, ge=1, le=INT32_MAX, description="Training-loss logging interval.")
@@ -289,8 +289,8 @@ class TrackingSpec(Spec):
 
 
 class PromotionSpec(Spec):
-    metric: str = Field(min_length=1, max_length=NAME_MAX,
-        description="Evaluation metric compared, e.g. eval_f1_macro.")
+    metric: str = Field(
+        min_length=1, max_length=NAME_MAX, description="Evaluation metric compared, e.g. eval_f1_macro.")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Which way is better.")
     alias: str = Field(
         "champion", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Alias the new version takes if it wins."
@@ -324,8 +324,8 @@ class RegistrySpec(Spec):
 class RunPolicySpec(Spec):
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the job fails.")
     active_deadline_seconds: int | None = Field(None, ge=1, le=INT64_MAX, description="Wall-clock limit of the job.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, le=INT32_MAX,
-        description="Delete the finished job after this.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=INT32_MAX, description="Delete the finished job after this.")
     suspend: bool = Field(False, description="Hold the job (or pause it, keeping its checkpoints).")
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "None", description="Pods deleted when the job ends; None keeps logs."
