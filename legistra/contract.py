@@ -34,6 +34,10 @@ TAG_MODEL_URI = "legistra.model_uri"
 TAG_MODEL_ALIAS = "legistra.model_alias"
 TAG_PROMOTION = "legistra.promotion"  # promoted | rejected
 TAG_FAILURE = "legistra.failure"  # "<Reason>: <message>" of a run that ended in a deterministic failure
+# Tag on MLflow model versions: which registry version an MLflow model version mirrors.
+TAG_REGISTRY_VERSION = "legistra.version"
+
+RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # what a uid or <namespace>-<name>-<hash> holds
 
 
 def run_key_filter(run_key: str) -> str:
@@ -45,10 +49,6 @@ def run_key_filter(run_key: str) -> str:
                          "filter")
     return f"tags.`{TAG_RUN_KEY}` = '{run_key}'"
 
-
-RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-# Tag on MLflow model versions: which registry version an MLflow model version mirrors.
-TAG_REGISTRY_VERSION = "legistra.version"
 
 # Final evaluation metrics are logged again under this prefix once training ends; `status.metrics` is read
 # from them (from the latest eval_* metrics while there are none yet).
@@ -90,6 +90,13 @@ def run_document(run: TrainingRun) -> dict[str, Any]:
 
 # -- Where tracking and models go: spec -> operator / environment -> local default ---------------------------
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+# MLflow's own credential variables (its client reads them), and the key of each in a credentials Secret
+# (spec.tracking.mlflow.credentialsSecret, the operator's mlflow.credentialsSecret).
+ENV_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
+ENV_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
+ENV_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
+MLFLOW_CREDENTIALS: dict[str, str] = {ENV_TRACKING_USERNAME: "username", ENV_TRACKING_PASSWORD: "password",
+                                      ENV_TRACKING_TOKEN: "token"}
 ENV_REGISTRY_URI = "LEGISTRA_REGISTRY_URI"
 ENV_CHECKPOINT_URI = "LEGISTRA_CHECKPOINT_URI"
 
@@ -120,15 +127,15 @@ def registry_uri(spec: TrainingRunSpec | None, configured: str | None, state_dir
 
 def move_credentials(uri: str, env: MutableMapping[str, str]) -> str:
     """`uri` without its user and password, which go into MLflow's own variables in `env` instead
-    (MLFLOW_TRACKING_USERNAME / _PASSWORD, unless set already). A tracking URI is printed, written to run.json,
+    (ENV_TRACKING_USERNAME / _PASSWORD, unless set already). A tracking URI is printed, written to run.json,
     result.json, the registry manifest and MLflow itself: a password inside it would travel everywhere."""
     if not credentials_in(uri):
         return uri
     parts = urlsplit(uri)
     if parts.username:
-        env.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
+        env.setdefault(ENV_TRACKING_USERNAME, unquote(parts.username))
     if parts.password:
-        env.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+        env.setdefault(ENV_TRACKING_PASSWORD, unquote(parts.password))
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from legistra.cli.logs import COMPLETION_INDEX
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
-from legistra.operator.backends import QUEUE_LABEL
+from legistra.operator.backends import BACKENDS, QUEUE_LABEL
 from tests.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -668,18 +668,24 @@ class FakeTrainingOperator(Poller):
     def _report_pod(self, job: str, pod: Pod) -> None:
         """The failed pod as the API shows it: its controller's labels, the container's terminated state with
         its exit code and termination message (what the operator reads)."""
-        name, labels, container = self._pod_identity(job, pod)
-        obj = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": self.ns, "labels": labels,
-                            "annotations": self._pod_annotations(job, pod)},
-               "spec": {"containers": [{"name": container, "image": "trainer"}]}}
-        status = {"phase": "Failed", "containerStatuses": [{
+        container = self._pod_identity(job, pod)[2]
+        self._put_pod(job, pod, {"phase": "Failed", "containerStatuses": [{
             "name": container, "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
             "state": {"terminated": {"exitCode": pod.proc.returncode, "reason": "Error",
-                                     "message": pod.termination_message()}}}]}
+                                     "message": pod.termination_message()}}}]})
+
+    def _put_pod(self, job: str, pod: Pod, status: dict[str, Any]) -> str:
+        """The pod as its controller makes it (created once; Indexed Job pods annotated with their completion
+        index), with `status`; its name."""
+        name, labels, container = self._pod_identity(job, pod)
         if self.cluster.get("v1", "pods", self.ns, name) is None:
-            self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", obj)
+            annotations = {COMPLETION_INDEX: str(pod.index)} if self.jobs[job].kind == "TrainJob" else {}
+            self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": self.ns, "labels": labels, "annotations": annotations},
+                "spec": {"containers": [{"name": container, "image": "trainer"}]}})
         self.cluster.patch("v1", "pods", self.ns, name, {"status": status}, sub="status")
+        return name
 
     def _secret(self, name: str, key: str) -> str:
         secret = self.cluster.get("v1", "secrets", self.ns, name)
@@ -721,20 +727,11 @@ class FakeTrainingOperator(Poller):
             labels["training.kubeflow.org/job-role"] = "master"
         return f"{job}-{pod.replica.lower()}-{pod.index}", labels, "pytorch"
 
-    def _pod_annotations(self, job: str, pod: Pod) -> dict[str, str]:
-        """The Job controller annotates every pod of an Indexed Job with its completion index."""
-        return {COMPLETION_INDEX: str(pod.index)} if self.jobs[job].kind == "TrainJob" else {}
-
     def _announce_pod(self, job: str, pod: Pod) -> None:
         """The running pod as the API shows it, its output served as pods/log."""
-        name, labels, container = self._pod_identity(job, pod)
+        name = self._pod_identity(job, pod)[0]
         self.cluster.pod_logs[(self.ns, name)] = pod
-        if self.cluster.get("v1", "pods", self.ns, name) is None:
-            self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": self.ns, "labels": labels,
-                                                                 "annotations": self._pod_annotations(job, pod)},
-                "spec": {"containers": [{"name": container, "image": "trainer"}]}})
-        self.cluster.patch("v1", "pods", self.ns, name, {"status": {"phase": "Running"}}, sub="status")
+        self._put_pod(job, pod, {"phase": "Running"})
 
     def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,
              nproc: str, port: int, container: str = "pytorch") -> Pod:
@@ -825,22 +822,20 @@ class FakeKueue(Poller):
         self.admitted.add(name)
 
     def tick(self) -> None:
-        for gv, plural in (("kubeflow.org/v1", "pytorchjobs"), ("trainer.kubeflow.org/v1alpha1", "trainjobs")):
-            if f"{gv}/{plural}" in self.cluster.without:
+        for backend in BACKENDS.values():
+            if f"{backend.api_version}/{backend.plural}" in self.cluster.without:
                 continue
-            for job in self.cluster.list(gv, plural, self.ns):
+            for job in self.cluster.list(backend.api_version, backend.plural, self.ns):
                 if not (job["metadata"].get("labels") or {}).get(QUEUE_LABEL):
                     continue
-                name, spec = job["metadata"]["name"], job["spec"]
-                pytorch = job["kind"] == "PyTorchJob"
-                suspended = bool((spec.get("runPolicy") or {}).get("suspend") if pytorch else spec.get("suspend"))
-                wanted = name not in self.admitted
-                if suspended == wanted:
+                name, wanted = job["metadata"]["name"], job["metadata"]["name"] not in self.admitted
+                if backend.suspended(job) == wanted:
                     continue
                 if wanted:
                     self.undone[name] = self.undone.get(name, 0) + 1
-                body = {"runPolicy": {"suspend": wanted}} if pytorch else {"suspend": wanted}
-                self.cluster.patch(gv, plural, self.ns, name, {"spec": body})
+                # Kueue writes suspend alone, not the operator's record of its own last word.
+                body = {"spec": backend.suspend_patch(wanted)["spec"]}
+                self.cluster.patch(backend.api_version, backend.plural, self.ns, name, body)
 
 
 class GarbageCollector(Poller):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -84,20 +85,24 @@ def redact(uri: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
+def scalars(value: Any, max_depth: int, depth: int = 0) -> Iterator[Any]:
+    """Every scalar inside a JSON value; ValueError as soon as it nests deeper than `max_depth`."""
+    if depth > max_depth:
+        raise ValueError(f"nested more than {max_depth} levels deep")
+    if not isinstance(value, (dict, list)):
+        yield value
+        return
+    for child in value.values() if isinstance(value, dict) else value:
+        yield from scalars(child, max_depth, depth + 1)
+
+
 def bounded_document(value: Any, max_bytes: int, max_depth: int) -> Any:
     """A free-form JSON value (a raw DeepSpeed config) that is small, shallow and holds only finite numbers."""
     if value is None:
         return None
-
-    def walk(v: Any, depth: int) -> None:
-        if depth > max_depth:
-            raise ValueError(f"nested more than {max_depth} levels deep")
+    for v in scalars(value, max_depth):
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{v} is not a finite number")
-        for child in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()):
-            walk(child, depth + 1)
-
-    walk(value, 0)
     size = len(json.dumps(value))
     if size > max_bytes:
         raise ValueError(f"is {size:,} bytes as JSON; at most {max_bytes:,} are allowed")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from legistra.api.formats import scalars
 
 # etcd refuses objects over 1.5 MiB; a manifest file several times larger is not a manifest.
 MAX_FILE_BYTES = 4 << 20
@@ -26,8 +28,14 @@ MAX_NODES = 100_000
 # Nesting of mappings and sequences (a TrainingRun with a raw DeepSpeed config is about 8 deep).
 MAX_DEPTH = 64
 
+# UTF-32 first: its little-endian mark starts with UTF-16's.
 _BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
          (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 when `head` (a file's first bytes) opens with that encoding's byte-order mark."""
+    return next((name for bom, name in _BOMS if head.startswith(bom)), None)
 
 
 class DocumentError(ValueError):
@@ -38,9 +46,9 @@ def decode(data: bytes) -> str:
     """The text of a manifest file: UTF-8 (a UTF-8 byte-order mark is allowed), nothing else."""
     if len(data) > MAX_FILE_BYTES:
         raise DocumentError(f"file is {len(data):,} bytes; a manifest may have at most {MAX_FILE_BYTES:,}")
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            raise DocumentError(f"file is {name}-encoded; save it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+    name = bom_encoding(data)
+    if name:
+        raise DocumentError(f"file is {name}-encoded; save it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
     if b"\x00" in data:
         raise DocumentError("file is binary (it holds NUL bytes), not YAML or JSON")
     try:
@@ -155,27 +163,21 @@ def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _depth(value: Any, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise DocumentError(f"nested more than {MAX_DEPTH} levels deep")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for child in children:
-        _depth(child, depth + 1)
-
-
 def _constant(name: str) -> float:
     raise DocumentError(f"{name} is not a JSON number")
 
 
 def _json_document(text: str) -> list[Any]:
-    hook: Callable[[str], float] = _constant
     try:
-        doc = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=hook)
+        doc = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_constant)
+        for _ in scalars(doc, MAX_DEPTH):
+            pass
+    except DocumentError:
+        raise  # a duplicate key or a NaN, from the hooks
     except json.JSONDecodeError as exc:
         raise DocumentError(f"not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
+    except (RecursionError, ValueError):  # json's own recursion limit, or scalars' depth
         raise DocumentError(f"nested more than {MAX_DEPTH} levels deep") from None
-    _depth(doc)
     return [doc]
 
 

@@ -155,7 +155,7 @@ class TrainingSpec(Spec):
     group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
     metric_for_best_model: str | None = Field(
         None, max_length=NAME_MAX,
-            description="Metric that picks the best checkpoint and drives early stopping (task default if unset)."
+        description="Metric that picks the best checkpoint and drives early stopping (task default if unset)."
     )
     early_stopping: EarlyStoppingSpec | None = Field(None, description="Stop when the metric stops improving.")
     dataloader_workers: int = Field(2, ge=0, le=64, description="Data-loader worker processes per rank.")
@@ -177,7 +177,7 @@ class ClassificationSpec(Spec):
 class ExtractionSpec(Spec):
     clause_types: list[Annotated[str, Field(max_length=NAME_MAX)]] | None = Field(
         None, min_length=1, max_length=10_000,
-            description="Clause types to extract; inferred from the data when absent."
+        description="Clause types to extract; inferred from the data when absent."
     )
 
     _distinct = field_validator("clause_types")(lambda v: distinct(v))

@@ -135,12 +135,23 @@ def load_documents(path: str | Path) -> list[Any]:
         raise SpecError([str(exc)], str(path)) from None
 
 
-def load_training_run(path: str | Path) -> TrainingRun:
-    """The single TrainingRun in `path` (YAML or JSON)."""
-    found = load_documents(path)
+def _training_run_of(found: list[Any], source: str) -> TrainingRun:
     docs = [d for d in found if isinstance(d, Mapping) and d.get("kind") == "TrainingRun"]
     if len(docs) != 1:
         if len(found) == 1:
-            return parse_training_run(found[0], str(path))
-        raise SpecError([f"document: expected exactly one TrainingRun, found {len(docs)}"], str(path))
-    return parse_training_run(docs[0], str(path))
+            return parse_training_run(found[0], source)
+        raise SpecError([f"document: expected exactly one TrainingRun, found {len(docs)}"], source)
+    return parse_training_run(docs[0], source)
+
+
+def load_training_run(path: str | Path) -> TrainingRun:
+    """The single TrainingRun in `path` (YAML or JSON)."""
+    return _training_run_of(load_documents(path), str(path))
+
+
+def load_manifest(path: str | Path) -> TrainingRun | TrainingSchedule:
+    """The TrainingSchedule a file holds alone, else its single TrainingRun (`legistra validate` takes both)."""
+    found = load_documents(path)
+    if len(found) == 1 and isinstance(found[0], Mapping) and found[0].get("kind") == "TrainingSchedule":
+        return parse_training_schedule(found[0], str(path))
+    return _training_run_of(found, str(path))

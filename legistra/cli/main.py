@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from legistra.cli.specfile import load_or_report
+from legistra.api.schedule import TrainingSchedule
+from legistra.cli.specfile import load_or_report, manifest_or_report
 
 if TYPE_CHECKING:
     from legistra.operator.kube import Credentials
@@ -20,38 +21,15 @@ def _err(msg: str) -> int:
     return 1
 
 
-def _schedule_verdict(path: str) -> bool | None:
-    """For a file that holds one TrainingSchedule: whether it is valid (after printing the verdict); None for
-    any other file (the TrainingRun path reports it)."""
-    from legistra.api.validation import SpecError, load_documents, parse_training_schedule
-
-    try:
-        docs = load_documents(path)
-    except (SpecError, OSError):
-        return None  # load_or_report says why
-    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != "TrainingSchedule":
-        return None
-    try:
-        schedule = parse_training_schedule(docs[0], path)
-    except SpecError as exc:
-        print(f"{path}: invalid", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return False
-    print(f"{path}: ok (TrainingSchedule '{schedule.spec.schedule}', {schedule.spec.template.spec.task})")
-    return True
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.files:
-        verdict = _schedule_verdict(path)
-        if verdict is not None:
-            bad += not verdict
-            continue
-        run = load_or_report(path)
+        run = manifest_or_report(path)
         if run is None:
             bad += 1
+            continue
+        if isinstance(run, TrainingSchedule):
+            print(f"{path}: ok (TrainingSchedule '{run.spec.schedule}', {run.spec.template.spec.task})")
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
         from legistra.cli.plan import length_check

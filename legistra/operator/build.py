@@ -19,6 +19,7 @@ from legistra.contract import (
     ENV_REGISTRY_URI,
     ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
+    MLFLOW_CREDENTIALS,
     MUTABLE_RUN_POLICY,
     TERMINATION_LOG_PATH,
     checkpoint_uri,
@@ -115,11 +116,6 @@ def build_pvc(run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(run, pvc_name(run)), "spec": spec}
 
 
-# env var <- key of the MLflow credentials Secret
-MLFLOW_CREDENTIAL_KEYS = (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password"),
-                          ("MLFLOW_TRACKING_TOKEN", "token"))
-
-
 def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
     ref: dict[str, Any] = {"name": secret, "key": key, **({"optional": True} if optional else {})}
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
@@ -143,7 +139,7 @@ def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]
         # Credentials by reference only: MLflow's client reads these variables (each key may be absent).
         secret = spec.tracking.mlflow.credentials_secret or defaults.mlflow_credentials_secret
         if secret:
-            env.extend(_secret_env(name, secret, key, optional=True) for name, key in MLFLOW_CREDENTIAL_KEYS)
+            env.extend(_secret_env(name, secret, key, optional=True) for name, key in MLFLOW_CREDENTIALS.items())
     if spec.model.token_secret is not None:
         # huggingface_hub reads HF_TOKEN for gated and private models; it never reaches run.json or a log.
         env.append(_secret_env("HF_TOKEN", spec.model.token_secret.name, spec.model.token_secret.key))

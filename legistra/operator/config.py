@@ -24,9 +24,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from legistra.api.formats import credentials_in, redact
 from legistra.api.loader import no_duplicate_keys
+from legistra.contract import MLFLOW_CREDENTIALS
 from legistra.operator.credentials import CREDENTIAL_ENV
-
-MLFLOW_AUTH_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def setting(env: str, default: Any, doc: str, helm: str | None = None, positive: bool = False) -> Any:
@@ -225,7 +224,7 @@ class OperatorConfig:
         pod_id = loaded.pod_id or f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
         return dataclasses.replace(loaded, jobs=JobDefaults.from_env(source), namespaces=tuple(namespaces),
                                    pod_id=pod_id, kube_env={k: source[k] for k in CREDENTIAL_ENV if k in source},
-                                   mlflow_auth={k: source[k] for k in MLFLOW_AUTH_ENV if source.get(k)})
+                                   mlflow_auth={k: source[k] for k in MLFLOW_CREDENTIALS if source.get(k)})
 
     @property
     def watched(self) -> list[str | None]:

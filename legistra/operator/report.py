@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from legistra.contract import (
+    ENV_TRACKING_PASSWORD,
+    ENV_TRACKING_TOKEN,
+    ENV_TRACKING_USERNAME,
     FINAL_PREFIX,
     TAG_MODEL,
     TAG_MODEL_ALIAS,
@@ -28,10 +31,10 @@ from legistra.contract import (
 
 def auth_header(auth: Mapping[str, str]) -> dict[str, str]:
     """The Authorization header MLflow's client sends for its MLFLOW_TRACKING_* credentials (a token wins)."""
-    if auth.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {auth['MLFLOW_TRACKING_TOKEN']}"}
-    if auth.get("MLFLOW_TRACKING_USERNAME"):
-        pair = f"{auth['MLFLOW_TRACKING_USERNAME']}:{auth.get('MLFLOW_TRACKING_PASSWORD', '')}"
+    if auth.get(ENV_TRACKING_TOKEN):
+        return {"Authorization": f"Bearer {auth[ENV_TRACKING_TOKEN]}"}
+    if auth.get(ENV_TRACKING_USERNAME):
+        pair = f"{auth[ENV_TRACKING_USERNAME]}:{auth.get(ENV_TRACKING_PASSWORD, '')}"
         return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
     return {}
 

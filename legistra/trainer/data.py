@@ -346,12 +346,12 @@ def _chunks(source: Source, role: str, data: DataSpec) -> tuple[Iterator[Chunk],
 
 def _file_chunks(source: Source, path: Path) -> tuple[Iterator[Chunk], str, int, str]:
     size = path.stat().st_size
-    if source.fmt in ("jsonl", "csv", "cuad"):
+    if source.fmt in ("jsonl", "csv"):
         # One line for the file, before any row is read: Arrow's and Python's CSV readers each fail on a non-UTF-8
-        # file in their own way, and a UTF-16 jsonl file would fail on every line, one report per row. (A jsonl
-        # file with a few latin-1 lines keeps its per-row reports.)
-        problem = sources.encoding_problem(path)
-        if problem and (source.fmt != "jsonl" or "UTF-16" in problem or "UTF-32" in problem):
+        # file in their own way (so a CSV is scanned whole), and a UTF-16 jsonl file would fail on every line, one
+        # report per row (its mark says so; a jsonl file with a few latin-1 lines keeps its per-row reports).
+        problem = sources.encoding_problem(path, scan=source.fmt == "csv")
+        if problem:
             raise sources.EncodingProblem(problem)
     if source.fmt == "jsonl":
         return sources.jsonl_chunks(path), source.location, size, ""
@@ -363,6 +363,8 @@ def _file_chunks(source: Source, path: Path) -> tuple[Iterator[Chunk], str, int,
     if source.fmt == "cuad":
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:  # read whole anyway: the scan that names the line runs only on failure
+            raise sources.EncodingProblem(str(sources.encoding_problem(path))) from None
         except json.JSONDecodeError as exc:
             raise DataError(source.location, None, None, f"not valid JSON ({exc.msg})") from None
         except RecursionError:
@@ -591,5 +593,5 @@ def preflight(spec: TrainingRunSpec, cache_dir: Path, limit: int = PREFLIGHT_ROW
         read.append((label, pa.concat_tables(tables)))
     if spec.task == "risk-classification":
         # What the trainer's label check (fit_labels) would refuse, on the rows read here.
-        checked_labels(spec.classification.labels if spec.classification.labels else None, read)
+        checked_labels(spec.classification.labels, read)
     return checked

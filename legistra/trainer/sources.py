@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from legistra.api.loader import bom_encoding
+
 Row = dict[str, Any]
 Numbered = Iterator[tuple[int, "Row | Exception"]]
 
@@ -108,20 +110,18 @@ def _json_cells(row: Row) -> Row:
     return row
 
 
-_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
-         (b"\xfe\xff", "UTF-16"))
-
-
-def encoding_problem(path: Path) -> str | None:
-    """Why the text file at `path` is not UTF-8, naming the line and what to convert from; None when it is.
-    Read in chunks with an incremental decoder (a line may span two chunks)."""
+def encoding_problem(path: Path, scan: bool = True) -> str | None:
+    """Why the text file at `path` is not UTF-8, naming what to convert from (and the line); None when it is.
+    `scan`: read the whole file in chunks with an incremental decoder (a character may span two chunks); else
+    only its byte-order mark."""
     import codecs
 
     with path.open("rb") as fh:
-        head = fh.read(4)
-        for bom, name in _BOMS:
-            if head.startswith(bom):
-                return f"the file is {name}; convert it to UTF-8 first (iconv -f {name} -t UTF-8)"
+        name = bom_encoding(fh.read(4))
+        if name:
+            return f"the file is {name}; convert it to UTF-8 first (iconv -f {name} -t UTF-8)"
+        if not scan:
+            return None
         fh.seek(0)
         decoder = codecs.getincrementaldecoder("utf-8")()
         line = 1
