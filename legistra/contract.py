@@ -34,6 +34,9 @@ TAG_MODEL_URI = "legistra.model_uri"
 TAG_MODEL_ALIAS = "legistra.model_alias"
 TAG_PROMOTION = "legistra.promotion"  # promoted | rejected
 TAG_FAILURE = "legistra.failure"  # "<Reason>: <message>" of a run that ended in a deterministic failure
+# When rank 0's process started (RFC 3339), set at each start: a new value tells the operator that the trainer
+# restarted (the kubelet restarts a crashed container in place under OnFailure, and no job condition says so).
+TAG_TRAINER_STARTED = "legistra.trainer_started"
 # Tag on MLflow model versions: which registry version an MLflow model version mirrors.
 TAG_REGISTRY_VERSION = "legistra.version"
 

@@ -44,6 +44,17 @@ def test_a_failed_job_waits_out_the_delay_then_is_retried() -> None:
     assert plan(running, job(1, failed_seconds_ago=60)) == AttemptPlan("retry", 2)
 
 
+def test_an_attempt_the_operator_stops_is_planned_as_failed_now() -> None:
+    """A TrainJob past the run's backoffLimit is still running when the operator ends its attempt."""
+    running = {"phase": "Running", "attempt": 1, "jobName": "r"}
+    stopped = plan_attempt(running, job(1), 3, 60, NOW, stopped=True)
+    assert stopped == AttemptPlan("wait", 1, NOW + dt.timedelta(seconds=60))
+    last = {"phase": "Running", "attempt": 3, "jobName": "r"}
+    assert plan_attempt(last, job(3), 3, 60, NOW, stopped=True) == AttemptPlan("keep", 3)  # Failed for good
+    assert plan_attempt(running, job(1), 3, 0, NOW, stopped=True) == AttemptPlan("retry", 2)
+    assert plan_attempt(running, job(1), 3, 60, NOW) == AttemptPlan("keep", 1)  # not stopped: mirrored
+
+
 def test_the_delay_doubles_and_is_capped() -> None:
     assert retry_delay(60, 1) == dt.timedelta(seconds=60)
     assert retry_delay(60, 3) == dt.timedelta(seconds=240)

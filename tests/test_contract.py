@@ -24,7 +24,8 @@ def load_example(task: str) -> TrainingRun:
 def test_what_the_trainer_tags_is_what_the_operator_reads() -> None:
     tags = {contract.TAG_PROGRESS: json.dumps({"step": 3, "totalSteps": 6, "epoch": 0.5}),
             contract.TAG_MODEL: "clause-risk", contract.TAG_MODEL_VERSION: "4",
-            contract.TAG_MODEL_URI: "s3://models/clause-risk/v4", contract.TAG_MODEL_ALIAS: "champion"}
+            contract.TAG_MODEL_URI: "s3://models/clause-risk/v4", contract.TAG_MODEL_ALIAS: "champion",
+            contract.TAG_TRAINER_STARTED: "2026-12-06T10:00:00.000001Z"}
     run = {"info": {"run_id": "r1", "experiment_id": "7"},
            "data": {"tags": [{"key": k, "value": v} for k, v in tags.items()],
                     "metrics": [{"key": f"{contract.FINAL_PREFIX}eval_f1", "value": 0.8},
@@ -34,6 +35,7 @@ def test_what_the_trainer_tags_is_what_the_operator_reads() -> None:
     assert report["model"] == {"name": "clause-risk", "version": 4, "uri": "s3://models/clause-risk/v4",
                                "alias": "champion"}
     assert report["metrics"] == {"eval_f1": 0.8}  # the final metrics win over the running ones
+    assert report["trainerStarted"] == "2026-12-06T10:00:00.000001Z"  # a new value: the trainer restarted
 
 
 def test_phases_are_the_crd_status_enum() -> None:

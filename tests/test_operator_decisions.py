@@ -519,6 +519,105 @@ def test_when_pods_are_read_for_a_deterministic_failure(conditions: list[tuple[s
     assert pods_worth_reading(job, current, suspended, on_event) is expected
 
 
+STARTED = {"trainerStarted": "2026-12-06T10:00:00.000001Z"}
+
+
+@pytest.mark.parametrize(("current", "report", "expected"), [
+    ({"progress": {"step": 3}}, None, False),                                          # no report: no sign
+    ({"progress": {"step": 3}}, {"progress": {"step": 4}}, False),                      # an older trainer
+    ({"progress": {"step": 3}, "trainerStartedAt": STARTED["trainerStarted"]}, STARTED, False),  # seen already
+    ({"progress": {"step": 3}, "trainerStartedAt": "2026-12-06T09:00:00Z"}, STARTED, True),     # started again
+    ({"progress": {"step": 3}}, STARTED, True),                                          # not seen yet: look once
+])
+def test_a_trainer_that_started_again_is_noticed_from_its_report(current: dict[str, Any],
+                                                                 report: dict[str, Any] | None,
+                                                                 expected: bool) -> None:
+    from legistra.operator.status import pods_worth_reading, trainer_restarted
+
+    assert trainer_restarted(current, report) is expected
+    running = {"kind": "PyTorchJob", "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+    # After progress the pods are read only on that sign (no Restarting under OnFailure), on the job's own event too.
+    assert pods_worth_reading(running, current, False, False, report) is expected
+    assert pods_worth_reading(running, current, False, True, report) is expected
+    suspended = {"kind": "PyTorchJob", "status": {"conditions": [{"type": "Suspended", "status": "True"}]}}
+    assert pods_worth_reading(suspended, current, True, False, report) is False
+
+
+def restarted(job: str, count: int, container: str = "pytorch") -> dict[str, Any]:
+    p = pod(job, container=container)
+    p["status"]["containerStatuses"][0]["restartCount"] = count
+    return p
+
+
+@pytest.mark.parametrize(("pods", "expected"), [
+    ([], 0),
+    ([restarted("r", 0)], 0),
+    ([restarted("r", 2), restarted("r", 1)], 3),                                     # summed, as PastBackoffLimit
+    ([restarted("r", 2), restarted("other", 5)], 2),                                 # another job's pod
+    ([restarted("r", 2), restarted("r", 4, container="sidecar")], 2),                # not the trainer
+])
+def test_in_place_restarts_are_summed_over_the_jobs_trainer_containers(pods: list[dict[str, Any]],
+                                                                       expected: int) -> None:
+    from legistra.operator.status import container_restarts
+
+    assert container_restarts(pods, "r") == expected
+
+
+@pytest.mark.parametrize(("restarts", "limit", "reached"), [
+    (0, 0, False), (1, 0, True), (0, 3, False), (2, 3, False), (3, 3, True), (7, 3, True), (5, 6, False)])
+def test_the_backoff_limit_a_trainjob_is_held_to(restarts: int, limit: int, reached: bool) -> None:
+    from legistra.operator.status import restart_limit_reached
+
+    got = restart_limit_reached(restarts, limit)
+    assert (got is not None) is reached
+    if got is not None:
+        assert got.phase == "Failed" and got.reason == "BackoffLimitExceeded"
+        assert f"reaching runPolicy.backoffLimit ({limit})" in got.message
+
+
+@pytest.mark.parametrize(("kind", "conditions", "policy", "expected"), [
+    ("PyTorchJob", [("Failed", "True")], "None", True),       # v1.9.4 keeps them, and they crash-loop for ever
+    ("PyTorchJob", [("Failed", "True")], None, True),         # None is the training-operator's default too
+    ("PyTorchJob", [("Failed", "True")], "Running", False),   # the training-operator deletes them
+    ("PyTorchJob", [("Failed", "True")], "All", False),
+    ("PyTorchJob", [("Running", "True")], "None", False),     # not failed: nothing to release
+    ("PyTorchJob", [("Succeeded", "True")], "None", False),   # succeeded pods hold nothing
+    ("TrainJob", [("Failed", "True")], None, False),          # a failed Job's controller deletes its pods
+])
+def test_which_failed_jobs_keep_their_pods(kind: str, conditions: list[tuple[str, str]], policy: str | None,
+                                           expected: bool) -> None:
+    from legistra.operator.status import keeps_pods_after_failure
+
+    run_policy = {"cleanPodPolicy": policy} if policy else {}
+    job = {"kind": kind, "spec": {"runPolicy": run_policy},
+           "status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
+    assert keeps_pods_after_failure(job) is expected
+
+
+def test_restarts_and_the_trainers_start_reach_the_status() -> None:
+    from legistra.operator.status import JobState
+
+    running = {"kind": "TrainJob", "metadata": {"name": "r"},
+               "status": {"jobsStatus": [{"name": "node", "active": 1, "ready": 1}]}}
+    st = desired_status({}, running, generation=1, now="2026-12-06T10:00:00Z", suspended_in_spec=False,
+                        report=STARTED, restarts=2)
+    assert st["restarts"] == 2 and st["trainerStartedAt"] == STARTED["trainerStarted"] and st["phase"] == "Running"
+    kept = desired_status(st, running, generation=1, now="2026-12-06T10:00:05Z", suspended_in_spec=False)
+    assert kept["restarts"] == 2  # pods not read this pass: the last count stays
+    ended = JobState("Failed", "BackoffLimitExceeded", "the trainer restarted 3 times in place")
+    retrying = desired_status(st, running, generation=1, now="2026-12-06T10:00:10Z", suspended_in_spec=False,
+                              ended=ended, attempt=1, max_attempts=2, retry_at="2026-12-06T10:01:10Z", restarts=3)
+    assert retrying["phase"] == "Retrying" and retrying["retryAt"] == "2026-12-06T10:01:10Z"
+    assert retrying["message"].startswith("attempt 1 of 2 failed: the trainer restarted 3 times in place")
+    final = desired_status(st, running, generation=1, now="2026-12-06T10:00:10Z", suspended_in_spec=False,
+                           ended=ended, attempt=2, max_attempts=2)
+    assert final["phase"] == "Failed"
+    assert next(c for c in final["conditions"] if c["type"] == "Failed")["reason"] == "BackoffLimitExceeded"
+    replaced = desired_status(st, running, generation=1, now="2026-12-06T10:00:10Z", suspended_in_spec=False,
+                              replacing=True, attempt=2, max_attempts=2)
+    assert "restarts" not in replaced  # counted per attempt
+
+
 # -- checkpoints in object storage, and storage that cannot be had ------------------------------------------
 
 @pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])

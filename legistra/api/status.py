@@ -64,6 +64,12 @@ class TrainingRunStatus(Spec):
     start_time: str | None = None
     completion_time: str | None = None
     progress: Progress | None = Field(None, description="Training progress reported by the trainer.")
+    restarts: int | None = Field(
+        None, ge=0, description="In-place restarts of the trainer's containers in this attempt (restartPolicy "
+        "OnFailure), as last read from its pods.")
+    trainer_started_at: str | None = Field(
+        None, description="When the trainer (rank 0) last started, as it told MLflow (RFC 3339); a new value "
+        "after progress means it crashed and restarted.")
     key_metric: str | None = Field(None, description="The promotion (or task) metric, e.g. 'f1_macro=0.812'.")
     metrics: dict[str, float] | None = Field(None, description="Final evaluation metrics.")
     mlflow: MlflowRef | None = None

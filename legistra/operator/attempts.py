@@ -59,9 +59,11 @@ def attempt_limit(status: Mapping[str, Any], max_attempts: int) -> int:
 
 
 def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_attempts: int,
-                 delay_seconds: int, now: dt.datetime, preempted: bool = False) -> AttemptPlan:
+                 delay_seconds: int, now: dt.datetime, preempted: bool = False, stopped: bool = False) -> AttemptPlan:
     """`current`: the run's status; `job`: its PyTorchJob or None; `preempted`: its pods stopped on a
-    termination signal after saving (`status.preempted`). Preemptions do not count against `max_attempts`."""
+    termination signal after saving (`status.preempted`). Preemptions do not count against `max_attempts`.
+    `stopped`: the attempt ended now though its job does not say so (the operator stops it, e.g. a TrainJob past
+    the run's backoffLimit): planned as if the job had failed at `now`."""
     attempt = max(1, int(current.get("attempt") or 1))
     max_attempts = attempt_limit(current, max_attempts)
     phase = current.get("phase")
@@ -85,11 +87,12 @@ def plan_attempt(current: Mapping[str, Any], job: Mapping[str, Any] | None, max_
     if built_for < attempt:
         return AttemptPlan("replace", attempt)
     attempt = max(attempt, built_for)  # a status that lost its attempt (restored from a backup) follows the job
-    if job_state(job, False).phase == "Failed" and preempted:
+    failed = stopped or job_state(job, False).phase == "Failed"
+    if failed and preempted:
         return AttemptPlan("retry", attempt + 1, preempted=True)
-    if job_state(job, False).phase != "Failed" or attempt >= max_attempts:
+    if not failed or attempt >= max_attempts:
         return AttemptPlan("keep", attempt)
-    due = _failed_at(job, now) + retry_delay(delay_seconds, attempt)
+    due = (now if stopped else _failed_at(job, now)) + retry_delay(delay_seconds, attempt)
     if now < due:
         return AttemptPlan("wait", attempt, due)
     return AttemptPlan("retry", attempt + 1)

@@ -37,13 +37,16 @@ from legistra.operator.config import JobDefaults
 from legistra.operator.kube import ApiError, Kube, resource_version
 from legistra.operator.report import MlflowReporter
 from legistra.operator.status import (
+    container_restarts,
     desired_status,
     deterministic_failure,
     invalid_status,
     job_expires_at,
     job_state,
+    keeps_pods_after_failure,
     pods_worth_reading,
     preempted,
+    restart_limit_reached,
     trainer_status_report,
     volume_problem,
     volume_worth_checking,
@@ -162,27 +165,62 @@ async def reconcile(
         # run of this name, deleted and applied again before its job was collected: wait until it is gone.
         return await wait("JobNameTaken", f"a {backend.kind} named {name} exists and is not owned by this TrainingRun; "
                           "this run starts once that job is gone (the operator checks again at each resync)")
+    # The run's own tracking server when it names one (the pods log there), else the operator's.
+    uri = tracking_uri(run.spec, defaults.mlflow_tracking_uri)
+    # A server of the run's own, behind credentials of its own, is one the operator cannot read (it reads no
+    # Secrets): progress then comes from the job alone (trainerStatus, termination messages).
+    private = bool(run.spec.tracking.mlflow.credentials_secret) and uri != defaults.mlflow_tracking_uri
+    reporter = reporters(uri) if reporters is not None and uri and not private else None
+    report = None
+    if reporter is not None and run.metadata.uid and job is not None:
+        experiment = experiment_name(run.spec)
+        finished = job_state(job, False).phase in ("Succeeded", "Failed")
+        # MLflow's client is blocking: keep it off the event loop that serves every other run.
+        report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
+
     was_preempted = False
-    read_pods = job is not None and pods_worth_reading(job, current, rp.suspend, on_event)
+    restarts: int | None = None
+    ended = None
+    read_pods = job is not None and pods_worth_reading(job, current, rp.suspend, on_event, report)
     # A job's own event leaves a healthy job's pods to the resync pass (its start is too early to find anything);
     # the outcome says so, and the run is due at the next tick.
     pods_deferred = on_event and job is not None and not read_pods and pods_worth_reading(job, current, rp.suspend)
     if job is not None and read_pods:
-        # Did the trainer say a retry would fail the same way (bad data, no such model)?
+        # Did the trainer say a retry would fail the same way (bad data, no such model, a NaN)? The message is in
+        # the container's state, or in lastState once the kubelet restarted it in place.
         pods = await kube.list("Pod", ns, label_selector=f"{backend.pod_label}={name}")
         failure = deterministic_failure(pods, name, backend)
         if failure is not None:
             new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
-                                 metric=primary_metric(run.spec), attempt=job_attempt(job),
-                                 max_attempts=rp.max_attempts, failure=failure)
+                                 report=report, metric=primary_metric(run.spec), attempt=job_attempt(job),
+                                 max_attempts=rp.max_attempts, failure=failure,
+                                 restarts=container_restarts(pods, name, backend))
             if await save(new) and emit is not None:
                 _emit_transitions(emit, body, current, new)
-            if job_state(job, rp.suspend).phase != "Failed" and not job["metadata"].get("deletionTimestamp"):
-                # Its pods would only crash-loop until backoffLimit: stop them now.
+            if not job["metadata"].get("deletionTimestamp"):
+                # Its pods would only crash-loop until backoffLimit (and a Failed job's under cleanPodPolicy None
+                # for ever): stop them now.
                 await kube.delete(backend.kind, ns, name, propagation="Background")
             return Outcome("Failed", [], new, version, resource_version(job))
         was_preempted = preempted(pods, name, backend)
-    plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted)
+        restarts = container_restarts(pods, name, backend)
+        if backend.name == "trainjob" and job_state(job, rp.suspend).phase == "Running":
+            ended = restart_limit_reached(restarts, rp.backoff_limit)
+    plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted,
+                        stopped=ended is not None)
+    if ended is not None and job is not None and plan.action in ("wait", "keep"):
+        # The run's backoffLimit is spent on a TrainJob, whose Job would restart its nodes up to the runtime's own
+        # limit (6 by default): the attempt ends here, Retrying or Failed, and its job goes (the retry, due at
+        # retryAt, no longer needs it).
+        new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
+                             report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
+                             max_attempts=attempt_limit(current, rp.max_attempts), ended=ended, restarts=restarts,
+                             retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None)
+        if await save(new) and emit is not None:
+            _emit_transitions(emit, body, current, new)
+        if not job["metadata"].get("deletionTimestamp"):
+            await kube.delete(backend.kind, ns, name, propagation="Background")
+        return Outcome(new["phase"], [], new, version, resource_version(job))
     if plan.action == "finished":  # e.g. its job expired by TTL
         return await over()
     if plan.action == "wait" and job is None:
@@ -245,18 +283,6 @@ async def reconcile(
             return await over()
         delete_at = _iso(expires) if expires is not None else None
 
-    report = None
-    # The run's own tracking server when it names one (the pods log there), else the operator's.
-    uri = tracking_uri(run.spec, defaults.mlflow_tracking_uri)
-    # A server of the run's own, behind credentials of its own, is one the operator cannot read (it reads no
-    # Secrets): progress then comes from the job alone (trainerStatus, termination messages).
-    private = bool(run.spec.tracking.mlflow.credentials_secret) and uri != defaults.mlflow_tracking_uri
-    reporter = reporters(uri) if reporters is not None and uri and not private else None
-    if reporter is not None and run.metadata.uid and job is not None:
-        experiment = experiment_name(run.spec)
-        finished = job_state(job, False).phase in ("Succeeded", "Failed")
-        # MLflow's client is blocking: keep it off the event loop that serves every other run.
-        report = await asyncio.to_thread(reporter.read, experiment, run.metadata.uid, fresh=finished)
     report = report or trainer_status_report(job)  # Trainer v2 reports progress itself (TrainJobStatus gate)
     if private:
         report = {**(report or {}), "mlflow": {"note": (
@@ -276,10 +302,14 @@ async def reconcile(
                          max_attempts=attempt_limit(current, rp.max_attempts),
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at,
-                         storage=storage)
+                         storage=storage, restarts=restarts)
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
+    if job is not None and keeps_pods_after_failure(job) and not job["metadata"].get("deletionTimestamp"):
+        # Its pods were read above and the failure is in the status: delete the job now, or its crashed
+        # containers restart for ever and keep their GPUs (a retry, due at retryAt, does not need it).
+        await kube.delete(backend.kind, ns, name, propagation="Background")
     return Outcome(new["phase"], created, new, version, resource_version(job), pods_deferred)
 
 

@@ -25,6 +25,7 @@ from legistra.contract import (
     TAG_MODEL_URI,
     TAG_MODEL_VERSION,
     TAG_PROGRESS,
+    TAG_TRAINER_STARTED,
     run_key_filter,
 )
 
@@ -64,6 +65,8 @@ def report_from_run(run: dict[str, Any], base: str) -> dict[str, Any]:
             out["progress"] = json.loads(tags[TAG_PROGRESS])
         except json.JSONDecodeError:
             pass
+    if tags.get(TAG_TRAINER_STARTED):
+        out["trainerStarted"] = tags[TAG_TRAINER_STARTED]
     finals = {k.removeprefix(FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(FINAL_PREFIX)}
     evals = finals or {k: v for k, v in metrics.items() if k.startswith("eval_") and "/" not in k}
     if evals:

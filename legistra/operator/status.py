@@ -115,20 +115,67 @@ def job_may_have_failed_pods(job: Mapping[str, Any] | None) -> bool:
     return any(int(j.get("failed") or 0) for j in status.get("jobsStatus") or [])  # a TrainJob's failed node
 
 
+def trainer_restarted(current: Mapping[str, Any], report: Mapping[str, Any] | None) -> bool:
+    """Whether rank 0 announced a start that the run's status has not seen (contract.TAG_TRAINER_STARTED). Under
+    `restartPolicy: OnFailure` the kubelet restarts a crashed container in place: training-operator v1.9.4 sets
+    `Restarting` only for a pod in phase Failed, which such a pod never reaches, and a TrainJob's Job counts the
+    restart nowhere in the TrainJob. The trainer's own start is the one cheap sign that it crashed."""
+    started = (report or {}).get("trainerStarted")
+    return bool(started) and started != current.get("trainerStartedAt")
+
+
 def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspended_in_spec: bool,
-                       on_event: bool = False) -> bool:
-    """Whether to LIST the job's pods for a deterministic failure: after a pod failed (a Restarting/Failed job),
-    and while the job runs and the run has reported no progress yet. Bad data and missing models fail before the
+                       on_event: bool = False, report: Mapping[str, Any] | None = None) -> bool:
+    """Whether to LIST the job's pods for a deterministic failure and the restarts: after a pod failed (a
+    Restarting/Failed job), while the job runs and the run has reported no progress yet, and when the trainer
+    (`report`, from MLflow) has started again since the last look. Bad data and missing models fail before the
     first step, and with `restartPolicy: OnFailure` the kubelet restarts such a container in place without any
-    job condition. A Pending job's trainer has not started: nothing to find (a run may wait hours for GPUs).
+    job condition; a failure later in training (a NaN) restarts it the same way, and its new start says so. A
+    Pending job's trainer has not started: nothing to find (a run may wait hours for GPUs).
 
     `on_event`: the job is its own watch event's. A healthy job's event is its creation or start, too early for
     a failed pod; the resync pass (which reads the job afresh) reads the pods then. At 10,000 starting jobs
     that is 10,000 LISTs of pods fewer on the API server."""
     if job_may_have_failed_pods(job):
         return True
-    return not on_event and not suspended_in_spec and not current.get("progress") and \
-        job_state(job, suspended_in_spec).phase == "Running"
+    running = not suspended_in_spec and job_state(job, suspended_in_spec).phase == "Running"
+    if running and trainer_restarted(current, report):
+        return True
+    return not on_event and running and not current.get("progress")
+
+
+def container_restarts(pods: Sequence[Mapping[str, Any]], job_name: str,
+                       backend: Backend = BACKENDS["pytorchjob"]) -> int:
+    """How often the kubelet restarted the job's trainer containers in place: their restartCount, summed over the
+    job's pods (what training-operator v1.9.4's PastBackoffLimit, pkg/core/job.go, holds against backoffLimit)."""
+    total = 0
+    for pod in pods:
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label) != job_name:
+            continue
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") == backend.container:
+                total += max(0, int(cs.get("restartCount") or 0))
+    return total
+
+
+def restart_limit_reached(restarts: int, backoff_limit: int) -> JobState | None:
+    """A TrainJob whose trainer restarted `backoffLimit` times: the attempt is over, as a PyTorchJob's would be
+    (PastBackoffLimit: restarts >= limit, or any restart for a limit of 0). Trainer v2.3's runtimePatches cannot
+    set its Job's backoffLimit, so the operator holds the run's limit itself; None while under it."""
+    if restarts == 0 or (backoff_limit and restarts < backoff_limit):
+        return None
+    return JobState("Failed", "BackoffLimitExceeded",
+                    f"the trainer restarted {restarts} time{'s' if restarts > 1 else ''} in place, reaching "
+                    f"runPolicy.backoffLimit ({backoff_limit}); the operator stopped the TrainJob")
+
+
+def keeps_pods_after_failure(job: Mapping[str, Any]) -> bool:
+    """A Failed PyTorchJob under cleanPodPolicy None keeps its pods (training-operator v1.9.4's
+    DeletePodsAndServices returns early for a finished job), and under OnFailure the kubelet restarts their
+    crashed containers for ever: the GPUs stay taken until the job is deleted."""
+    if job.get("kind") == "TrainJob" or _pytorchjob_state(job, False).phase != "Failed":
+        return False
+    return (((job.get("spec") or {}).get("runPolicy") or {}).get("cleanPodPolicy") or "None") == "None"
 
 
 def trainjob_state(job: Mapping[str, Any], suspended_in_spec: bool) -> JobState:
@@ -268,6 +315,8 @@ def desired_status(
     failure: JobState | None = None,
     job_delete_at: str | None = None,
     storage: tuple[str, str] | None = None,
+    ended: JobState | None = None,
+    restarts: int | None = None,
 ) -> dict[str, Any]:
     """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
 
@@ -276,6 +325,8 @@ def desired_status(
     `failure`: the trainer declared the failure deterministic (`deterministic_failure`): Failed, no retry.
     `job_delete_at`: a finished TrainJob is deleted then (ttlSecondsAfterFinished, done by the operator).
     `storage`: (reason, message) of a checkpoint-storage problem (`volume_problem`, `build.storage_warning`).
+    `ended`: the attempt is over although its job does not say so: the operator stops it (`restart_limit_reached`).
+    `restarts`: the trainer's in-place restarts in this attempt, when its pods were read (`container_restarts`).
     """
     of = f"attempt {attempt} of {max_attempts}"
     if failure is not None:
@@ -286,7 +337,7 @@ def desired_status(
                          f"{of}: replacing the failed {backend_of(job or {}).kind}; training resumes from the "
                          "last checkpoint")
     else:
-        state = job_state(job, suspended_in_spec)
+        state = ended or job_state(job, suspended_in_spec)
         if state.phase == "Failed" and retry_at is not None:
             state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
                              f"starts at {retry_at} and resumes from the last checkpoint")
@@ -308,6 +359,7 @@ def desired_status(
         st["jobDeleteAt"] = job_delete_at
     if replacing:
         st.pop("completionTime", None)
+        st.pop("restarts", None)  # counted per attempt
     elif job is not None:
         st["jobName"] = job.get("metadata", {}).get("name")
         st["backend"] = backend_of(job).name
@@ -318,7 +370,11 @@ def desired_status(
             st["completionTime"] = js["completionTime"]
         else:
             st.pop("completionTime", None)
+    if restarts is not None and not replacing:
+        st["restarts"] = restarts
     if report:
+        if report.get("trainerStarted"):
+            st["trainerStartedAt"] = report["trainerStarted"]
         if report.get("progress"):
             prog = dict(report["progress"])
             total = int(prog.get("totalSteps") or 0)

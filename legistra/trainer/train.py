@@ -7,6 +7,7 @@ every rank in each forward); rank 0 alone logs, tracks, saves, registers and wri
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from legistra.contract import (
     TAG_CODE_VERSION,
     TAG_FAILURE,
     TAG_TASK,
+    TAG_TRAINER_STARTED,
     TAG_TRAINING_RUN,
     experiment_name,
 )
@@ -47,6 +49,9 @@ from legistra.trainer.data import LoadedData, cache_lock, load_data
 from legistra.trainer.dsconfig import deepspeed_config, zero_stage_of
 from legistra.trainer.runtime import DistInfo, setup_logging, show_progress_bar
 from legistra.trainer.tasks import TaskHandler, handler_for
+
+# When this process started: each start of rank 0 is announced to MLflow (contract.TAG_TRAINER_STARTED).
+STARTED = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 log = logging.getLogger("legistra.trainer")
 
@@ -450,6 +455,8 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
                 TAG_CODE_VERSION: __version__,
             }
         )
+        # At every start, a resumed run's too (start() tags only a new run): a restart in place shows here.
+        mlflow.set_tags({TAG_TRAINER_STARTED: STARTED})
         params = public_params({"spec": spec.wire()})
         params.update(
             {
