@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import yaml
 
@@ -187,6 +187,7 @@ def lean_emulator() -> Any:
                 if path.endswith("/log") and "/pods/" in path:
                     return await self._pod_log(request)
                 self._generate_name(request)
+                self._created_at(request)
                 self._kueue_webhook(request)
                 return await super()._handle(request)
             finally:
@@ -211,6 +212,14 @@ def lean_emulator() -> Any:
                 # 10 characters, not the API server's 5: that one retries a name already taken, kmock refuses it
                 # (5 hex characters met 128 conflicts among a 10,000-run benchmark's 20,000 Events).
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
+
+        @staticmethod
+        def _created_at(request: Any) -> None:
+            """The API server stamps every created object (kmock does not): what the operator's grace periods
+            (a checkpoint volume unbound for a minute) count from."""
+            meta = request.data.get("metadata") if isinstance(request.data, dict) else None
+            if request.action == kmock.action.CREATE and meta is not None:
+                meta.setdefault("creationTimestamp", now_iso())
 
         @staticmethod
         def _kueue_webhook(request: Any) -> None:
@@ -424,6 +433,19 @@ class Pod:
     log: Path
     termination: Path | None = None  # the container's terminationMessagePath, as a local file
     fallback_to_logs: bool = False
+    cmd: list[str] = field(default_factory=list)  # what the container runs, to start it again in place
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0  # the container's restartCount
+    last_terminated: dict[str, Any] | None = None  # its lastState.terminated
+    crashed_at: float | None = None  # monotonic time its container last exited non-zero (back-off from there)
+
+    def spawn(self) -> None:
+        """Start the container's process (again, in place, after a crash: the log goes on, the message file is the
+        new container's)."""
+        if self.termination is not None:
+            self.termination.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log, "ab"),  # noqa: SIM115
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def termination_message(self) -> str:
         """What the kubelet reports: the file, else (FallbackToLogsOnError, on an error) the log's tail."""
@@ -454,10 +476,9 @@ class Pod:
 @dataclass
 class JobState:
     uid: str
+    name: str
     kind: str = "PyTorchJob"
     pods: list[Pod] = field(default_factory=list)
-    restarts: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
     done: bool = False
     conditions: list[dict[str, Any]] = field(default_factory=list)
     start_time: str | None = None
@@ -465,19 +486,42 @@ class JobState:
 
 
 class FakeTrainingOperator(Poller):
-    """Stands in for Kubeflow's training-operator: runs each replica of each PyTorchJob as processes.
+    """Stands in for Kubeflow's training-operator v1.9.4 (PyTorchJobs), for Trainer v2.3 with JobSet v0.12
+    (TrainJobs on the torch-distributed runtime) and for the kubelet under them: runs each pod as processes.
 
-    What it reproduces: the env it injects (MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*), the container's
-    command, env (secretKeyRef resolved), ConfigMap and PVC mounts (the PVC is a folder that survives
-    restarts), restartPolicy OnFailure up to backoffLimit, suspend (pods deleted, job kept), and the
-    job's conditions and replicaStatuses written through the status subresource. Not reproduced:
-    scheduling, images, resource limits, per-pod (rather than whole-job) restarts.
+    What it reproduces, each from the controller's source (kubeflow/trainer at v1.9.4 and v2.3.0):
+    - the env injected (MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*), the container's command and env
+      (secretKeyRef resolved), ConfigMap and PVC mounts (the PVC is a folder that survives restarts);
+    - the kubelet under `restartPolicy: OnFailure`: a container that exits non-zero is started again in place,
+      in the same pod, after a back-off (`crash_backoff`, seconds here, 10 s doubling on a node): `restartCount`
+      rises, the exit code and termination message move to `lastState.terminated`, the phase stays Running;
+    - PastBackoffLimit (pkg/core/job.go): a PyTorchJob fails when the summed restartCount of its Running pods
+      reaches `backoffLimit` (any restart for 0), with the message "Job <name> has failed because it has reached
+      the specified backoff limit" (ReconcileJobs, pkg/controller.v1/common/job.go). `Restarting` is set only for
+      a pod in phase Failed (ReconcilePods, pkg/controller.v1/common/pod.go), which an OnFailure pod never
+      reaches: this stand-in never sets it. `replicaStatuses` is rebuilt on each pass from the pods (active:
+      Running pods; failed: Failed ones, so 0 here);
+    - cleanPodPolicy at the end (DeletePodsAndServices): None keeps every pod, and the kubelet goes on restarting
+      a Failed job's crashed containers; Running deletes running and pending pods; All deletes all.
+      `delete_pods_before_failure` plays v1.9.0-1.9.3, which deleted every pod before setting Failed;
+    - ttlSecondsAfterFinished on every finished job, Failed ones included (CleanupJob);
+    - suspend (pods deleted, job kept), conditions and status written through the status subresource, pods with
+      an ownerReference to their job (the GarbageCollector deletes them with it);
+    - a TrainJob as JobSet runs it: one Indexed Job for all nodes, its pods restarted in place up to the Job's
+      backoffLimit (6: the torch-distributed runtime sets none and Trainer v2.3's runtimePatches cannot), then
+      the Job fails and its pods are deleted, and the JobSet (no failurePolicy) fails with reason FailedJobs.
+    Not reproduced: scheduling, images, resource limits, NCCL.
     """
+
+    crash_backoff = 0.5
+    delete_pods_before_failure = False  # training-operator <= 1.9.3
+    JOB_BACKOFF_LIMIT = 6  # a Kubernetes Job's default backoffLimit, which Trainer v2.3's Job keeps
 
     def __init__(self, cluster: Cluster, namespace: str, workdir: Path) -> None:
         super().__init__()
         self.cluster, self.ns, self.workdir = cluster, namespace, workdir
         self.jobs: dict[str, JobState] = {}
+        self.failed: set[str] = set()  # the jobs this stand-in failed (backoff limit), as opposed to deleted
         self.lock = threading.Lock()
 
     def stop(self) -> None:
@@ -487,6 +531,11 @@ class FakeTrainingOperator(Poller):
 
     def pvc_dir(self, job_name: str) -> Path:
         return self.workdir / job_name / "pvc"
+
+    def restarts(self, job: str) -> int:
+        """The summed restartCount of a job's pods (0 once they are gone)."""
+        state = self.jobs.get(job)
+        return sum(p.restarts for p in state.pods) if state else 0
 
     # -- the loop ----------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -510,17 +559,22 @@ class FakeTrainingOperator(Poller):
             return
         self.cluster.delete("kubeflow.org/v1", "pytorchjobs", self.ns, name)
 
-    def _set(self, name: str, state: JobState, kind: str, reason: str, message: str,
+    def _set(self, name: str, state: JobState, kind: str | None, reason: str = "", message: str = "",
              others_false: tuple[str, ...] = ()) -> None:
-        conds = [c for c in state.conditions if c["type"] != kind]
-        for c in conds:
-            if c["type"] in others_false:
-                c["status"] = "False"
-        conds.append({"type": kind, "status": "True", "reason": reason, "message": message,
-                      "lastTransitionTime": now_iso(), "lastUpdateTime": now_iso()})
-        state.conditions = conds
-        status: dict[str, Any] = {"conditions": conds,
-                                  "replicaStatuses": {r: {"failed": n} for r, n in state.failed.items()}}
+        """Write the job's status: `kind` condition set True (None: none changes), replicaStatuses rebuilt."""
+        if kind is not None:
+            conds = [c for c in state.conditions if c["type"] != kind]
+            for c in conds:
+                if c["type"] in others_false:
+                    c["status"] = "False"
+            conds.append({"type": kind, "status": "True", "reason": reason, "message": message,
+                          "lastTransitionTime": now_iso(), "lastUpdateTime": now_iso()})
+            state.conditions = conds
+        replicas: dict[str, dict[str, int]] = {}
+        for p in state.pods:
+            counts = replicas.setdefault(p.replica, {"active": 0, "failed": 0, "succeeded": 0})
+            counts["succeeded" if p.proc.poll() == 0 else "active"] += 1
+        status: dict[str, Any] = {"conditions": state.conditions, "replicaStatuses": replicas}
         if state.start_time:
             status["startTime"] = state.start_time
         if kind in ("Succeeded", "Failed"):
@@ -535,6 +589,13 @@ class FakeTrainingOperator(Poller):
         meta = job["metadata"]
         return str(meta.get("uid") or f"{name}#{(meta.get('annotations') or {}).get(ATTEMPT_ANNOTATION, '1')}")
 
+    @staticmethod
+    def _past_backoff_limit(restarts: int, limit: int | None) -> bool:
+        """PastBackoffLimit (training-operator v1.9.4, pkg/core/job.go; the Job controller's is the same)."""
+        if limit is None:
+            return False
+        return restarts > 0 if limit == 0 else restarts >= limit
+
     def _sync(self, name: str, job: dict[str, Any]) -> None:
         if job["kind"] == "TrainJob":
             self._sync_trainjob(name, job)
@@ -542,13 +603,14 @@ class FakeTrainingOperator(Poller):
         uid = self._identity(name, job)
         state = self.jobs.get(name)
         if state is None:
-            state = self.jobs[name] = JobState(uid=uid)
+            state = self.jobs[name] = JobState(uid=uid, name=name)
             self._set(name, state, "Created", "PyTorchJobCreated", f"PyTorchJob {name} is created.")
         if state.done:
+            self._kubelet(name, state)  # pods kept (cleanPodPolicy None) go on crash-looping
             self._expire(name, job, state)
             return
-        suspended = bool(job["spec"].get("runPolicy", {}).get("suspend"))
-        if suspended:
+        run_policy = job["spec"].get("runPolicy", {})
+        if run_policy.get("suspend"):
             if state.pods or not any(c["type"] == "Suspended" and c["status"] == "True" for c in state.conditions):
                 self._kill(state)
                 self._set(name, state, "Suspended", "PyTorchJobSuspended", f"PyTorchJob {name} is suspended.",
@@ -561,38 +623,68 @@ class FakeTrainingOperator(Poller):
             self._set(name, state, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.",
                       others_false=("Restarting", "Suspended"))
             return
-        codes = [(p, p.proc.poll()) for p in state.pods]
-        failed = [p for p, code in codes if code not in (None, 0)]
-        if failed:
-            for p in failed:
-                state.failed[p.replica] = state.failed.get(p.replica, 0) + 1
-                self._report_pod(name, p)
-            self._kill(state)
-            backoff = int(job["spec"].get("runPolicy", {}).get("backoffLimit", 3))
-            if state.restarts >= backoff:
-                state.done = True
-                who = ", ".join(sorted({f"{p.replica}" for p in failed}))
-                self._set(name, state, "Failed", "PyTorchJobFailed",
-                          f"PyTorchJob {name} is failed because {len(failed)} {who} replica(s) failed.",
-                          others_false=("Running", "Restarting"))
-                return
-            state.restarts += 1
-            self._set(name, state, "Restarting", "PyTorchJobRestarting",
-                      f"PyTorchJob {name} is restarting because {len(failed)} replica(s) failed.",
-                      others_false=("Running",))
-            self._launch(name, job, state)
-            self._set(name, state, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.",
-                      others_false=("Restarting",))
-            return
-        if all(code == 0 for _, code in codes):
+        changed = self._kubelet(name, state)
+        limit = run_policy.get("backoffLimit")
+        if self._past_backoff_limit(sum(p.restarts for p in state.pods), None if limit is None else int(limit)):
             state.done = True
-            state.pods = []
+            self.failed.add(name)
+            policy = run_policy.get("cleanPodPolicy") or "None"
+            if self.delete_pods_before_failure or policy in ("All", "Running"):
+                self._kill(state)  # every pod here is running or crash-looping: both policies delete it
+            self._set(name, state, "Failed", "PyTorchJobFailed",
+                      f"Job {name} has failed because it has reached the specified backoff limit",
+                      others_false=("Running",))
+            return
+        if all(p.proc.poll() == 0 for p in state.pods):
+            state.done = True
+            for p in state.pods:
+                self._put_pod(name, p, {"phase": "Succeeded", "containerStatuses": [self._container(name, p)]})
             self._set(name, state, "Succeeded", "PyTorchJobSucceeded",
                       f"PyTorchJob {name} is successfully completed.", others_false=("Running",))
+        elif changed:
+            self._set(name, state, None)
+
+    def _kubelet(self, name: str, state: JobState) -> bool:
+        """The kubelet under `restartPolicy: OnFailure`: a container that exited non-zero is shown terminated,
+        then (after the back-off) started again in the same pod. Whether any pod changed."""
+        changed = False
+        now = time.monotonic()
+        for p in state.pods:
+            code = p.proc.poll()
+            if code in (None, 0):
+                continue
+            if p.crashed_at is None:
+                p.crashed_at = now
+                p.last_terminated = {"exitCode": code, "reason": "Error", "message": p.termination_message(),
+                                     "finishedAt": now_iso()}
+                self._put_pod(name, p, {"phase": "Running", "containerStatuses": [self._container(name, p)]})
+                changed = True
+            elif now - p.crashed_at >= self.crash_backoff:
+                p.crashed_at = None
+                p.restarts += 1
+                p.spawn()
+                self._put_pod(name, p, {"phase": "Running", "containerStatuses": [self._container(name, p)]})
+                changed = True
+        return changed
+
+    def _container(self, job: str, pod: Pod) -> dict[str, Any]:
+        """The trainer container's status as the kubelet reports it."""
+        code = pod.proc.poll()
+        if code is None:
+            state: dict[str, Any] = {"running": {"startedAt": now_iso()}}
+        elif code == 0:
+            state = {"terminated": {"exitCode": 0, "reason": "Completed", "message": pod.termination_message()}}
+        else:  # shown terminated until the back-off is over (the kubelet says CrashLoopBackOff in between)
+            state = {"terminated": {"exitCode": code, "reason": "Error", "message": pod.termination_message()}}
+        out = {"name": self._pod_identity(job, pod)[2], "ready": code is None, "restartCount": pod.restarts,
+               "image": "trainer", "imageID": "", "state": state}
+        if pod.last_terminated is not None:
+            out["lastState"] = {"terminated": pod.last_terminated}
+        return out
 
     # -- Trainer v2: TrainJobs on the torch-distributed runtime --------------------------------------------------
     def _trainjob_status(self, name: str, state: JobState, condition: str | None, reason: str = "",
-                         message: str = "") -> None:
+                         message: str = "", pending: bool = False) -> None:
         """Conditions Complete / Failed / Suspended and jobsStatus for the one replicated job, `node`."""
         if condition is not None:
             state.conditions = [c for c in state.conditions if c["type"] != condition] + [
@@ -601,11 +693,12 @@ class FakeTrainingOperator(Poller):
         running = [p for p in state.pods if p.proc.poll() is None]
         suspended = any(c["type"] == "Suspended" and c["status"] == "True" for c in state.conditions)
         # One child Job for all nodes (Trainer v2.3's torch plugin); JobSet counts it active while it has pods
-        # (pending ones too) and ready once all of them are (jobset v0.12 ReplicatedJobStatus).
+        # (pending ones too), ready once all of them are, failed once the Job failed (jobset v0.12
+        # ReplicatedJobStatus).
         status = {"conditions": state.conditions, "jobsStatus": [{
-            "name": "node", "active": 1 if running else 0,
+            "name": "node", "active": 1 if state.pods or pending else 0,
             "ready": 1 if state.pods and len(running) == len(state.pods) else 0,
-            "failed": sum(state.failed.values()),
+            "failed": 1 if condition == "Failed" else 0,
             "succeeded": 1 if condition == "Complete" else 0, "suspended": 1 if suspended else 0}]}
         self.cluster.patch("trainer.kubeflow.org/v1alpha1", "trainjobs", self.ns, name, {"status": status},
                            sub="status")
@@ -614,7 +707,7 @@ class FakeTrainingOperator(Poller):
         uid = self._identity(name, job)
         state = self.jobs.get(name)
         if state is None:
-            state = self.jobs[name] = JobState(uid=uid, kind="TrainJob")
+            state = self.jobs[name] = JobState(uid=uid, name=name, kind="TrainJob")
         if state.done:
             return
         if job["spec"].get("suspend"):
@@ -624,32 +717,62 @@ class FakeTrainingOperator(Poller):
             return
         if not state.pods:
             state.conditions = [c for c in state.conditions if c["type"] != "Suspended"]
+            claim = self._unbound_claim(self._node_pod_spec(job))
+            if claim is not None:  # the scheduler leaves the pods Pending; JobSet counts their Job active
+                self._pending_pods(name, job, claim)
+                self._trainjob_status(name, state, None, pending=True)
+                return
             self._launch_trainjob(name, job, state)
             self._trainjob_status(name, state, None)
             return
-        codes = [(p, p.proc.poll()) for p in state.pods]
-        failed = [p for p, code in codes if code not in (None, 0)]
-        if failed:  # the runtime sets no JobSet failurePolicy: one failed node fails the TrainJob
-            for p in failed:
-                state.failed["node"] = state.failed.get("node", 0) + 1
-                self._report_pod(name, p)
+        changed = self._kubelet(name, state)
+        if self._past_backoff_limit(sum(p.restarts for p in state.pods), self.JOB_BACKOFF_LIMIT):
+            # The Job fails (BackoffLimitExceeded) and its controller deletes its pods; with no failurePolicy the
+            # JobSet fails on its first failed Job.
             self._kill(state)
             state.done = True
-            self._trainjob_status(name, state, "Failed", "FailedJobs", f"jobset {name} failed")
-        elif all(code == 0 for _, code in codes):
+            self.failed.add(name)
+            self._trainjob_status(name, state, "Failed", "FailedJobs", f"jobset {name} failed: job node-0 failed")
+        elif all(p.proc.poll() == 0 for p in state.pods):
             state.done = True
             state.pods = []
             self._trainjob_status(name, state, "Complete", "JobsCompleted", "jobset completed successfully")
+        elif changed:
+            self._trainjob_status(name, state, None)
 
-    def _launch_trainjob(self, name: str, job: dict[str, Any], state: JobState) -> None:
-        """Each node as local processes: the trainer's image/command/args/env from spec.trainer, volumes and
-        mounts from the runtime patches, and the PET_* environment the torch runtime injects."""
-        trainer = job["spec"]["trainer"]
+    @staticmethod
+    def _node_pod_spec(job: dict[str, Any]) -> dict[str, Any]:
+        """The node pod's spec as the TrainJob's runtime patches give it."""
         pod: dict[str, Any] = {}
         for patch in job["spec"].get("runtimePatches", []):
             for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
                 if rj["name"] == "node":
                     pod = rj["template"]["spec"]["template"]["spec"]
+        return pod
+
+    def _unbound_claim(self, pod: dict[str, Any]) -> str | None:
+        """A claim of the pod that is not bound: the emulator has no volume provisioner, so a claim counts as
+        bound unless its status says Pending (as a test sets it, for a class that provides no volume)."""
+        for volume in pod.get("volumes", []):
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            pvc = self.cluster.get("v1", "persistentvolumeclaims", self.ns, claim) if claim else None
+            if pvc is not None and (pvc.get("status") or {}).get("phase") == "Pending":
+                return str(claim)
+        return None
+
+    def _pending_pods(self, name: str, job: dict[str, Any], claim: str) -> None:
+        """The nodes' pods as the scheduler leaves them while their claim is unbound (no process runs)."""
+        for index in range(int(job["spec"]["trainer"].get("numNodes", 1))):
+            placeholder = Pod("Node", index, cast("subprocess.Popen[bytes]", None), Path(os.devnull))
+            self._put_pod(name, placeholder, {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": f"0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims ({claim})"}]})
+
+    def _launch_trainjob(self, name: str, job: dict[str, Any], state: JobState) -> None:
+        """Each node as local processes: the trainer's image/command/args/env from spec.trainer, volumes and
+        mounts from the runtime patches, and the PET_* environment the torch runtime injects."""
+        trainer = job["spec"]["trainer"]
+        pod = self._node_pod_spec(job)
         patched: dict[str, Any] = next((c for c in pod.get("containers", []) if c["name"] == "node"), {})
         container = {"name": "node", "command": trainer.get("command", []), "args": trainer.get("args", []),
                      "env": [*trainer.get("env", []), *patched.get("env", [])],
@@ -665,24 +788,22 @@ class FakeTrainingOperator(Poller):
             self._announce_pod(name, node)
 
     # -- pods ----------------------------------------------------------------------------------------------
-    def _report_pod(self, job: str, pod: Pod) -> None:
-        """The failed pod as the API shows it: its controller's labels, the container's terminated state with
-        its exit code and termination message (what the operator reads)."""
-        container = self._pod_identity(job, pod)[2]
-        self._put_pod(job, pod, {"phase": "Failed", "containerStatuses": [{
-            "name": container, "ready": False, "restartCount": 0, "image": "trainer", "imageID": "",
-            "state": {"terminated": {"exitCode": pod.proc.returncode, "reason": "Error",
-                                     "message": pod.termination_message()}}}]})
-
     def _put_pod(self, job: str, pod: Pod, status: dict[str, Any]) -> str:
         """The pod as its controller makes it (created once; Indexed Job pods annotated with their completion
         index), with `status`; its name."""
         name, labels, container = self._pod_identity(job, pod)
         if self.cluster.get("v1", "pods", self.ns, name) is None:
-            annotations = {COMPLETION_INDEX: str(pod.index)} if self.jobs[job].kind == "TrainJob" else {}
+            state = self.jobs[job]
+            annotations = {COMPLETION_INDEX: str(pod.index)} if state.kind == "TrainJob" else {}
+            # Owned by the job (by its child Job under JobSet, which the emulator does not have).
+            owner = {"apiVersion": "kubeflow.org/v1" if state.kind == "PyTorchJob" else "batch/v1",
+                     "kind": state.kind if state.kind == "PyTorchJob" else "Job",
+                     "name": job if state.kind == "PyTorchJob" else f"{job}-node-0", "uid": state.uid,
+                     "controller": True, "blockOwnerDeletion": True}
             self.cluster.request("POST", f"/api/v1/namespaces/{self.ns}/pods", {
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": self.ns, "labels": labels, "annotations": annotations},
+                "metadata": {"name": name, "namespace": self.ns, "labels": labels, "annotations": annotations,
+                             "ownerReferences": [owner]},
                 "spec": {"containers": [{"name": container, "image": "trainer"}]}})
         self.cluster.patch("v1", "pods", self.ns, name, {"status": status}, sub="status")
         return name
@@ -731,7 +852,7 @@ class FakeTrainingOperator(Poller):
         """The running pod as the API shows it, its output served as pods/log."""
         name = self._pod_identity(job, pod)[0]
         self.cluster.pod_logs[(self.ns, name)] = pod
-        self._put_pod(job, pod, {"phase": "Running"})
+        self._put_pod(job, pod, {"phase": "Running", "containerStatuses": [self._container(job, pod)]})
 
     def _pod(self, job: str, template: dict[str, Any], replica: str, index: int, node_rank: int, nnodes: int,
              nproc: str, port: int, container: str = "pytorch") -> Pod:
@@ -779,20 +900,22 @@ class FakeTrainingOperator(Poller):
             "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         })
         cmd = [local(a) for a in spec.get("command", []) + spec.get("args", [])]
-        log = pod_dir / "pod.log"
         pod_dir.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                start_new_session=True)
-        return Pod(replica, index, proc, log, termination,
-                   spec.get("terminationMessagePolicy") == "FallbackToLogsOnError")
+        pod = Pod(replica, index, cast("subprocess.Popen[bytes]", None), pod_dir / "pod.log", termination,
+                  spec.get("terminationMessagePolicy") == "FallbackToLogsOnError", cmd, env)
+        pod.spawn()
+        return pod
 
     def _kill(self, state: JobState) -> None:
+        """The pods deleted (suspend, cleanPodPolicy, a failed Job, the job itself deleted): processes and objects."""
         for p in state.pods:
             p.kill()
+            if state.name in self.jobs:
+                self.cluster.delete("v1", "pods", self.ns, self._pod_identity(state.name, p)[0])
         state.pods = []
 
     def kill_pod(self, job: str, replica: str = "Master") -> None:
-        """A node loss: the pod's processes die with a non-zero code; the restart path takes over."""
+        """A node loss: the pod's processes die with a non-zero code; the kubelet restarts it in place."""
         with self.lock:
             for p in self.jobs[job].pods:
                 if p.replica == replica and p.proc.poll() is None:

@@ -130,22 +130,65 @@ def test_run_succeeds_with_metrics_mlflow_and_model_in_status(world: dict[str, A
     assert beyond.returncode == 1 and beyond.stderr.strip() == "error: --rank 2: this run has 2 ranks (0-1)"
 
 
-def test_failing_replica_marks_the_run_failed_with_why(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
-    """A crash that says nothing (a killed pod, an NCCL hang): restarted up to backoffLimit, then Failed."""
+def test_a_run_that_fails_on_its_last_attempt_leaves_no_running_pod(world: dict[str, Any],
+                                                                    tiny_models: dict[str, Path]) -> None:
+    """A crash that says nothing (a killed pod, an NCCL hang) restarts the containers in place until their restarts
+    reach backoffLimit; the job fails. Under cleanPodPolicy None training-operator v1.9.4 keeps a failed job's
+    pods and the kubelet goes on restarting them, holding their GPUs for ever: the operator, once it has read
+    them, deletes the job. Before, the failed job stayed with its pods running."""
     doc = training_run("risk-broken", tiny_models, training={"maxSteps": 400, "batchSize": 2},
                        data={"maxSamples": 200}, runPolicy={"backoffLimit": 1, "maxAttempts": 1})
     cluster: Cluster = world["cluster"]
     kubeflow: FakeTrainingOperator = world["kubeflow"]
     cluster.apply_run(doc)
-    for restarts in (0, 1):
-        cluster.wait(lambda n=restarts: (s := kubeflow.jobs.get("risk-broken")) and s.restarts == n and s.pods,  # type: ignore[misc]
-                     120, f"the job's pods (restart {restarts})")
-        kubeflow.kill_pod("risk-broken", "Worker")
+    cluster.wait(lambda: (s := kubeflow.jobs.get("risk-broken")) and len(s.pods) == 2, 120, "the job's pods")
+    state = kubeflow.jobs["risk-broken"]
+    kubeflow.kill_pod("risk-broken", "Worker")
     st = wait_phase(world, "risk-broken", "Failed")["status"]
-    assert "replica" in st["message"] and "failed" in st["message"]
+    assert "Job risk-broken has failed because it has reached the specified backoff limit" in st["message"]
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "PyTorchJobFailed"
-    assert world["kubeflow"].jobs["risk-broken"].restarts == 1  # backoffLimit honoured
+    assert "risk-broken" in kubeflow.failed  # the training-operator failed it (backoffLimit), not the operator
+    cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-broken") is None, 30, "the failed job to be deleted")
+    cluster.wait(lambda: all(p.proc.poll() is not None for p in state.pods), 30, "its pods to stop")
+    pods = [p for p in cluster.list("v1", "pods", NS)
+            if p["metadata"]["labels"].get("training.kubeflow.org/job-name") == "risk-broken"]
+    assert pods == []
+    assert wait_phase(world, "risk-broken", "Failed")["status"]["message"] == st["message"]
+
+
+def test_a_deterministic_failure_after_progress_is_read_from_the_restarted_container(
+        world: dict[str, Any], tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """A run that diverges (NaN weights) fails at the end of training, after progress, exits 2 and says Diverged.
+    Under OnFailure the kubelet restarts it in place: no job condition changes, and the message moves to the
+    container's lastState. The trainer's new start (in MLflow) makes the operator read the pods: Failed, Diverged,
+    long before the job spends its backoffLimit (it used to be seen only once the job had failed)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(tiny_models["bert"], poisoned)
+    tensors = load_file(str(poisoned / "model.safetensors"))
+    name = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
+    doc = training_run("risk-nan", tiny_models, training={"maxSteps": 500, "batchSize": 2, "loggingSteps": 5},
+                       data={"maxSamples": 60}, runPolicy={"backoffLimit": 8, "maxAttempts": 2})
+    doc["spec"]["model"]["name"] = str(poisoned)
+    doc["spec"]["resources"]["nodes"] = 1
+    cluster: Cluster = world["cluster"]
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    posts = cluster.creates("pytorchjobs")
+    cluster.apply_run(doc)
+    st = wait_phase(world, "risk-nan", "Failed", timeout=180)["status"]
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "Diverged", failed
+    assert "risk-nan" not in kubeflow.failed  # stopped by the operator, not at the job's backoffLimit
+    assert st["progress"]["step"] > 0 and 1 <= st["restarts"] < 8  # seen in lastState, after a restart
+    assert st["attempt"] == 1 and cluster.creates("pytorchjobs") - posts == 1
+    cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-nan") is None, 30, "the crash-looping job to go")
 
 
 def test_bad_data_fails_at_once_with_the_row_named(world: dict[str, Any], tiny_models: dict[str, Path],
@@ -182,18 +225,17 @@ def kill_after_first_checkpoint(world: dict[str, Any], name: str, replica: str) 
 
 
 def test_pod_restart_resumes_from_the_checkpoint(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+    """A lost node's container restarts in place (OnFailure), under backoffLimit: the same job, the same attempt,
+    training resumes from the last checkpoint."""
     doc = training_run("risk-restart", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2},
-                       data={"maxSamples": 200})
+                       data={"maxSamples": 200}, runPolicy={"backoffLimit": 6})
     cluster: Cluster = world["cluster"]
     kubeflow: FakeTrainingOperator = world["kubeflow"]
     cluster.apply_run(doc)
     kill_after_first_checkpoint(world, "risk-restart", "Worker")
-    restarting = cluster.wait(lambda: (r := cluster.run(NS, "risk-restart")) and
-                              any(c.get("reason") == "PyTorchJobRestarting" for c in
-                                  (cluster.get(*JOBS, NS, "risk-restart") or {}).get("status", {}).get("conditions", []))
-                              and r, 60, "the job to restart")
-    assert restarting
-    wait_phase(world, "risk-restart", "Succeeded")
+    cluster.wait(lambda: kubeflow.restarts("risk-restart") >= 1, 60, "the container to restart in place")
+    done = wait_phase(world, "risk-restart", "Succeeded")["status"]
+    assert done["attempt"] == 1
     result = json.loads((kubeflow.pvc_dir("risk-restart") / "output" / "result.json").read_text())
     assert result["globalStep"] == 60
     assert result["resumedFrom"] and "checkpoint-" in result["resumedFrom"]
@@ -214,7 +256,8 @@ def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, An
     kill_after_first_checkpoint(world, "risk-retry", "Worker")
     retrying = wait_phase(world, "risk-retry", "Retrying", timeout=60)["status"]
     assert retrying["attempt"] == 1 and retrying["retryAt"]
-    assert retrying["message"].startswith("attempt 1 of 2 failed: PyTorchJob risk-retry is failed")
+    assert retrying["message"].startswith("attempt 1 of 2 failed: Job risk-retry has failed because it has reached the "
+                                         "specified backoff limit")
     cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-retry") is None, 30, "the TTL to delete the failed job")
     second = cluster.wait(lambda: cluster.get(*JOBS, NS, "risk-retry"), 60, "the second attempt's job")
     assert second["metadata"]["annotations"]["legistra.io/attempt"] == "2"

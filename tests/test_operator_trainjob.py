@@ -77,20 +77,59 @@ def test_a_run_on_two_nodes_suspended_resumed_succeeds_and_its_trainjob_expires(
     assert cluster.get(*TRAINJOBS, NS, "v2-ok") is None and cluster.run(NS, "v2-ok")["status"]["phase"] == "Succeeded"
 
 
-def test_a_failed_node_is_retried_and_resumes(world: dict[str, Any], tiny_models: dict[str, Path]) -> None:
+def test_backoff_limit_holds_on_a_trainjob_and_the_next_attempt_resumes(world: dict[str, Any],
+                                                                        tiny_models: dict[str, Path]) -> None:
+    """JobSet restarts a failed node's container in place up to its Job's backoffLimit (6: Trainer v2.3 cannot patch
+    it), so runPolicy.backoffLimit used to be ignored on this backend. The operator holds it: once the trainer's
+    restarts reach it, the attempt ends (Retrying, reason in the message), the TrainJob goes, the next attempt
+    resumes from the checkpoint."""
     doc = training_run("v2-retry", tiny_models, training={"maxSteps": 30, "saveSteps": 10, "batchSize": 2},
-                       data={"maxSamples": 120}, runPolicy={"maxAttempts": 2, "retryDelaySeconds": 2})
+                       data={"maxSamples": 120},
+                       runPolicy={"backoffLimit": 1, "maxAttempts": 2, "retryDelaySeconds": 2})
     cluster: Cluster = world["cluster"]
     trainer: FakeTrainingOperator = world["kubeflow"]
     posts = cluster.creates("trainjobs")
     cluster.apply_run(doc)
     kill_after_first_checkpoint(world, "v2-retry", "Node")
-    retrying = wait_phase(world, "v2-retry", "Retrying", timeout=60)["status"]
-    assert retrying["attempt"] == 1 and "jobset v2-retry failed (node job: " in retrying["message"]
+    retrying = wait_phase(world, "v2-retry", "Retrying", timeout=90)["status"]
+    assert retrying["attempt"] == 1 and "reaching runPolicy.backoffLimit (1)" in retrying["message"], retrying
+    assert retrying["restarts"] >= 1 and "v2-retry" not in trainer.failed  # the runtime's limit (6) was not hit
     done = wait_phase(world, "v2-retry", "Succeeded")["status"]
     assert done["attempt"] == 2 and cluster.creates("trainjobs") - posts == 2
     result = json.loads((trainer.pvc_dir("v2-retry") / "output" / "result.json").read_text())
     assert result["globalStep"] == 30 and "checkpoint-" in (result["resumedFrom"] or "")
+
+
+def test_a_trainjob_whose_pods_wait_for_their_volume_is_pending_and_says_why(world: dict[str, Any],
+                                                                            tiny_models: dict[str, Path]) -> None:
+    """JobSet counts the nodes' Job active while its pods are Pending (here: their checkpoint claim is unbound);
+    only ready means running. The run reads Pending, and once the claim has waited a minute, VolumePending with
+    what to do (it used to read Running, and the volume was never looked at)."""
+    import datetime as dt
+
+    cluster: Cluster = world["cluster"]
+    doc = training_run("v2-waiting", tiny_models, runPolicy={"suspend": True})
+    doc["spec"]["resources"]["nodes"] = 1
+    cluster.apply_run(doc)
+    wait_phase(world, "v2-waiting", "Suspended")
+    claim = "v2-waiting-checkpoints"
+    assert cluster.get("v1", "persistentvolumeclaims", NS, claim) is not None
+    # Made two minutes ago, and no class provides the volume: the claim stays Pending.
+    ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.patch("v1", "persistentvolumeclaims", NS, claim,
+                  {"metadata": {"creationTimestamp": ago}, "status": {"phase": "Pending"}})
+    cluster.patch(*TRAINJOBS, NS, "v2-waiting", {"metadata": {"creationTimestamp": ago}})
+    cluster.edit_spec(NS, "v2-waiting", {"runPolicy": {"suspend": False}})
+    st = cluster.wait(lambda: (r := cluster.run(NS, "v2-waiting")) and any(
+        c["type"] == "CheckpointStorage" and c["reason"] == "VolumePending" for c in r["status"]["conditions"])
+        and r["status"], 60, "VolumePending")
+    assert st["phase"] == "Pending" and st["message"].startswith(f"checkpoint volume {claim} is still Pending")
+    job = cluster.get(*TRAINJOBS, NS, "v2-waiting")
+    assert job is not None
+    assert job["status"]["jobsStatus"][0]["active"] == 1 and job["status"]["jobsStatus"][0]["ready"] == 0
+    pod = cluster.get("v1", "pods", NS, "v2-waiting-node-0-0")
+    assert pod is not None and pod["status"]["phase"] == "Pending"
+    cluster.delete("legistra.io/v1alpha1", "trainingruns", NS, "v2-waiting")
 
 
 @pytest.mark.parametrize(("without", "setting", "expected"), [
