@@ -196,6 +196,18 @@ def test_entry_commands_print_help() -> None:
     assert res.returncode == 0 and "--config" in res.stdout  # piped, so block-buffered: exit_now flushed it
 
 
+def test_version_names_the_package_and_the_commit() -> None:
+    """An image sets LEGISTRA_GIT_SHA at build time; a checkout answers from git."""
+    from legistra import __version__
+
+    baked = legistra("--version", env={"LEGISTRA_GIT_SHA": "0123abc"})
+    assert baked.returncode == 0 and baked.stdout == f"legistra {__version__}+0123abc\n", baked
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a fresh clone is a checkout; a copy without .git has no commit to name
+        checkout = legistra("--version", env={"LEGISTRA_GIT_SHA": ""})
+        assert checkout.stdout == f"legistra {__version__}+{head.stdout.strip()}\n", checkout
+
+
 def test_the_in_pod_entry_exits_with_the_code_it_chose(tmp_path: Path) -> None:
     """The trainer ends with os._exit (exit_now): the codes and messages must be those main decided."""
     from legistra.contract import ENV_TERMINATION_LOG, EXIT_DETERMINISTIC

@@ -300,9 +300,22 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
         return None
 
 
+class VersionAction(argparse.Action):
+    """`legistra --version`: looks the commit up only when asked (it may run git)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from legistra.version import code_version
+
+        print(f"legistra {code_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="legistra", description="Train legal-NLP models from TrainingRun files.")
     p.add_argument("--state-dir", default=".legistra", help="local state: MLflow store, registry, runs")
+    p.add_argument("--version", action=VersionAction, nargs=0,
+                   help="print the package version and the git commit it was built from")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check TrainingRun files; prints every problem with its field path")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-from pathlib import Path
 from typing import Any
 
-from legistra import __version__
 from legistra.api.spec import TrainingRun
 from legistra.contract import (
     TAG_BASE_MODEL,
@@ -22,24 +19,9 @@ from legistra.contract import (
 from legistra.registry.registry import Registry, RegistryError
 from legistra.tracking.mlflow_models import register_mlflow_version, set_mlflow_alias
 from legistra.tracking.mlflow_tracker import MlflowTracker
+from legistra.version import code_version
 
 log = logging.getLogger("legistra.trainer")
-
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout (images set LEGISTRA_GIT_SHA)."""
-    import os
-
-    sha = os.environ.get("LEGISTRA_GIT_SHA")
-    if not sha:
-        try:
-            sha = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
 
 
 def unpublished(mlflow: MlflowTracker, *, metrics: dict[str, float], baseline: dict[str, float], global_step: int,
