@@ -9,7 +9,7 @@ GITOPS := tests/gitops
 GITOPS_STAMP := $(GITOPS)/node_modules/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint bench clean crds gpu-kit
+.PHONY: install demo test lint bench clean crds gpu-kit images test-images
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,25 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/legistra --state-dir .legistra/demo train examples/risk-classification.yaml --fresh
 
 lint: install
-	$(BIN)/ruff check legistra tests benchmarks examples
+	$(BIN)/ruff check legistra tests benchmarks examples images
 	$(BIN)/mypy
+	$(BIN)/mypy images/build.py
 
 # Two workers (CI has 2 cores), whole files per worker: module fixtures (API emulator, operator) start once.
 test: lint $(GITOPS_STAMP) gpu-kit
-	$(BIN)/pytest -n 2 --dist loadfile --durations=25
+	$(BIN)/pytest -n 2 --dist loadfile --durations=25 -m "not images"
+
+# Both images from images/*.Dockerfile with whichever engine answers (docker, podman, else buildah, installed from
+# Debian when run as root); a base that cannot be pulled is built from Debian's archive under its name.
+# TORCH=cpu puts this machine's CPU torch into the trainer image (tests); the default takes CUDA torch from the index.
+TORCH ?= index
+images: install
+	$(BIN)/python images/build.py --torch $(TORCH)
+
+# The images run as a cluster runs them: the operator on the real API server, the trainer on a short CPU training.
+test-images: install
+	$(BIN)/python images/build.py --torch cpu
+	$(BIN)/pytest -m images --durations=10 tests/test_images.py
 
 # The wheels the GPU machine's image lacks (benchmarks/gpu/kit.txt), for CPython 3.12, at this venv's versions.
 gpu-kit: install

