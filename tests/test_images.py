@@ -316,3 +316,96 @@ def test_the_trainer_image_trains_the_rendered_container_and_registers_the_model
         assert done.returncode != 0  # torchrun replaces the rank's exit code with its own
         assert message.startswith("InvalidData: ") and "row 10" in message and "label" in message, message
         assert ctr.changed() == []
+
+
+def test_helm_installs_upgrades_and_uninstalls_the_chart_and_the_operator_runs_from_its_image(
+        apiserver: ApiServer, tmp_path: Path) -> None:
+    """Helm's own engine (helm-python-sdk's release API) on the real API server: install with the locally built
+    image, then the operator started from that image as the installed Deployment says (its args, env and user,
+    the chart's ServiceAccount token) turns a run into its job; `upgrade` with other values changes the
+    Deployment; `uninstall` keeps the CRDs and the TrainingRuns, as Helm documents for crds/.
+
+    Two changes to the chart copy, both for the test server's v1.20: `kubeVersion` (>=1.27.0-0) admits it, and crds/
+    goes, because Helm's engine server-side-applies crds/ even when they exist and v1.20 refuses the CEL rules our
+    CRDs carry (a field it does not know). The same CRDs (test_chart_crds_are_the_generated_ones) are installed
+    first as `kubectl apply -k manifests/crds` does. So "uninstall keeps the CRDs" is Helm's documented rule for
+    crds/, not exercised here; the TrainingRuns outliving the release is."""
+    import helm_python as helm
+
+    from legistra.version import git_sha
+    from tests.ports import free_port
+    from tests.test_shipping import CHART
+
+    api = apiserver
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    meta = chart / "Chart.yaml"
+    text = meta.read_text()
+    assert 'kubeVersion: ">=1.27.0-0"' in text
+    meta.write_text(text.replace('kubeVersion: ">=1.27.0-0"', 'kubeVersion: ">=1.20.0-0"'))
+    shutil.rmtree(chart / "crds")
+    system = api.namespace("helm-system")
+    team = api.namespace("helm-team")
+    tag = f"{__version__}-{git_sha() or 'unknown'}"
+    image_present(f"{REPO}/legistra-operator:{tag}")
+    values = {"image": {"repository": f"{REPO}/legistra-operator", "tag": tag}, "watchNamespaces": [team]}
+    api.install_crds()
+    config = helm.Config(kubeconfig_path=str(api.kubeconfig), namespace=system)
+    try:
+        release = config.install(str(chart), "legistra", values, namespace=system)
+        assert release["info"]["status"] == "deployed" if "info" in release else release
+        deployment = api.get("deployment", "-n", system, "-l", "app.kubernetes.io/instance=legistra")["items"][0]
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["image"] == f"{REPO}/legistra-operator:{tag}"
+
+        sa = pod["serviceAccountName"]
+        kube_dir = tmp_path / "kube"
+        kube_dir.mkdir()
+        shutil.copy2(api.ca_file, kube_dir / "ca.crt")
+        kubeconfig = yaml.safe_load(token_kubeconfig(api, tmp_path / "sa.kubeconfig", system, sa).read_text())
+        kubeconfig["clusters"][0]["cluster"]["certificate-authority"] = "/var/run/kube/ca.crt"
+        (kube_dir / "config").write_text(yaml.safe_dump(kubeconfig))
+        for f in (kube_dir, *kube_dir.iterdir()):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+        # buildah's container shares this machine's network: the pod's ports become free ones here.
+        env.update(POD_ID="legistra-0", KUBECONFIG="/var/run/kube/config", LEGISTRA_METRICS_PORT=str(free_port()))
+        args = [a if not a.startswith("http://0.0.0.0:") else f"http://127.0.0.1:{free_port()}/healthz"
+                for a in container["args"]]
+        security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+        user = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
+        run = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
+        run["metadata"] = {"name": "from-helm", "namespace": team}
+        with Container(f"{REPO}/legistra-operator:{tag}") as ctr:
+            argv = [*(container.get("command") or ["legistra"]), *args]
+            proc = subprocess.Popen(ctr.command(argv, user=user, env=env, volumes={"/var/run/kube": kube_dir}),
+                                    stdout=open(tmp_path / "operator.log", "wb"),  # noqa: SIM115
+                                    stderr=subprocess.STDOUT)
+            try:
+                api.apply([run])
+                wait("the run's PyTorchJob", lambda: api.kubectl("get", "pytorchjob", "from-helm", "-n", team,
+                                                                 check=False).returncode == 0, timeout=120)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            assert ctr.changed() == []
+        log = (tmp_path / "operator.log").read_text(errors="replace")
+        assert "forbidden" not in log.lower() and "Traceback" not in log, log[-3000:]
+
+        config.upgrade(str(chart), "legistra", {**values, "replicaCount": 1, "operator": {"backend": "pytorchjob"}},
+                       namespace=system)
+        upgraded = api.get("deployment", "-n", system, "-l", "app.kubernetes.io/instance=legistra")["items"][0]
+        assert upgraded["spec"]["replicas"] == 1 and deployment["spec"]["replicas"] == 2
+        upgraded_env = {e["name"]: e.get("value") for e in upgraded["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert upgraded_env["LEGISTRA_BACKEND"] == "pytorchjob"
+        assert upgraded["metadata"]["generation"] > deployment["metadata"]["generation"]
+    finally:
+        config.uninstall("legistra", ignore_not_found=True)
+    gone = api.kubectl("get", "deployment", "-n", system, "-l", "app.kubernetes.io/instance=legistra", "-o", "name")
+    assert gone.stdout.strip() == ""
+    assert api.get("crd", "trainingruns.legistra.io")["metadata"]["name"]  # Helm never deletes crds/
+    assert api.get("trainingrun", "from-helm", "-n", team)["metadata"]["name"] == "from-helm"
