@@ -11,6 +11,14 @@ COPY legistra ./legistra
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
+COPY --from=build /wheels /wheels
+# The core distribution only: kopf, pydantic, boto3, prometheus-client - no [train] extra. Each step fails the build.
+RUN set -eux; \
+    pip install --no-cache-dir /wheels/*.whl; \
+    rm -rf /wheels; \
+    useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin legistra; \
+    legistra --version
+# After the install, so that a new commit rebuilds only the layers below.
 ARG VERSION=0.1.0
 ARG GIT_SHA=unknown
 LABEL org.opencontainers.image.title="legistra-operator" \
@@ -19,13 +27,6 @@ LABEL org.opencontainers.image.title="legistra-operator" \
       org.opencontainers.image.revision="${GIT_SHA}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://git.example.com/platform/legistra-train"
-COPY --from=build /wheels /wheels
-# The core distribution only: kopf, pydantic, boto3, prometheus-client - no [train] extra. Each step fails the build.
-RUN set -eux; \
-    pip install --no-cache-dir /wheels/*.whl; \
-    rm -rf /wheels; \
-    useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin legistra; \
-    LEGISTRA_GIT_SHA="${GIT_SHA}" legistra --version
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LEGISTRA_GIT_SHA=${GIT_SHA}
 USER 10001:10001
 EXPOSE 8080 9090

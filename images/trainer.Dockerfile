@@ -14,14 +14,6 @@ COPY legistra ./legistra
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
-ARG VERSION=0.1.0
-ARG GIT_SHA=unknown
-LABEL org.opencontainers.image.title="legistra-trainer" \
-      org.opencontainers.image.description="LoRA + DeepSpeed trainer for legal-NLP TrainingRuns" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_SHA}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://git.example.com/platform/legistra-train"
 COPY --from=build /wheels /wheels
 COPY constraints.txt /wheels/constraints.txt
 COPY images/wheels /wheels/local
@@ -38,7 +30,16 @@ RUN set -eux; \
     python -c "import torch, deepspeed, peft, transformers; print('torch', torch.__version__)"; \
     useradd --uid 1000 --create-home --home-dir /home/trainer --shell /usr/sbin/nologin trainer; \
     test "$(stat -c %u /home/trainer)" = 1000; \
-    LEGISTRA_GIT_SHA="${GIT_SHA}" legistra --version
+    legistra --version
+# After the install, so that a new commit rebuilds only the layers below.
+ARG VERSION=0.1.0
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.title="legistra-trainer" \
+      org.opencontainers.image.description="LoRA + DeepSpeed trainer for legal-NLP TrainingRuns" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://git.example.com/platform/legistra-train"
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LEGISTRA_GIT_SHA=${GIT_SHA} \
     HF_HOME=/var/run/legistra/cache/hf MPLCONFIGDIR=/tmp/matplotlib \
     DS_BUILD_OPS=0 TOKENIZERS_PARALLELISM=false
