@@ -441,3 +441,79 @@ def test_a_max_length_beyond_the_models_positions_is_refused_before_training(
                          text=True, timeout=300, env={**os.environ, "LEGISTRA_TERMINATION_LOG": str(termination)})
     assert pod.returncode == 2, pod.stderr[-3000:]
     assert termination.read_text().startswith("TrainerError: invalid TrainingRun: spec.data.maxLength: 512 tokens")
+
+
+def test_trainer_v2_progress_reaches_an_https_endpoint_as_the_trainer_controller_expects(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Trainer v2's progress API (KEP-2779, feature gate TrainJobStatus): the controller injects
+    KUBEFLOW_TRAINER_SERVER_URL / _CA_CERT / _TOKEN into the pod, and transformers' own KubeflowCallback (added by
+    TrainingArguments even with report_to "none") POSTs {"trainerStatus": ...} there. Nothing of ours does it, so a
+    transformers upgrade or a change of ours could break it unseen: an HTTPS stand-in of the endpoint, with its own
+    CA and a bearer token file, receives every report of a real training; each must be a valid trainerStatus of the
+    real v2.3 CRD, and the last one says 100%."""
+    import http.server
+    import ssl
+    import threading
+
+    import jsonschema
+    import yaml
+
+    from tests.apiserver import SHARED_CANDIDATES
+    from tests.ports import free_port
+
+    shared = next((p for p in SHARED_CANDIDATES if (p / "reference").is_dir()), None)
+    if shared is None:
+        pytest.skip("no shared/reference beside the checkout")
+    crd = yaml.safe_load((shared / "reference" / "trainer.kubeflow.org_trainjobs.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"][
+        "trainerStatus"]
+    # The endpoint's own CA and serving certificate, as the controller's webhook certificates are.
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca",
+                    "-keyout", str(certs / "ca.key"), "-out", str(certs / "ca.crt")], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.csr")], check=True, capture_output=True)
+    (certs / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(certs / "tls.csr"), "-CA", str(certs / "ca.crt"),
+                    "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile",
+                    str(certs / "ext.cnf"), "-out", str(certs / "tls.crt")], check=True, capture_output=True)
+    token = tmp_path / "token"
+    token.write_text("a-projected-service-account-token\n")
+    received: list[tuple[str, str, str | None, dict[str, Any]]] = []
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(("POST", self.path, self.headers.get("Authorization"), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Endpoint)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(str(certs / "tls.crt"), str(certs / "tls.key"))
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/legal-ml/trainjobs/progress-run/status"
+    try:
+        doc = base_run("risk-classification", tiny_models["bert"], "progress-run",
+                       training={"maxSteps": 6, "batchSize": 4, "loggingSteps": 2})
+        result = train(tmp_path, doc, nproc=1, env={
+            "KUBEFLOW_TRAINER_SERVER_URL": f"https://127.0.0.1:{port}{path}",
+            "KUBEFLOW_TRAINER_SERVER_CA_CERT": str(certs / "ca.crt"),
+            "KUBEFLOW_TRAINER_SERVER_TOKEN": str(token)})
+    finally:
+        server.shutdown()
+    assert result["globalStep"] == 6 and result["model"]["version"] == 1  # trained, evaluated and published
+    assert len(received) >= 2, received  # the start (forced), then at most one per 5 s, then the end (forced)
+    for method, got_path, auth, body in received:
+        assert (method, got_path, auth) == ("POST", path, "Bearer a-projected-service-account-token")
+        status = body["trainerStatus"]
+        jsonschema.validate(status, schema, format_checker=jsonschema.FormatChecker())
+        assert "lastUpdatedTime" in status  # the CRD's CEL rule (has(self.lastUpdatedTime))
+    assert received[0][3]["trainerStatus"]["progressPercentage"] == 0
+    assert received[-1][3]["trainerStatus"]["progressPercentage"] == 100
