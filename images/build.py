@@ -100,6 +100,14 @@ def answers(cmd: list[str]) -> bool:
         return False
 
 
+def apt_install(allowed: bool, *packages: str) -> bool:
+    """Install Debian packages when allowed and possible (root, apt-get); whether it did."""
+    if not (allowed and os.geteuid() == 0 and shutil.which("apt-get")):
+        return False
+    run(["apt-get", "install", "-y", "-q", *packages])
+    return True
+
+
 def find_engine(install: bool) -> Engine:
     """The first engine that answers: docker, podman, buildah (installed from Debian if allowed)."""
     if answers(["docker", "info"]):
@@ -109,10 +117,8 @@ def find_engine(install: bool) -> Engine:
     buildah = Engine("buildah", ["--storage-driver", "vfs"])
     if answers(buildah.cmd("info")):
         return buildah
-    if install and os.geteuid() == 0 and shutil.which("apt-get"):
-        run(["apt-get", "install", "-y", "-q", "buildah", "mmdebstrap"])
-        if answers(buildah.cmd("info")):
-            return buildah
+    if apt_install(install, "buildah", "mmdebstrap") and answers(buildah.cmd("info")):
+        return buildah
     raise BuildError("no container engine answers: start docker's daemon, or install podman or buildah "
                      "(apt-get install buildah mmdebstrap; `make images` does so when run as root)")
 
@@ -121,11 +127,9 @@ def python_standin(engine: Engine, ref: str, install: bool) -> None:
     """Build `ref` from Debian's archive: Debian's Python 3.11 with pip where the official image has them
     (/usr/local/bin/python, pip), pip allowed to install (no EXTERNALLY-MANAGED), the login tools the Dockerfiles
     use (useradd), and the build machine's CA bundle (so that a proxy this machine trusts is trusted inside)."""
-    if shutil.which("mmdebstrap") is None:
-        if not (install and os.geteuid() == 0 and shutil.which("apt-get")):
-            raise BuildError(f"{ref} cannot be pulled and mmdebstrap is missing to build its stand-in "
-                             "(apt-get install mmdebstrap)")
-        run(["apt-get", "install", "-y", "-q", "mmdebstrap"])
+    if shutil.which("mmdebstrap") is None and not apt_install(install, "mmdebstrap"):
+        raise BuildError(f"{ref} cannot be pulled and mmdebstrap is missing to build its stand-in "
+                         "(apt-get install mmdebstrap)")
     hooks = [
         'rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED',
         'mkdir -p "$1"/usr/local/bin',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -99,6 +100,20 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 def write_run(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     return path
+
+
+def diverging_model(model: Path, dest: Path) -> Path:
+    """A copy of the model folder `model` at `dest` whose word embeddings are NaN: training it diverges."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, dest)
+    weights = dest / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return dest
 
 
 def legistra(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,

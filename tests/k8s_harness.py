@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import itertools
 import json
 import os
@@ -485,6 +486,36 @@ class JobState:
     finished_at: float | None = None  # monotonic time the job became Succeeded or Failed
 
 
+def trainjob_node_pod(trainjob: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A TrainJob's node pod spec as Trainer v2.3 assembles it: `base` (the runtime's node pod spec; none: an empty
+    one), the TrainJob's runtime patches merged in (containers by name), then spec.trainer's image, command, args
+    and env on the `node` container, which keeps the Kubernetes default terminationMessagePath."""
+    pod = copy.deepcopy(base or {})
+    pod.setdefault("containers", [])
+    for patch in trainjob["spec"].get("runtimePatches", []):
+        for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            if rj["name"] != "node":
+                continue
+            patched = copy.deepcopy(rj["template"]["spec"]["template"]["spec"])
+            containers = patched.pop("containers", [])
+            pod.update(patched)
+            for container in containers:
+                into = next((c for c in pod["containers"] if c["name"] == container["name"]), None)
+                if into is None:
+                    pod["containers"].append(container)
+                else:
+                    into.update(container)
+    node = next((c for c in pod["containers"] if c["name"] == "node"), None)
+    if node is None:
+        node = {"name": "node"}
+        pod["containers"].append(node)
+    trainer = trainjob["spec"]["trainer"]
+    node.update({k: trainer[k] for k in ("image", "command", "args") if k in trainer})
+    node["env"] = [*trainer.get("env", []), *node.get("env", [])]
+    node.setdefault("terminationMessagePath", "/dev/termination-log")
+    return pod
+
+
 class FakeTrainingOperator(Poller):
     """Stands in for Kubeflow's training-operator v1.9.4 (PyTorchJobs), for Trainer v2.3 with JobSet v0.12
     (TrainJobs on the torch-distributed runtime) and for the kubelet under them: runs each pod as processes.
@@ -657,14 +688,14 @@ class FakeTrainingOperator(Poller):
                 p.crashed_at = now
                 p.last_terminated = {"exitCode": code, "reason": "Error", "message": p.termination_message(),
                                      "finishedAt": now_iso()}
-                self._put_pod(name, p, {"phase": "Running", "containerStatuses": [self._container(name, p)]})
-                changed = True
             elif now - p.crashed_at >= self.crash_backoff:
                 p.crashed_at = None
                 p.restarts += 1
                 p.spawn()
-                self._put_pod(name, p, {"phase": "Running", "containerStatuses": [self._container(name, p)]})
-                changed = True
+            else:
+                continue
+            self._put_pod(name, p, {"phase": "Running", "containerStatuses": [self._container(name, p)]})
+            changed = True
         return changed
 
     def _container(self, job: str, pod: Pod) -> dict[str, Any]:
@@ -672,10 +703,9 @@ class FakeTrainingOperator(Poller):
         code = pod.proc.poll()
         if code is None:
             state: dict[str, Any] = {"running": {"startedAt": now_iso()}}
-        elif code == 0:
-            state = {"terminated": {"exitCode": 0, "reason": "Completed", "message": pod.termination_message()}}
-        else:  # shown terminated until the back-off is over (the kubelet says CrashLoopBackOff in between)
-            state = {"terminated": {"exitCode": code, "reason": "Error", "message": pod.termination_message()}}
+        else:  # a crashed one is shown terminated until the back-off is over (the kubelet says CrashLoopBackOff)
+            state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                    "message": pod.termination_message()}}
         out = {"name": self._pod_identity(job, pod)[2], "ready": code is None, "restartCount": pod.restarts,
                "image": "trainer", "imageID": "", "state": state}
         if pod.last_terminated is not None:
@@ -717,7 +747,7 @@ class FakeTrainingOperator(Poller):
             return
         if not state.pods:
             state.conditions = [c for c in state.conditions if c["type"] != "Suspended"]
-            claim = self._unbound_claim(self._node_pod_spec(job))
+            claim = self._unbound_claim(trainjob_node_pod(job))
             if claim is not None:  # the scheduler leaves the pods Pending; JobSet counts their Job active
                 self._pending_pods(name, job, claim)
                 self._trainjob_status(name, state, None, pending=True)
@@ -739,16 +769,6 @@ class FakeTrainingOperator(Poller):
             self._trainjob_status(name, state, "Complete", "JobsCompleted", "jobset completed successfully")
         elif changed:
             self._trainjob_status(name, state, None)
-
-    @staticmethod
-    def _node_pod_spec(job: dict[str, Any]) -> dict[str, Any]:
-        """The node pod's spec as the TrainJob's runtime patches give it."""
-        pod: dict[str, Any] = {}
-        for patch in job["spec"].get("runtimePatches", []):
-            for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
-                if rj["name"] == "node":
-                    pod = rj["template"]["spec"]["template"]["spec"]
-        return pod
 
     def _unbound_claim(self, pod: dict[str, Any]) -> str | None:
         """A claim of the pod that is not bound: the emulator has no volume provisioner, so a claim counts as
@@ -772,13 +792,7 @@ class FakeTrainingOperator(Poller):
         """Each node as local processes: the trainer's image/command/args/env from spec.trainer, volumes and
         mounts from the runtime patches, and the PET_* environment the torch runtime injects."""
         trainer = job["spec"]["trainer"]
-        pod = self._node_pod_spec(job)
-        patched: dict[str, Any] = next((c for c in pod.get("containers", []) if c["name"] == "node"), {})
-        container = {"name": "node", "command": trainer.get("command", []), "args": trainer.get("args", []),
-                     "env": [*trainer.get("env", []), *patched.get("env", [])],
-                     "volumeMounts": patched.get("volumeMounts", []),
-                     "terminationMessagePath": "/dev/termination-log"}  # the Kubernetes default
-        template = {"spec": {"containers": [container], "volumes": pod.get("volumes", [])}}
+        template = {"spec": trainjob_node_pod(job)}
         nnodes = int(trainer.get("numNodes", 1))
         port = free_port()
         for rank in range(nnodes):

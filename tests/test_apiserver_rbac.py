@@ -45,6 +45,22 @@ def token_kubeconfig(api: ApiServer, path: Path, namespace: str, service_account
     return path
 
 
+def apply_chart_identity(api: ApiServer, docs: list[dict[str, Any]], namespace: str) -> str:
+    """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (`docs`, rendered for `namespace`) applied,
+    the cluster-scoped ones named `<namespace>-operator` so that each test leaves the chart's own names to the
+    others; the ServiceAccount's name."""
+    identity = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    for d in identity:
+        if d["kind"] == "ServiceAccount":
+            d["metadata"]["namespace"] = namespace
+        else:
+            d["metadata"]["name"] = f"{namespace}-operator"
+            if d["kind"] == "ClusterRoleBinding":
+                d["roleRef"]["name"] = f"{namespace}-operator"
+    api.apply(identity)
+    return str(next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"])
+
+
 def replica(api: ApiServer, tmp_path: Path, pod: str, deployment: dict[str, Any], kubeconfig: Path
             ) -> OperatorProcess:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -65,16 +81,7 @@ def test_two_replicas_with_only_the_charts_rbac_act_once_and_hand_over(apiserver
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert "--all-namespaces" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert deployment_env([deployment])["LEGISTRA_PEERING"]["value"]  # peering on, as installed
-    identity = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-    for d in identity:
-        if d["kind"] == "ServiceAccount":
-            d["metadata"]["namespace"] = system
-        else:  # cluster-scoped, named per install so the test leaves the chart's own names to other tests
-            d["metadata"]["name"] = f"{system}-operator"
-            if d["kind"] == "ClusterRoleBinding":
-                d["roleRef"]["name"] = f"{system}-operator"
-    api.apply(identity)
-    sa = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    sa = apply_chart_identity(api, docs, system)
     kubeconfig = token_kubeconfig(api, tmp_path / "sa.kubeconfig", system, sa)
     ns = api.namespace("rbac")
     # Really the ServiceAccount, not the admin: RBAC refuses what the chart does not grant.

@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import yaml
 from legistra import __version__
 from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
-from tests.test_apiserver_rbac import token_kubeconfig, wait
+from tests.test_apiserver_rbac import apply_chart_identity, token_kubeconfig, wait
 from tests.test_shipping import render
 
 pytestmark = [pytest.mark.images, pytest.mark.apiserver, pytest.mark.slow]
@@ -93,6 +93,22 @@ class Container:
             cmd += ["--workingdir", workdir]
         return [*cmd, self.name, "--", *argv]
 
+    @contextmanager
+    def running(self, argv: list[str], log: Path, **how: Any) -> Iterator[subprocess.Popen[bytes]]:
+        """`command(argv, **how)` as a background process writing to `log`, stopped (SIGTERM, then SIGKILL after
+        30 s) when the block ends."""
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(self.command(argv, **how), stdout=out, stderr=subprocess.STDOUT)
+            try:
+                yield proc
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
     def resolve(self, target: str) -> str:
         """A mountPath with the image's symlinks followed (/var/run is /run in Debian), as the container runtime
         does; buildah mounts onto a symlinked path wrongly."""
@@ -114,6 +130,23 @@ class Container:
                       if self.before.get(p) != after.get(p) and p not in self.mount_points)
 
 
+KUBE_MOUNT = "/var/run/kube"  # where a test mounts the operator's kubeconfig folder
+
+
+def container_kubeconfig(api: ApiServer, folder: Path, namespace: str, service_account: str) -> Path:
+    """A folder to mount at KUBE_MOUNT: the ServiceAccount's token kubeconfig (`config`) and the API server's CA
+    (`ca.crt`), the kubeconfig naming the CA at its path in the container, both readable by any user."""
+    folder.mkdir()
+    shutil.copy2(api.ca_file, folder / "ca.crt")
+    config = yaml.safe_load(token_kubeconfig(api, folder.parent / f"{folder.name}.host", namespace,
+                                             service_account).read_text())
+    config["clusters"][0]["cluster"]["certificate-authority"] = f"{KUBE_MOUNT}/ca.crt"
+    (folder / "config").write_text(yaml.safe_dump(config))
+    for f in (folder, *folder.iterdir()):
+        os.chmod(f, 0o755 if f.is_dir() else 0o644)
+    return folder
+
+
 def test_the_operator_image_reconciles_a_run_as_its_user_with_a_read_only_root(apiserver: ApiServer,
                                                                                 tmp_path: Path) -> None:
     """The image as the chart deploys it: uid 10001, the chart's ServiceAccount token (kubeconfig mounted), the
@@ -121,48 +154,21 @@ def test_the_operator_image_reconciles_a_run_as_its_user_with_a_read_only_root(a
     api = apiserver
     api.install_crds()
     ns = api.namespace("image")
-    identity = [d for d in render({}, namespace=ns) if d["kind"] in ("ServiceAccount", "Role", "RoleBinding",
-                                                                     "ClusterRole", "ClusterRoleBinding")]
-    for d in identity:
-        if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            d["metadata"]["name"] = f"{ns}-operator"
-            if d["kind"] == "ClusterRoleBinding":
-                d["roleRef"]["name"] = f"{ns}-operator"
-        else:
-            d["metadata"]["namespace"] = ns
-    api.apply(identity)
-    sa = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    kube_dir = tmp_path / "kube"
-    kube_dir.mkdir()
-    shutil.copy2(api.ca_file, kube_dir / "ca.crt")
-    config = yaml.safe_load(token_kubeconfig(api, tmp_path / "host.kubeconfig", ns, sa).read_text())
-    config["clusters"][0]["cluster"]["certificate-authority"] = "/var/run/kube/ca.crt"  # its path in the container
-    (kube_dir / "config").write_text(yaml.safe_dump(config))
-    os.chmod(kube_dir, 0o755)
-    for f in kube_dir.iterdir():
-        os.chmod(f, 0o644)
+    sa = apply_chart_identity(api, render({}, namespace=ns), ns)
+    kube_dir = container_kubeconfig(api, tmp_path / "kube", ns, sa)
     run = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
     run["metadata"] = {"name": "from-image", "namespace": ns}
     log = tmp_path / "operator.log"
     with Container(OPERATOR_IMAGE) as ctr:
         argv = ["legistra", "operator", "--namespace", ns, "--standalone"]
-        env = {"KUBECONFIG": "/var/run/kube/config", "LEGISTRA_RESYNC_SECONDS": "2"}
-        proc = subprocess.Popen(ctr.command(argv, user="10001:10001", env=env,
-                                            volumes={"/var/run/kube": kube_dir}),
-                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-        try:
+        env = {"KUBECONFIG": f"{KUBE_MOUNT}/config", "LEGISTRA_RESYNC_SECONDS": "2"}
+        with ctr.running(argv, log, user="10001:10001", env=env, volumes={KUBE_MOUNT: kube_dir}):
             api.apply([run])
             job = wait("the PyTorchJob", lambda: api.kubectl("get", "pytorchjob", "from-image", "-n", ns,
                                                              check=False).returncode == 0, timeout=120)
             assert job
             status = wait("the run's status", lambda: api.get("trainingrun", "from-image", "-n", ns).get("status"))
             assert status["jobName"] == "from-image" and status["phase"] in ("Pending", "Running"), status
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         assert ctr.changed() == [], "the operator wrote to its image's root"
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "Forbidden" not in text, text[-3000:]
@@ -181,16 +187,6 @@ def test_the_images_say_their_version_and_run_as_their_own_users() -> None:
             if uid == "1000":
                 assert lines[3] == "1000", got
             assert ctr.changed() == []
-
-
-def wait_for(predicate: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise TimeoutError
 
 
 @pytest.fixture(scope="module")
@@ -359,18 +355,10 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart_and_the_operator_runs_f
         container = pod["containers"][0]
         assert container["image"] == f"{REPO}/legistra-operator:{tag}"
 
-        sa = pod["serviceAccountName"]
-        kube_dir = tmp_path / "kube"
-        kube_dir.mkdir()
-        shutil.copy2(api.ca_file, kube_dir / "ca.crt")
-        kubeconfig = yaml.safe_load(token_kubeconfig(api, tmp_path / "sa.kubeconfig", system, sa).read_text())
-        kubeconfig["clusters"][0]["cluster"]["certificate-authority"] = "/var/run/kube/ca.crt"
-        (kube_dir / "config").write_text(yaml.safe_dump(kubeconfig))
-        for f in (kube_dir, *kube_dir.iterdir()):
-            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        kube_dir = container_kubeconfig(api, tmp_path / "kube", system, pod["serviceAccountName"])
         env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
         # buildah's container shares this machine's network: the pod's ports become free ones here.
-        env.update(POD_ID="legistra-0", KUBECONFIG="/var/run/kube/config", LEGISTRA_METRICS_PORT=str(free_port()))
+        env.update(POD_ID="legistra-0", KUBECONFIG=f"{KUBE_MOUNT}/config", LEGISTRA_METRICS_PORT=str(free_port()))
         args = [a if not a.startswith("http://0.0.0.0:") else f"http://127.0.0.1:{free_port()}/healthz"
                 for a in container["args"]]
         security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
@@ -379,19 +367,10 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart_and_the_operator_runs_f
         run["metadata"] = {"name": "from-helm", "namespace": team}
         with Container(f"{REPO}/legistra-operator:{tag}") as ctr:
             argv = [*(container.get("command") or ["legistra"]), *args]
-            proc = subprocess.Popen(ctr.command(argv, user=user, env=env, volumes={"/var/run/kube": kube_dir}),
-                                    stdout=open(tmp_path / "operator.log", "wb"),  # noqa: SIM115
-                                    stderr=subprocess.STDOUT)
-            try:
+            with ctr.running(argv, tmp_path / "operator.log", user=user, env=env, volumes={KUBE_MOUNT: kube_dir}):
                 api.apply([run])
                 wait("the run's PyTorchJob", lambda: api.kubectl("get", "pytorchjob", "from-helm", "-n", team,
                                                                  check=False).returncode == 0, timeout=120)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
             assert ctr.changed() == []
         log = (tmp_path / "operator.log").read_text(errors="replace")
         assert "forbidden" not in log.lower() and "Traceback" not in log, log[-3000:]

@@ -163,17 +163,9 @@ def test_a_deterministic_failure_after_progress_is_read_from_the_restarted_conta
     Under OnFailure the kubelet restarts it in place: no job condition changes, and the message moves to the
     container's lastState. The trainer's new start (in MLflow) makes the operator read the pods: Failed, Diverged,
     long before the job spends its backoffLimit (it used to be seen only once the job had failed)."""
-    import shutil
+    from tests.conftest import diverging_model
 
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    poisoned = tmp_path / "poisoned"
-    shutil.copytree(tiny_models["bert"], poisoned)
-    tensors = load_file(str(poisoned / "model.safetensors"))
-    name = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
-    tensors[name] = torch.full_like(tensors[name], float("nan"))
-    save_file(tensors, str(poisoned / "model.safetensors"), metadata={"format": "pt"})
+    poisoned = diverging_model(tiny_models["bert"], tmp_path / "poisoned")
     doc = training_run("risk-nan", tiny_models, training={"maxSteps": 500, "batchSize": 2, "loggingSteps": 5},
                        data={"maxSamples": 60}, runPolicy={"backoffLimit": 8, "maxAttempts": 2})
     doc["spec"]["model"]["name"] = str(poisoned)

@@ -13,6 +13,7 @@ from legistra.api.validation import parse_training_run
 from legistra.operator.build import build_children
 from legistra.operator.config import JobDefaults
 from tests.apiserver import SHARED_CANDIDATES
+from tests.k8s_harness import trainjob_node_pod
 from tests.pod_security import violations
 from tests.test_operator_decisions import run_doc
 from tests.test_shipping import render
@@ -99,33 +100,13 @@ def test_the_operators_training_pods_are_restricted(spec: dict[str, Any]) -> Non
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         assert violations(replica["template"]["spec"]) == []
     trainjob = next(o for o in build_children(run, defaults, 1, "trainjob") if o["kind"] == "TrainJob")
-    assert violations(trainjob_node_pod(trainjob)) == []
+    assert violations(runtime_node_pod(trainjob)) == []
 
 
-def trainjob_node_pod(trainjob: dict[str, Any]) -> dict[str, Any]:
-    """The node pod Trainer v2.3 makes: the shipped torch-distributed runtime's template, the TrainJob's runtime
-    patches merged into it (containers by name), and spec.trainer's image, command, args and env."""
+def runtime_node_pod(trainjob: dict[str, Any]) -> dict[str, Any]:
+    """The node pod Trainer v2.3 makes from the shipped torch-distributed runtime and the TrainJob."""
     if REFERENCE is None:
         pytest.skip("no shared/reference beside the checkout")
     runtime = yaml.safe_load((REFERENCE / "trainer.kubeflow.org_runtime_torch-distributed.yaml").read_text())
     base = next(rj for rj in runtime["spec"]["template"]["spec"]["replicatedJobs"] if rj["name"] == "node")
-    pod = copy.deepcopy(base["template"]["spec"]["template"]["spec"])
-    for patch in trainjob["spec"].get("runtimePatches", []):
-        for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
-            if rj["name"] != "node":
-                continue
-            patched = rj["template"]["spec"]["template"]["spec"]
-            for key, value in patched.items():
-                if key != "containers":
-                    pod[key] = value
-            for container in patched.get("containers", []):
-                into = next((c for c in pod["containers"] if c["name"] == container["name"]), None)
-                if into is None:
-                    pod["containers"].append(container)
-                else:
-                    into.update(container)
-    trainer = trainjob["spec"]["trainer"]
-    node = next(c for c in pod["containers"] if c["name"] == "node")
-    node.update({k: trainer[k] for k in ("image", "command", "args") if k in trainer})
-    node["env"] = [*trainer.get("env", []), *node.get("env", [])]
-    return pod
+    return trainjob_node_pod(trainjob, base["template"]["spec"]["template"]["spec"])

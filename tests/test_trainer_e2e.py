@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from legistra.registry.registry import Registry
-from tests.conftest import VENV_BIN, base_run, legistra, write_run
+from tests.conftest import VENV_BIN, base_run, diverging_model, legistra, write_run
 
 pytestmark = pytest.mark.slow
 
@@ -397,18 +397,7 @@ def test_a_run_that_diverges_fails_as_diverged_and_registers_nothing(tmp_path: P
                                                                        tiny_models: dict[str, Path]) -> None:
     """Weights that are NaN from the start train to NaN: exit 2, reason Diverged, no version, no advice to
     resume (before: exit 0 and the NaN model registered as a new version)."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    poisoned = tmp_path / "poisoned"
-    shutil.copytree(tiny_models["bert"], poisoned)
-    weights = poisoned / "model.safetensors"
-    tensors = load_file(str(weights))
-    name = next(k for k in tensors if k.endswith("embeddings.word_embeddings.weight"))
-    tensors[name] = torch.full_like(tensors[name], float("nan"))
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    poisoned = diverging_model(tiny_models["bert"], tmp_path / "poisoned")
     doc = base_run("risk-classification", poisoned, "diverges")
     run_file = write_run(tmp_path / "d.yaml", doc)
     res = legistra("--state-dir", str(tmp_path / "state"), "train", str(run_file), "--nproc", "1")

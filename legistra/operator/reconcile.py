@@ -155,6 +155,11 @@ async def reconcile(
     if backend is None:
         assert unavailable is not None
         return await wait("BackendUnavailable", unavailable)
+
+    async def stop(job: dict[str, Any], propagation: str = "Background") -> None:
+        """Delete the run's job, unless it is being deleted already."""
+        if not job["metadata"].get("deletionTimestamp"):
+            await kube.delete(backend.kind, ns, name, propagation=propagation)
     on_event = job is not None  # handed over from the job's watch event (else read below)
     if job is None and current:
         # A run without status was never reconciled: its job is created below, and one found there after all (an
@@ -197,10 +202,9 @@ async def reconcile(
                                  restarts=container_restarts(pods, name, backend))
             if await save(new) and emit is not None:
                 _emit_transitions(emit, body, current, new)
-            if not job["metadata"].get("deletionTimestamp"):
-                # Its pods would only crash-loop until backoffLimit (and a Failed job's under cleanPodPolicy None
-                # for ever): stop them now.
-                await kube.delete(backend.kind, ns, name, propagation="Background")
+            # Its pods would only crash-loop until backoffLimit (and a Failed job's under cleanPodPolicy None for
+            # ever): stop them now.
+            await stop(job)
             return Outcome("Failed", [], new, version, resource_version(job))
         was_preempted = preempted(pods, name, backend)
         restarts = container_restarts(pods, name, backend)
@@ -208,19 +212,6 @@ async def reconcile(
             ended = restart_limit_reached(restarts, rp.backoff_limit)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, at, was_preempted,
                         stopped=ended is not None)
-    if ended is not None and job is not None and plan.action in ("wait", "keep"):
-        # The run's backoffLimit is spent on a TrainJob, whose Job would restart its nodes up to the runtime's own
-        # limit (6 by default): the attempt ends here, Retrying or Failed, and its job goes (the retry, due at
-        # retryAt, no longer needs it).
-        new = desired_status(current, job, generation=generation, now=now, suspended_in_spec=rp.suspend,
-                             report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
-                             max_attempts=attempt_limit(current, rp.max_attempts), ended=ended, restarts=restarts,
-                             retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None)
-        if await save(new) and emit is not None:
-            _emit_transitions(emit, body, current, new)
-        if not job["metadata"].get("deletionTimestamp"):
-            await kube.delete(backend.kind, ns, name, propagation="Background")
-        return Outcome(new["phase"], [], new, version, resource_version(job))
     if plan.action == "finished":  # e.g. its job expired by TTL
         return await over()
     if plan.action == "wait" and job is None:
@@ -239,10 +230,9 @@ async def reconcile(
             emit(body, "Normal", "AttemptStarted", new["message"])
         current = new
         if job is not None:
-            if not job.get("metadata", {}).get("deletionTimestamp"):
-                # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods,
-                # which reuse their names, cannot start beside them. Its deletion event brings us back.
-                await kube.delete(backend.kind, ns, name, propagation="Foreground")
+            # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods, which reuse
+            # their names, cannot start beside them. Its deletion event brings us back.
+            await stop(job, propagation="Foreground")
             return Outcome(new["phase"], [], new, version, resource_version(job))
     delete_at = None
     if job is None:
@@ -302,14 +292,16 @@ async def reconcile(
                          max_attempts=attempt_limit(current, rp.max_attempts),
                          retry_at=_iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job is not None and job_attempt(job) < plan.attempt, job_delete_at=delete_at,
-                         storage=storage, restarts=restarts)
+                         storage=storage, restarts=restarts, ended=ended)
     patched = await save(new)
     if patched and emit is not None:
         _emit_transitions(emit, body, current, new)
-    if job is not None and keeps_pods_after_failure(job) and not job["metadata"].get("deletionTimestamp"):
-        # Its pods were read above and the failure is in the status: delete the job now, or its crashed
-        # containers restart for ever and keep their GPUs (a retry, due at retryAt, does not need it).
-        await kube.delete(backend.kind, ns, name, propagation="Background")
+    if job is not None and (ended is not None or keeps_pods_after_failure(job)):
+        # The attempt is over and in the status (Retrying or Failed); its pods were read above. Delete the job now:
+        # a TrainJob past the run's backoffLimit would restart its nodes up to its Job's own limit (6), and a
+        # Failed PyTorchJob's crashed containers restart for ever under cleanPodPolicy None, keeping their GPUs.
+        # The retry, due at retryAt, does not need it.
+        await stop(job)
     return Outcome(new["phase"], created, new, version, resource_version(job), pods_deferred)
 
 

@@ -37,19 +37,25 @@ def failed_replicas(replica_statuses: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def _trainer_messages(pods: Sequence[Mapping[str, Any]], job_name: str, backend: Backend) -> Iterator[str]:
-    """Termination messages of the job's terminated trainer containers, now or before their last restart.
-    Pods of other jobs are ignored even if a list returned them."""
+def _trainer_containers(pods: Sequence[Mapping[str, Any]], job_name: str,
+                        backend: Backend) -> Iterator[Mapping[str, Any]]:
+    """The status of each trainer container of the job's pods. Pods of other jobs are ignored even if a list
+    returned them."""
     for pod in pods:
         if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label) != job_name:
             continue
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != backend.container:
-                continue
-            for state in (cs.get("state"), cs.get("lastState")):
-                message = ((state or {}).get("terminated") or {}).get("message")
-                if message:
-                    yield str(message)
+            if cs.get("name") == backend.container:
+                yield cs
+
+
+def _trainer_messages(pods: Sequence[Mapping[str, Any]], job_name: str, backend: Backend) -> Iterator[str]:
+    """Termination messages of the job's terminated trainer containers, now or before their last restart."""
+    for cs in _trainer_containers(pods, job_name, backend):
+        for state in (cs.get("state"), cs.get("lastState")):
+            message = ((state or {}).get("terminated") or {}).get("message")
+            if message:
+                yield str(message)
 
 
 def deterministic_failure(pods: Sequence[Mapping[str, Any]], job_name: str,
@@ -138,7 +144,7 @@ def pods_worth_reading(job: Mapping[str, Any], current: Mapping[str, Any], suspe
     that is 10,000 LISTs of pods fewer on the API server."""
     if job_may_have_failed_pods(job):
         return True
-    running = not suspended_in_spec and job_state(job, suspended_in_spec).phase == "Running"
+    running = job_state(job, suspended_in_spec).phase == "Running"  # never while suspended in the spec
     if running and trainer_restarted(current, report):
         return True
     return not on_event and running and not current.get("progress")
@@ -148,14 +154,7 @@ def container_restarts(pods: Sequence[Mapping[str, Any]], job_name: str,
                        backend: Backend = BACKENDS["pytorchjob"]) -> int:
     """How often the kubelet restarted the job's trainer containers in place: their restartCount, summed over the
     job's pods (what training-operator v1.9.4's PastBackoffLimit, pkg/core/job.go, holds against backoffLimit)."""
-    total = 0
-    for pod in pods:
-        if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label) != job_name:
-            continue
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") == backend.container:
-                total += max(0, int(cs.get("restartCount") or 0))
-    return total
+    return sum(max(0, int(cs.get("restartCount") or 0)) for cs in _trainer_containers(pods, job_name, backend))
 
 
 def restart_limit_reached(restarts: int, backoff_limit: int) -> JobState | None:
