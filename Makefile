@@ -28,7 +28,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/legistra --state-dir .legistra/demo train examples/risk-classification.yaml --fresh
 
 lint: install
-	$(BIN)/ruff check legistra tests benchmarks examples images
+	$(BIN)/ruff check legistra tests benchmarks examples images kit
 	$(BIN)/mypy
 	$(BIN)/mypy images/build.py
 

@@ -3,7 +3,8 @@
 Each configuration starts `ranks` processes at once on one machine, as torchrun starts the ranks of a node;
 each runs what a rank runs before its first step (load_data, the label space, encode_cached) and reports its
 wall time and memory. A cold run starts from an empty cache; the warm run repeats it on the filled one.
-"Before" runs the same steps with an older checkout (`--before-tree`), whose API took rows as Python lists.
+"Before" runs the same steps with another checkout (`--before-tree`) of the same API (`load_data(spec, cache)`,
+`encode_cached`); the figures against the list-based API that came before it are in benchmarks/README.md.
 
 Memory per rank: `peak_rss_mb` is the kernel's high-water mark of resident memory, which also counts the
 pages of memory-mapped files the rank touched (shared by every process of the node, and reclaimable);
@@ -86,15 +87,14 @@ class AnonPeak:
 
 
 def worker(data: Path, cache: Path, max_length: int) -> dict[str, Any]:
-    """One rank's start-up, with whichever `legistra` is on the path (this tree's, or an older one's)."""
-    import inspect
-
+    """One rank's start-up, with whichever `legistra` is on the path (this tree's, or another checkout's)."""
     from transformers import AutoTokenizer
 
     from legistra.api.spec import TrainingRunSpec
     from legistra.trainer import data as data_mod
     from legistra.trainer.modeling import resolve_model
     from legistra.trainer.tasks import handler_for
+    from legistra.trainer.train import encode_cached
 
     anon = AnonPeak()
     t0 = time.monotonic()
@@ -103,42 +103,21 @@ def worker(data: Path, cache: Path, max_length: int) -> dict[str, Any]:
         "data": {"train": str(data), "validationSplit": 0.01, "maxLength": max_length},
         "registry": {"modelName": "bench"},
     })
-    old_api = "task" in inspect.signature(data_mod.load_data).parameters
-    load: Any = data_mod.load_data  # two signatures: the older tree's (task, data, cache, seed) and this one's
-    loaded = load(spec.task, spec.data, cache, spec.training.seed) if old_api else load(spec, cache)
+    loaded = data_mod.load_data(spec, cache)
     t_load = time.monotonic()
     handler = handler_for(spec)
     handler.fit_labels(loaded.train, loaded.validation)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec.model, cache))
     t_labels = time.monotonic()
-    if old_api:
-        train_ds = _old_encode(handler, loaded, tokenizer, cache)
-    else:
-        from legistra.trainer.train import encode_cached
-
-        train_ds, _, _ = encode_cached(handler, loaded, tokenizer, cache)
+    train_ds, _, _ = encode_cached(handler, loaded, tokenizer, cache)
     examples = len(train_ds)
     t_end = time.monotonic()
     return {
-        "api": "lists" if old_api else "arrow", "examples": examples,
+        "examples": examples,
         "seconds": t_end - t0, "load_and_check_s": t_load - t0, "labels_s": t_labels - t_load,
         "tokenize_s": t_end - t_labels,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_anon_mb": anon.stop(),
     }
-
-
-def _old_encode(handler: Any, loaded: Any, tokenizer: Any, cache: Path) -> Any:
-    """The older tree's encode_cached without its process group: the first process tokenizes and saves, the
-    others wait and load the saved copy (what `main_process_first` did across the ranks of a node)."""
-    import datasets
-    from filelock import FileLock
-
-    target = cache / "tokenized-lists"
-    with FileLock(str(cache / "tokenized-lists.lock")):
-        if not (target / "done").exists():
-            handler.encode(loaded.train, tokenizer).save_to_disk(str(target / "train"))
-            (target / "done").write_text("1")
-    return datasets.load_from_disk(str(target / "train"))
 
 
 def ranks_at_once(ranks: int, data: Path, cache: Path, max_length: int, tree: Path | None) -> dict[str, Any]:
@@ -191,7 +170,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="python -m benchmarks.data_scale")
     ap.add_argument("--rows", type=int, nargs="+", default=[300_000, 3_000_000])
     ap.add_argument("--work", type=Path, default=Path("/tmp/legistra-data-bench"))
-    ap.add_argument("--before-tree", type=Path, default=None, help="an older checkout to compare with")
+    ap.add_argument("--before-tree", type=Path, default=None, help="another checkout (same API) to compare with")
     ap.add_argument("--before-rows", type=int, default=300_000, help="largest row count for the older code")
     ap.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     a = ap.parse_args()

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
+from kit.harness import Poller, now_iso
+from kit.objects import run_doc as kit_run_doc
 from legistra.operator.attempts import job_attempt
-from tests.k8s_harness import Poller, now_iso
 
 RUNS = ("legistra.io/v1alpha1", "trainingruns")
 JOBS = ("kubeflow.org/v1", "pytorchjobs")
@@ -174,19 +175,15 @@ class StandInTrainingOperator(Poller):
 
 
 def run_doc(ns: str, i: int) -> dict[str, Any]:
-    return {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun",
-            "metadata": {"name": f"run-{i:03d}", "namespace": ns},
-            "spec": {"task": "risk-classification", "model": {"name": "nlpaueb/legal-bert-base-uncased"},
-                     "data": {"train": f"s3://legal-data/risk/{i}.jsonl"}, "registry": {"modelName": "clause-risk"},
-                     "resources": {"gpusPerNode": 1},
-                     "runPolicy": {"maxAttempts": 3, "retryDelaySeconds": 1}}}
+    return kit_run_doc(f"run-{i:03d}", ns, data={"train": f"s3://legal-data/risk/{i}.jsonl"},
+                       resources={"gpusPerNode": 1}, runPolicy={"maxAttempts": 3, "retryDelaySeconds": 1})
 
 
 @dataclass
 class Campaign:
     """One namespace of runs, the stand-in and the recorder around one operator process at a time."""
 
-    api: Any  # tests.apiserver.ApiServer
+    api: Any  # kit.apiserver.ApiServer
     workdir: Path
     runs: int
     fail_every: int = 5
@@ -204,7 +201,7 @@ class Campaign:
         time.sleep(0.5)  # the watches are open before the first run exists
 
     def operator(self, kubeconfig: Path, log: Path) -> Any:
-        from tests.k8s_harness import OperatorProcess
+        from kit.harness import OperatorProcess
 
         return OperatorProcess(kubeconfig, self.ns, {"LEGISTRA_RESYNC_SECONDS": "3"}, log)
 
@@ -261,7 +258,7 @@ def kill_campaign(api: Any, workdir: Path, runs: int = 50, kills: int = 20, seed
 def proxy_campaign(api: Any, workdir: Path, runs: int = 50, rate: float = 0.2, watch_lifetime: float = 5.0,
                    seed: int = 11, timeout: float = 180) -> dict[str, Any]:
     """The operator behind the fault proxy while `runs` runs go through their lives (some with a retry)."""
-    from tests.fault_proxy import FaultProxy, Faults, kubeconfig_for
+    from kit.fault_proxy import FaultProxy, Faults, kubeconfig_for
 
     c = Campaign(api, workdir / f"proxy-{rate}", runs)
     proxy = FaultProxy(api.server, api.ssl_context(), Faults(rate, watch_lifetime, seed)).start()
@@ -288,7 +285,7 @@ def proxy_campaign(api: Any, workdir: Path, runs: int = 50, rate: float = 0.2, w
 
 def run(workdir: Path, runs: int = 50, kills: int = 20) -> dict[str, Any]:
     """`make bench`'s campaigns: kills, then the proxy without faults (the baseline) and with 20% faults."""
-    from tests import apiserver
+    from kit import apiserver
 
     server = apiserver.start()
     api = next(server)

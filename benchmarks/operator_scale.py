@@ -80,17 +80,17 @@ class Watcher:
 
 
 class Emulator:
-    """The tests' API emulator (kmock) in a process of its own (`python -m tests.k8s_harness`): the benchmark's
+    """The tests' API emulator (kmock) in a process of its own (`python -m kit.harness`): the benchmark's
     client threads would otherwise share its interpreter lock. It counts each request by client."""
 
     name = "emulator"
 
     def __init__(self, workdir: Path) -> None:
-        from tests.k8s_harness import Cluster
+        from kit.harness import Cluster
 
         log = workdir / "emulator.log"
         with log.open("w") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "tests.k8s_harness"], stdin=subprocess.PIPE,
+            self.process = subprocess.Popen([sys.executable, "-m", "kit.harness"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.cluster = Cluster()  # its client half only: requests go to the emulator's process
@@ -134,8 +134,8 @@ class RealApiServer:
     name = "apiserver"
 
     def __init__(self, workdir: Path, api: Any = None) -> None:
-        """`api`: a running tests.apiserver.ApiServer to use (and leave running); by default one of its own."""
-        from tests import apiserver
+        """`api`: a running kit.apiserver.ApiServer to use (and leave running); by default one of its own."""
+        from kit import apiserver
 
         self._server = apiserver.start() if api is None else None
         self.api = api if self._server is None else next(self._server)
@@ -224,7 +224,7 @@ def run(n: int, workdir: Path, timeout: float = 300.0, backend: str = "emulator"
     `rate`: create the runs, and then flip their jobs, at this steady rate (per second) instead of as fast as the
     client can: under a burst faster than the operator the latencies measure the queue, at a rate it keeps up
     with its own delay."""
-    from tests.k8s_harness import OperatorProcess
+    from kit.harness import OperatorProcess
 
     workdir.mkdir(parents=True, exist_ok=True)
     calibration = calibration_ms()

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tests.ports import free_port
+from kit.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = re.compile(r"\bstep (\d+)/\d+")

@@ -108,7 +108,7 @@ make bench                                   # all three, CPU or GPU, results in
 .venv/bin/python -m benchmarks --only trainer
 .venv/bin/python -m benchmarks --only operator --runs 10000 --apiserver-runs 1000 --paced-rate 200
 .venv/bin/python -m benchmarks --only faults --fault-runs 50 --kills 20
-git worktree add /tmp/before <older commit>  # optional: the data benchmark's before figures
+git worktree add /tmp/before <commit since fd358a6>  # optional: the data benchmark's before figures
 .venv/bin/python -m benchmarks --only data --before-tree /tmp/before
 .venv/bin/python -m benchmarks --only preemption
 ```

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ports import free_port
+from kit.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -210,8 +210,8 @@ def bucket(s3_endpoint: str) -> str:
 
 @pytest.fixture(scope="session")
 def apiserver() -> Iterator[Any]:
-    """A real kube-apiserver + etcd for the session (tests/apiserver.py); give each test its own namespace."""
-    from tests import apiserver as envtest
+    """A real kube-apiserver + etcd for the session (kit/apiserver.py); give each test its own namespace."""
+    from kit import apiserver as envtest
 
     yield from envtest.start()
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver import ApiServer
+from kit.apiserver import ApiServer
+from kit.harness import OperatorProcess
+from kit.ports import free_port
 from tests.conftest import EXAMPLES
-from tests.k8s_harness import OperatorProcess
-from tests.ports import free_port
 from tests.test_operator_config import deployment_env
 from tests.test_shipping import render
 

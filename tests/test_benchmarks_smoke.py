@@ -117,7 +117,7 @@ def test_data_scale_smoke(tmp_path: Path) -> None:
     assert (r["rows"], r["code"], r["ranks"]) == (3000, "after", 1)
     for phase in ("cold", "warm"):
         assert [x["examples"] for x in r[phase]["per_rank"]] == [2970]  # 1% held out
-        assert all(x["api"] == "arrow" and x["peak_anon_mb"] > 0 for x in r[phase]["per_rank"])
+        assert all(x["examples"] > 0 and x["peak_anon_mb"] > 0 for x in r[phase]["per_rank"])
     results = tmp_path / "results"
     results.mkdir()
     (results / "data-x.json").write_text(json.dumps({"machine": {"date": dt.date.today().isoformat(),

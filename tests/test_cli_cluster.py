@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver import ApiServer
+from kit.apiserver import ApiServer
 from tests.conftest import EXAMPLES, legistra
 
 
@@ -153,7 +153,7 @@ def test_get_wait_delete_and_the_kubectl_plugin(apiserver: ApiServer, tmp_path: 
     import os
     import threading
 
-    from tests.apiserver import kubectl_binary
+    from kit.apiserver import kubectl_binary
     from tests.conftest import VENV_BIN
 
     api = apiserver

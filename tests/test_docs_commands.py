@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver import ApiServer, kubectl_binary
+from kit.apiserver import ApiServer, kubectl_binary
 from tests.conftest import ROOT, VENV_BIN
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -104,7 +104,7 @@ def kubectl_shim(folder: Path) -> None:
 def own_apiserver() -> Iterator[ApiServer]:
     """A server of its own (5 s): the docs begin with `kubectl create namespace`, which only a cluster that has
     never seen them accepts, whatever other tests ran before on the session's server."""
-    from tests import apiserver as envtest
+    from kit import apiserver as envtest
 
     yield from envtest.start()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from benchmarks.faults import judge, kill_campaign, proxy_campaign
-from tests.apiserver import ApiServer
+from kit.apiserver import ApiServer
 
 
 def st(phase: str, attempt: int = 1, gen: int = 1) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kit.apiserver import ApiServer
 from legistra import __version__
-from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
 from tests.test_apiserver_rbac import apply_chart_identity, token_kubeconfig, wait
 from tests.test_shipping import render
@@ -215,7 +215,7 @@ def run_rendered(ctr: Container, pod: dict[str, Any], container: dict[str, Any],
     (secretKeyRef resolved from `secrets`, plus the PET_* variables the training-operator injects), the pod's user,
     each volume a host folder at its mountPath (the ConfigMap's file in it), the termination-message file. Returns
     the process and the termination message."""
-    from tests.ports import free_port
+    from kit.ports import free_port
 
     env: dict[str, str] = {}
     for e in container["env"]:
@@ -328,8 +328,8 @@ def test_helm_installs_upgrades_and_uninstalls_the_chart_and_the_operator_runs_f
     crds/, not exercised here; the TrainingRuns outliving the release is."""
     import helm_python as helm
 
+    from kit.ports import free_port
     from legistra.version import git_sha
-    from tests.ports import free_port
     from tests.test_shipping import CHART
 
     api = apiserver

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver import SHARED_CANDIDATES, ApiServer, kubectl_binary, missing
+from kit.apiserver import SHARED_CANDIDATES, ApiServer, kubectl_binary, missing
 from tests.conftest import ROOT
 from tests.test_shipping import CHART, k8s_valid, objects, render
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from legistra.api.spec import TrainingRunSpec
+from kit.objects import run_spec
 from legistra.memory import (
     GIB,
     KNOWN_MODELS,
@@ -29,12 +29,7 @@ from tests.conftest import EXAMPLES, legistra
 torch = pytest.importorskip("torch")
 
 
-def spec(task: str = "risk-classification", model: str = "bert-base-uncased", **sections: Any) -> TrainingRunSpec:
-    doc: dict[str, Any] = {"task": task, "model": {"name": model}, "data": {"train": "d.jsonl"},
-                           "registry": {"modelName": "m"}}
-    for key, value in sections.items():
-        doc[key] = {**doc.get(key, {}), **value}
-    return TrainingRunSpec.model_validate(doc)
+spec = run_spec
 
 
 def saved_bytes_per_sample(model: Any, batch: dict[str, Any]) -> float:

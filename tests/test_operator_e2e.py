@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from kit.harness import Cluster, FakeKueue, FakeTrainingOperator, GarbageCollector, OperatorProcess
 from tests.conftest import base_run
-from tests.k8s_harness import Cluster, FakeKueue, FakeTrainingOperator, GarbageCollector, OperatorProcess
 
 pytestmark = pytest.mark.slow
 NS = "legal-ml"

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from kit.harness import Cluster, OperatorProcess
+from kit.objects import run_doc as kit_run_doc
 from legistra.operator.peering import is_leader, peering_objects, peering_priority
-from tests.k8s_harness import Cluster, OperatorProcess
 
 NS = "peers"
 PEERING = "legistra-operator"
@@ -47,13 +48,52 @@ def test_an_older_replica_outranks_a_newer_one_and_same_second_starts_differ() -
         ({"me": record(10, 0), "other": record(10, 1)}, False),  # kopf pauses both on a tie
         ({"me": record(10, 0), "other": record(20, 61)}, True),  # the higher one is dead
         ({"me": record(10, 0), "other": record(20, 9, lifetime=10)}, False),
-        ({"me": record(10, 0), "other": {"priority": 20}}, True),  # unreadable record: no peer
+        ({"me": record(10, 0), "other": {"priority": 20}}, False),  # no lastseen: seen now, as kopf reads it
         ({"me": record(10, 0), "other": "garbage"}, True),
         ({"me": record(10, 0), "other": {"priority": 99, "lifetime": 60, "lastseen": "2026-11-25T11:59:30"}}, False),
     ],
 )
 def test_is_leader_follows_kopfs_rule(status: dict[str, Any] | None, leads: bool) -> None:
     assert is_leader(status, "me", 10, NOW) is leads
+
+
+def kopf_pauses(status: dict[str, Any], identity: str, priority: int) -> bool:
+    """What kopf itself decides for these records: its own peering handler, given a fresh toggle."""
+    import asyncio
+
+    import kopf
+    from kopf._cogs.aiokits.aiotoggles import Toggle
+    from kopf._core.engines.peering import Identity, process_peering_event
+
+    async def run() -> bool:
+        settings = kopf.OperatorSettings()
+        settings.peering.name, settings.peering.priority = PEERING, priority
+        conflicts = Toggle(False)
+        awake = asyncio.Event()
+        awake.set()  # kopf sleeps until a blocking peer expires unless its stream has news: it has
+        event: Any = {"type": "MODIFIED", "object": {"metadata": {"name": PEERING}, "status": status}}
+        await process_peering_event(raw_event=event, namespace=None, resource=None,  # type: ignore[arg-type]
+                                    identity=Identity(identity), settings=settings, autoclean=False,
+                                    stream_pressure=awake, conflicts_found=conflicts)
+        return conflicts.is_on()
+
+    return asyncio.run(run())
+
+
+def test_is_leader_agrees_with_kopf() -> None:
+    """Our loops (resync, schedules) follow kopf's pause rule through a copy of it; kopf's own handler decides
+    the same for every mix of peers above, beside and below us, alive or dead, with and without lastseen."""
+    now = dt.datetime.now(dt.timezone.utc)
+    stamp = lambda ago: (now - dt.timedelta(seconds=ago)).isoformat()  # noqa: E731
+    peers: list[dict[str, Any]] = [
+        {"priority": p, "lifetime": 60, "lastseen": stamp(ago)} for p in (5, 10, 20) for ago in (0, 30, 300)]
+    peers += [{"priority": 20}, {"priority": 5}, {"priority": 10, "lastseen": stamp(10)},
+              {"priority": 20, "lifetime": 10, "lastseen": stamp(30)}]
+    cases = [{"me": {"priority": 10, "lifetime": 60, "lastseen": stamp(0)}}]
+    cases += [{**cases[0], "other": p} for p in peers]
+    cases += [{**cases[0], "a": p, "b": q} for p in peers[::3] for q in peers[1::4]]
+    for status in cases:
+        assert is_leader(status, "me", 10, now) is not kopf_pauses(status, "me", 10), status
 
 
 def test_peering_objects_match_the_watch_scope() -> None:
@@ -66,10 +106,7 @@ def test_peering_objects_match_the_watch_scope() -> None:
 # -- replicas against the emulator ------------------------------------------------------------------------
 
 def run_doc(name: str) -> dict[str, Any]:
-    return {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name, "namespace": NS},
-            "spec": {"task": "risk-classification", "model": {"name": "nlpaueb/legal-bert-base-uncased"},
-                     "data": {"train": "s3://legal-data/risk/train.jsonl"}, "registry": {"modelName": "clause-risk"},
-                     "resources": {"gpusPerNode": 1}}}
+    return kit_run_doc(name, NS, resources={"gpusPerNode": 1})
 
 
 def replica(cluster: Cluster, tmp_path: Path, pod: str) -> OperatorProcess:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s_harness import Cluster, FakeTrainingOperator, OperatorProcess
+from kit.harness import Cluster, FakeTrainingOperator, OperatorProcess
 from tests.test_operator_e2e import NS, full_world, kill_after_first_checkpoint, training_run, wait_phase
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
+from kit.apiserver import SHARED_CANDIDATES
+from kit.harness import trainjob_node_pod
 from legistra.api.validation import parse_training_run
 from legistra.operator.build import build_children
 from legistra.operator.config import JobDefaults
-from tests.apiserver import SHARED_CANDIDATES
-from tests.k8s_harness import trainjob_node_pod
 from tests.pod_security import violations
 from tests.test_operator_decisions import run_doc
 from tests.test_shipping import render

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import ports
+from kit import ports
 
 
 def test_each_worker_and_each_other_process_has_a_slice_of_its_own() -> None:

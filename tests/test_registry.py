@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from kit.ports import free_port
 from legistra.registry.promotion import decide
 from legistra.registry.registry import ChecksumMismatch, Registry, RegistryError
 from tests.conftest import legistra
-from tests.ports import free_port
 
 
 def model_dir(root: Path, tag: str = "a", files: int = 3, size: int = 64) -> Path:

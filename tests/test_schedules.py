@@ -134,7 +134,7 @@ def test_fingerprint_of_sources() -> None:
 
 @pytest.fixture()
 def cluster() -> Iterator[Any]:
-    from tests.k8s_harness import Cluster
+    from kit.harness import Cluster
 
     c = Cluster().start()
     yield c

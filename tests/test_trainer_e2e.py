@@ -246,7 +246,7 @@ def test_mlflow_server_and_s3_registry_with_promotion_and_wandb_offline(
 
 
 def test_mlflow_down_never_loses_the_model(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    from tests.ports import free_port
+    from kit.ports import free_port
 
     doc = base_run("risk-classification", tiny_models["bert"], "no-tracking")
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -447,8 +447,8 @@ def test_trainer_v2_progress_reaches_an_https_endpoint_as_the_trainer_controller
     import jsonschema
     import yaml
 
-    from tests.apiserver import SHARED_CANDIDATES
-    from tests.ports import free_port
+    from kit.apiserver import SHARED_CANDIDATES
+    from kit.ports import free_port
 
     shared = next((p for p in SHARED_CANDIDATES if (p / "reference").is_dir()), None)
     if shared is None:

@@ -40,12 +40,15 @@ def peering_objects(name: str, namespaces: Iterable[str | None]) -> list[dict[st
 
 
 def is_leader(status: Mapping[str, Any] | None, identity: str, priority: int, now: dt.datetime) -> bool:
-    """kopf's rule over one peering object's records: no live peer above us and none beside us."""
+    """kopf's rule over one peering object's records: no live peer above us and none beside us. A copy of
+    kopf's `process_peering_event` (its own needs a running kopf), pinned to it by
+    tests/test_operator_peering.py::test_is_leader_agrees_with_kopf."""
     for peer_id, info in (status or {}).items():
         if peer_id == identity or not isinstance(info, Mapping):
             continue
         try:
-            seen = dt.datetime.fromisoformat(str(info["lastseen"]))
+            # A record without lastseen counts as seen now, as kopf's own Peer reads it.
+            seen = dt.datetime.fromisoformat(str(info["lastseen"])) if "lastseen" in info else now
             seen = seen if seen.tzinfo else seen.replace(tzinfo=dt.timezone.utc)
             alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
             their = int(info.get("priority", 0))

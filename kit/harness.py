@@ -27,10 +27,10 @@ from typing import Any, ClassVar, cast
 
 import yaml
 
+from kit.ports import free_port
 from legistra.cli.logs import COMPLETION_INDEX
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
 from legistra.operator.backends import BACKENDS, QUEUE_LABEL
-from tests.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -1047,7 +1047,7 @@ def cleanup(path: Path) -> None:
 
 
 def serve() -> None:
-    """`python -m tests.k8s_harness`: the emulator alone in this process (the operator-scale benchmark's).
+    """`python -m kit.harness`: the emulator alone in this process (the operator-scale benchmark's).
     Prints its URL; then, for each line "counts" on stdin, the requests so far as one JSON line of
     [method, resource, "tests" or "operator", count]; any other line stops it."""
     cluster = Cluster().start()

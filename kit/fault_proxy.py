@@ -4,7 +4,8 @@ The operator talks plain HTTP to the proxy; the proxy talks to the API server as
 certificate). A share of requests is answered with what a loaded or flaky control plane answers: 500 (before
 the request reaches the server, or after it was applied: the worst case for a write), 429 with Retry-After,
 and 409 Conflict on writes (never on reads, which a real server does not refuse that way). Every watch stream
-is cut after a few seconds, so the operator resumes its watches all through a campaign. Every request and fault is counted, so a campaign reports what the faults cost.
+is cut after a few seconds, so the operator resumes its watches all through a campaign. Every request and
+fault is counted, so a campaign reports what the faults cost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.ports import free_port
+from kit.ports import free_port
 
 HOP_HEADERS = ("content-type", "accept", "user-agent")
 
