@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kit.apiserver import ApiServer
 from legistra.api.validation import parse_training_run
 from legistra.contract import run_document
 from legistra.operator.build import SPEC_HASH_ANNOTATION, build_children, spec_hash
@@ -24,7 +25,6 @@ from legistra.operator.config import JobDefaults
 from legistra.operator.credentials import cluster_credentials
 from legistra.operator.kube import ApiError, Kube
 from legistra.operator.reconcile import reconcile
-from tests.apiserver import ApiServer
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.apiserver
@@ -76,14 +76,14 @@ async def first_pass(api: ApiServer, ns: str, *bodies: dict[str, Any],
     """The operator's runtime for `ns` (its handlers' state, without kopf; `env`: its settings) after its first
     pass over each of `bodies`: the runs' children exist and their status is Pending."""
     from legistra.operator.config import OperatorConfig
-    from legistra.operator.handlers import Runtime, _reconcile_run, discover
+    from legistra.operator.runtime import Runtime, Trigger, discover, reconcile_run
 
     kube = Kube(cluster_credentials(str(api.kubeconfig), None, {}), agent="legistra-tests")
     rt = Runtime(OperatorConfig.from_env((ns,), env or {}), kube)
     try:
         await discover(rt)
         for body in bodies:
-            await _reconcile_run(rt, body)
+            await reconcile_run(rt, body, Trigger.RUN_EVENT)
         yield rt
     finally:
         await kube.close()
@@ -199,7 +199,7 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
     resourceVersion it was computed from, the real API server answers 409 to the stale one, and the operator's
     handler re-reads and decides again from the live object."""
     from legistra.operator.config import OperatorConfig
-    from legistra.operator.handlers import Runtime, _reconcile_run, discover
+    from legistra.operator.runtime import Runtime, Trigger, discover, reconcile_run
 
     stale = apply_run(crds, ns, "risk-race")
 
@@ -208,7 +208,7 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
         rt = Runtime(OperatorConfig.from_env((ns,), {}), kube)
         try:
             await discover(rt)  # the job kinds this server serves, as at the operator's start
-            await _reconcile_run(rt, stale)  # replica A: children and a Pending status
+            await reconcile_run(rt, stale, Trigger.RUN_EVENT)  # replica A: children and a Pending status
             nonlocal_state["after_a"] = crds.get("trainingrun", "risk-race", "-n", ns)
             crds.kubectl("patch", "pytorchjob", "risk-race", "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps({"status": {"conditions": [
@@ -233,7 +233,7 @@ def test_a_stale_copy_never_overwrites_a_newer_status(crds: ApiServer, ns: str) 
                 live["metadata"]["resourceVersion"]
             # The handler, given the stale copy with the job's event (as kopf's index can lag): re-read, converge.
             job = crds.get("pytorchjob", "risk-race", "-n", ns)
-            await _reconcile_run(rt, old_copy, job=job)
+            await reconcile_run(rt, old_copy, Trigger.JOB_EVENT, job)
             after = crds.get("trainingrun", "risk-race", "-n", ns)
             assert after["status"]["phase"] == "Running" and after["status"]["observedGeneration"] == 1
             written = rt.runs[(ns, "risk-race")].written
@@ -254,7 +254,7 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
     take it back (seen once as Succeeded -> Running in the SIGKILL campaign). Also after a 409, when the other
     writer was another replica, the job is read again with the run."""
     from benchmarks.faults import job_conditions
-    from legistra.operator.handlers import _reconcile_run
+    from legistra.operator.runtime import Trigger, reconcile_run
 
     body = apply_run(crds, ns, "risk-late")
 
@@ -266,14 +266,14 @@ def test_a_job_event_older_than_what_was_mirrored_changes_nothing(crds: ApiServe
             crds.kubectl("patch", "pytorchjob", "risk-late", "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps(job_conditions("Created", "Running", "Succeeded")))
             run = crds.get("trainingrun", "risk-late", "-n", ns)
-            await _reconcile_run(rt, run, force=True)  # the resync's pass: reads the job, mirrors Succeeded
+            await reconcile_run(rt, run, Trigger.RESYNC)  # the resync's pass: reads the job, mirrors Succeeded
             done = crds.get("trainingrun", "risk-late", "-n", ns)
             assert done["status"]["phase"] == "Succeeded"
-            await _reconcile_run(rt, run, job=running_job)  # the late event, with the run copy it had
+            await reconcile_run(rt, run, Trigger.JOB_EVENT, running_job)  # the late event, with the run copy it had
             assert crds.get("trainingrun", "risk-late", "-n", ns)["status"] == done["status"]
             # Another replica's write since our last one: the 409 re-reads the run and the job, not the late body.
             rt.runs[(ns, "risk-late")].written = None
-            await _reconcile_run(rt, run, job=running_job)
+            await reconcile_run(rt, run, Trigger.JOB_EVENT, running_job)
             assert crds.get("trainingrun", "risk-late", "-n", ns)["status"]["phase"] == "Succeeded"
 
     asyncio.run(go())
@@ -283,7 +283,7 @@ def test_events_from_the_operators_own_loops_reach_the_api_server(crds: ApiServe
     """The resync and wake-up loops run outside kopf's handlers, where kopf has no event queue (kopf.info raises
     LookupError there, which used to abort the whole resync pass): the event is posted by our client instead."""
     from legistra.operator.config import OperatorConfig
-    from legistra.operator.handlers import Runtime
+    from legistra.operator.runtime import Runtime
 
     body = apply_run(crds, ns, "risk-events")
 
@@ -331,7 +331,8 @@ def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_cra
     reads the trainer's message and fails the run for good."""
     from benchmarks.faults import job_conditions
     from legistra.operator.backends import BACKENDS
-    from legistra.operator.handlers import _reconcile_run, resync
+    from legistra.operator.resync import resync
+    from legistra.operator.runtime import Trigger, reconcile_run
 
     name = "risk-crashloop"
     body = apply_run(crds, ns, name)
@@ -351,8 +352,8 @@ def test_a_jobs_start_event_leaves_its_pods_to_the_next_resync_which_finds_a_cra
                     "name": "pytorch", "image": "trainer", "imageID": "", "ready": False, "restartCount": 1,
                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                     "lastState": {"terminated": {"exitCode": 1, "message": message}}}]}}))
-            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
-                                 job=crds.get("pytorchjob", name, "-n", ns))  # the job's start event
+            await reconcile_run(rt, crds.get("trainingrun", name, "-n", ns), Trigger.JOB_EVENT,
+                                 crds.get("pytorchjob", name, "-n", ns))  # the job's start event
             assert crds.get("trainingrun", name, "-n", ns)["status"]["phase"] == "Running"  # pods not read
             await resync(rt, ns)  # the next tick, however soon after the event
             status = crds.get("trainingrun", name, "-n", ns)["status"]
@@ -371,8 +372,9 @@ def test_the_resync_pulls_the_trainers_progress_between_job_events(crds: ApiServ
 
     from benchmarks.faults import job_conditions
     from legistra.contract import TAG_PROGRESS, TAG_RUN_KEY
-    from legistra.operator.handlers import _reconcile_run, resync
     from legistra.operator.report import MlflowReporter
+    from legistra.operator.resync import resync
+    from legistra.operator.runtime import Trigger, reconcile_run
 
     name = "risk-heartbeat"
     doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
@@ -393,8 +395,8 @@ def test_the_resync_pulls_the_trainers_progress_between_job_events(crds: ApiServ
             progress(3)
             crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps(job_conditions("Created", "Running")))
-            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
-                                 job=crds.get("pytorchjob", name, "-n", ns))  # the job's start event
+            await reconcile_run(rt, crds.get("trainingrun", name, "-n", ns), Trigger.JOB_EVENT,
+                                 crds.get("pytorchjob", name, "-n", ns))  # the job's start event
             assert crds.get("trainingrun", name, "-n", ns)["status"]["progress"]["step"] == 3
             progress(7)
             await asyncio.sleep(0.3)  # past half a resync period: not "reconciled just now"
@@ -410,7 +412,8 @@ def test_the_resync_pass_is_paced_and_skips_a_run_deleted_while_it_waited(crds: 
     when their turn comes; one deleted meanwhile (its watch's DELETED event) is not reconciled from that copy."""
     import kopf
 
-    from legistra.operator.handlers import resync, run_event
+    from legistra.operator.handlers import run_event
+    from legistra.operator.resync import resync
 
     bodies = {name: apply_run(crds, ns, name) for name in ("pace-a", "pace-b", "pace-c")}
 
@@ -440,8 +443,9 @@ def test_a_replica_that_loses_its_lead_stops_its_resync_pass(crds: ApiServer, ns
     """kopf pauses its own handlers when a peer of higher priority appears, not our loops: a paced pass lasts
     minutes at scale, so it asks the peering records again every `page_size` runs and stops once it no longer
     leads (two replicas never both act for longer than that)."""
-    from legistra.operator.handlers import Peering, resync
     from legistra.operator.peering import peering_objects
+    from legistra.operator.resync import resync
+    from legistra.operator.runtime import Peering
 
     bodies = {name: apply_run(crds, ns, name) for name in ("lead-a", "lead-b", "lead-c")}
     record = peering_objects("legistra-resync", [ns])[0]
@@ -474,7 +478,7 @@ def test_a_run_with_its_own_tracking_credentials_is_not_read_and_its_status_says
 
     from benchmarks.faults import job_conditions
     from legistra.contract import TAG_PROGRESS, TAG_RUN_KEY
-    from legistra.operator.handlers import _reconcile_run
+    from legistra.operator.runtime import Trigger, reconcile_run
 
     name = "risk-private"
     doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
@@ -492,8 +496,8 @@ def test_a_run_with_its_own_tracking_credentials_is_not_read_and_its_status_says
         async with first_pass(crds, ns, body) as rt:
             crds.kubectl("patch", "pytorchjob", name, "-n", ns, "--subresource=status", "--type=merge",
                          "-p", json.dumps(job_conditions("Created", "Running")))
-            await _reconcile_run(rt, crds.get("trainingrun", name, "-n", ns),
-                                 job=crds.get("pytorchjob", name, "-n", ns))
+            await reconcile_run(rt, crds.get("trainingrun", name, "-n", ns), Trigger.JOB_EVENT,
+                                 crds.get("pytorchjob", name, "-n", ns))
             assert rt.reporters == {}  # never asked
 
     asyncio.run(go())

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from kit.objects import run_doc as kit_run_doc
 from legistra.api.crd import CRD_DIRS, all_crds, render
 from legistra.api.validation import parse_training_run
 from legistra.contract import MUTABLE_RUN_POLICY
@@ -90,15 +91,7 @@ def validate_trainjob(job: dict[str, Any]) -> None:
 
 
 def run_doc(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun",
-        "metadata": {"name": "contract-risk", "namespace": "legal-ml", "uid": "1234-abcd", "generation": 1},
-        "spec": {"task": "risk-classification", "model": {"name": "nlpaueb/legal-bert-base-uncased"},
-                 "data": {"train": "s3://data/risk/train.jsonl"}, "registry": {"modelName": "contract-risk"}},
-    }
-    for key, value in spec.items():
-        base["spec"][key] = value
-    return base
+    return kit_run_doc(uid="1234-abcd", generation=1, **spec)
 
 
 SETTINGS = JobDefaults(trainer_image="registry.example/legistra-trainer:1.0", mlflow_tracking_uri="http://mlflow:5000",
@@ -728,7 +721,7 @@ def test_newer_version_compares_etcd_revisions_and_never_guesses(a: str | None, 
 
 
 def test_freshest_copy_of_a_run() -> None:
-    from legistra.operator.handlers import Written, freshest
+    from legistra.operator.runstate import Written, freshest
 
     ours = Written("u1", {"phase": "Running"}, "20", 1)
     lagging = _run_copy("15")
@@ -752,7 +745,7 @@ def test_freshest_copy_of_a_run() -> None:
     (None, "50", False),  # an emulator without versions: never guess
 ])
 def test_late_job_event(job_version: str | None, mirrored: str | None, late: bool) -> None:
-    from legistra.operator.handlers import Written, late_job
+    from legistra.operator.runstate import Written, late_job
 
     job = {"metadata": {"name": "r", "resourceVersion": job_version}, "status": {}}
     written = Written("u1", {"phase": "Succeeded"}, "70", 1, mirrored)
@@ -762,7 +755,7 @@ def test_late_job_event(job_version: str | None, mirrored: str | None, late: boo
 
 
 def test_the_index_keeps_runs_without_the_api_servers_bookkeeping() -> None:
-    from legistra.operator.handlers import lean
+    from legistra.operator.runstate import lean
 
     body = {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "spec": {"task": "x"}, "status": {"a": 1},
             "metadata": {"name": "r", "uid": "u", "generation": 2, "resourceVersion": "9",
@@ -796,7 +789,7 @@ def test_runs_by_phase_follows_each_run_once() -> None:
 def test_the_operator_keeps_each_run_as_compact_json_of_its_lean_copy() -> None:
     import json as _json
 
-    from legistra.operator.handlers import compact, lean
+    from legistra.operator.runstate import compact, lean
 
     body = {"apiVersion": "legistra.io/v1alpha1", "kind": "TrainingRun", "spec": {"task": "x", "n": [1, 2]},
             "metadata": {"name": "r", "namespace": "ns", "uid": "u", "managedFields": [{"manager": "kubectl"}]}}
@@ -819,7 +812,7 @@ def test_owned_by(owners: list[dict[str, str]], uid: str | None, ours: bool) -> 
 
 
 def test_the_resync_pacer_spaces_starts_evenly_and_never_catches_up() -> None:
-    from legistra.operator.handlers import Pacer
+    from legistra.operator.resync import Pacer
 
     pacer = Pacer(rate=50)  # one start every 20 ms
     assert pacer.delay(100.0) == 0  # the first start of a pass waits for nothing

@@ -182,7 +182,7 @@ class OperatorConfig:
     worker_limit: int = setting("LEGISTRA_WORKER_LIMIT", 256, "kopf workers (objects reconciled at once)",
                                 "operator.workerLimit", positive=True)
     # A lingering worker keeps its slot: at 1 s, a burst's runs (each lingering after its event, then after its
-    # status write's echo) held the slots, not the CPU, and 10,000 runs took 53 s instead of 40 s.
+    # status write's echo) held the slots, not the CPU (docs/operator.md, "Measurements behind the design").
     worker_idle_seconds: float = setting("LEGISTRA_WORKER_IDLE_SECONDS", 0.2,
                                          "seconds a kopf worker lingers after its object's last event",
                                          positive=True)

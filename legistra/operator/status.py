@@ -327,27 +327,8 @@ def desired_status(
     `ended`: the attempt is over although its job does not say so: the operator stops it (`restart_limit_reached`).
     `restarts`: the trainer's in-place restarts in this attempt, when its pods were read (`container_restarts`).
     """
-    of = f"attempt {attempt} of {max_attempts}"
-    if failure is not None:
-        state = JobState("Failed", failure.reason,
-                         f"{failure.message} (not retried: another attempt would fail the same way)")
-    elif replacing:
-        state = JobState("Pending", "AttemptStarting",
-                         f"{of}: replacing the failed {backend_of(job or {}).kind}; training resumes from the "
-                         "last checkpoint")
-    else:
-        state = ended or job_state(job, suspended_in_spec)
-        if state.phase == "Failed" and retry_at is not None:
-            state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
-                             f"starts at {retry_at} and resumes from the last checkpoint")
-        elif max_attempts > 1 and state.phase == "Failed":
-            state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
-        elif attempt > 1 and state.phase in ("Pending", "Running"):
-            state = JobState(state.phase, state.reason, f"{of}: {state.message}")
-        if storage is not None and storage[0] == "VolumePending" and state.phase == "Pending":
-            state = JobState("Pending", storage[0], storage[1])  # the reason the pods wait, said plainly
+    state = run_state(job, suspended_in_spec, attempt, max_attempts, retry_at, replacing, failure, storage, ended)
     st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt", "jobDeleteAt")}
-    conditions = list(current.get("conditions") or [])
     st["phase"] = state.phase
     st["message"] = state.message
     st["observedGeneration"] = generation
@@ -356,10 +337,46 @@ def desired_status(
         st["retryAt"] = retry_at
     if job_delete_at is not None:
         st["jobDeleteAt"] = job_delete_at
+    _mirror_job(st, job, replacing, restarts)
+    if report:
+        _mirror_report(st, report, state.phase == "Succeeded", metric)
+    st["conditions"] = _conditions(list(current.get("conditions") or []), state, job, st.get("jobName"), refused,
+                                   storage, now, generation)
+    return st
+
+
+def run_state(job: Mapping[str, Any] | None, suspended_in_spec: bool, attempt: int, max_attempts: int,
+              retry_at: str | None, replacing: bool, failure: JobState | None, storage: tuple[str, str] | None,
+              ended: JobState | None) -> JobState:
+    """The run's phase, reason and message (see `desired_status` for the arguments)."""
+    of = f"attempt {attempt} of {max_attempts}"
+    if failure is not None:
+        return JobState("Failed", failure.reason,
+                        f"{failure.message} (not retried: another attempt would fail the same way)")
+    if replacing:
+        return JobState("Pending", "AttemptStarting",
+                        f"{of}: replacing the failed {backend_of(job or {}).kind}; training resumes from the "
+                        "last checkpoint")
+    state = ended or job_state(job, suspended_in_spec)
+    if state.phase == "Failed" and retry_at is not None:
+        state = JobState("Retrying", "RetryScheduled", f"{of} failed: {state.message}; attempt {attempt + 1} "
+                         f"starts at {retry_at} and resumes from the last checkpoint")
+    elif max_attempts > 1 and state.phase == "Failed":
+        state = JobState("Failed", state.reason, f"{of} failed: {state.message}")
+    elif attempt > 1 and state.phase in ("Pending", "Running"):
+        state = JobState(state.phase, state.reason, f"{of}: {state.message}")
+    if storage is not None and storage[0] == "VolumePending" and state.phase == "Pending":
+        state = JobState("Pending", storage[0], storage[1])  # the reason the pods wait, said plainly
+    return state
+
+
+def _mirror_job(st: dict[str, Any], job: Mapping[str, Any] | None, replacing: bool, restarts: int | None) -> None:
+    """The job's name, kind, start and completion times, and the trainer's restarts, into the status `st`."""
     if replacing:
         st.pop("completionTime", None)
         st.pop("restarts", None)  # counted per attempt
-    elif job is not None:
+        return
+    if job is not None:
         st["jobName"] = job.get("metadata", {}).get("name")
         st["backend"] = backend_of(job).name
         js = job.get("status") or {}
@@ -369,32 +386,41 @@ def desired_status(
             st["completionTime"] = js["completionTime"]
         else:
             st.pop("completionTime", None)
-    if restarts is not None and not replacing:
+    if restarts is not None:
         st["restarts"] = restarts
-    if report:
-        if report.get("trainerStarted"):
-            st["trainerStartedAt"] = report["trainerStarted"]
-        if report.get("progress"):
-            prog = dict(report["progress"])
-            total = int(prog.get("totalSteps") or 0)
-            if total or "percent" not in prog:  # a trainerStatus report has only the percentage
-                prog["percent"] = min(100, int(100 * int(prog.get("step") or 0) / total)) if total else 0
-            if state.phase == "Succeeded":
-                prog["percent"] = 100
-            st["progress"] = prog
-        for key in ("metrics", "mlflow", "model"):
-            if report.get(key):
-                st[key] = report[key]
-        km = key_metric(report.get("metrics"), metric)
-        if km:
-            st["keyMetric"] = km
+
+
+def _mirror_report(st: dict[str, Any], report: Mapping[str, Any], succeeded: bool, metric: str | None) -> None:
+    """The trainer's report (its start, progress, metrics, MLflow run, model) into the status `st`."""
+    if report.get("trainerStarted"):
+        st["trainerStartedAt"] = report["trainerStarted"]
+    if report.get("progress"):
+        prog = dict(report["progress"])
+        total = int(prog.get("totalSteps") or 0)
+        if total or "percent" not in prog:  # a trainerStatus report has only the percentage
+            prog["percent"] = min(100, int(100 * int(prog.get("step") or 0) / total)) if total else 0
+        if succeeded:
+            prog["percent"] = 100
+        st["progress"] = prog
+    for key in ("metrics", "mlflow", "model"):
+        if report.get(key):
+            st[key] = report[key]
+    km = key_metric(report.get("metrics"), metric)
+    if km:
+        st["keyMetric"] = km
+
+
+def _conditions(conditions: list[dict[str, Any]], state: JobState, job: Mapping[str, Any] | None,
+                job_name: str | None, refused: Sequence[str], storage: tuple[str, str] | None, now: str,
+                generation: int | None) -> list[dict[str, Any]]:
+    """Ready, JobCreated, Failed, CheckpointStorage and SpecChangeRefused, each kept when unchanged."""
     ready_reason = {"Succeeded": "Succeeded", "Failed": "Failed", "Suspended": "Suspended",
                     "Retrying": "RetryScheduled"}.get(state.phase, "Progressing")
     conditions = set_condition(conditions, "Ready", "True" if state.phase == "Succeeded" else "False",
                                ready_reason, state.message, now, generation)
     conditions = set_condition(conditions, "JobCreated", "True" if job is not None else "False",
                                "JobCreated" if job is not None else "JobPending",
-                               f"{backend_of(job).kind} {st.get('jobName')}" if job is not None else "not created yet",
+                               f"{backend_of(job).kind} {job_name}" if job is not None else "not created yet",
                                now, generation)
     if state.phase == "Failed":
         conditions = set_condition(conditions, "Failed", "True", state.reason, state.message, now, generation)
@@ -414,8 +440,7 @@ def desired_status(
     elif any(c["type"] == "SpecChangeRefused" for c in conditions):
         conditions = set_condition(conditions, "SpecChangeRefused", "False", "SpecMatchesJob",
                                    "the spec matches the running job", now, generation)
-    st["conditions"] = conditions
-    return st
+    return conditions
 
 
 # Lookups of the trainer's report for a run that succeeded without a model in its status (MLflow down, or a
