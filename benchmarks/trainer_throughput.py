@@ -142,7 +142,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     from legistra.trainer.modeling import apply_lora
     from legistra.trainer.runtime import DistInfo
     from legistra.trainer.tasks import handler_for
-    from legistra.trainer.train import RunPaths, build_training_args, effective_precision
+    from legistra.trainer.train import ResolvedTraining, RunPaths, build_training_args, effective_precision
 
     set_seed(0)
     big = device == "gpu"
@@ -180,7 +180,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     else:
         precision = effective_precision(spec, cuda, cuda and torch.cuda.is_bf16_supported())
         paths = RunPaths(root=tmp, cache=tmp / "cache")
-        args = build_training_args(spec, handler, paths, DistInfo(0, 1, 0), precision, None, cuda)
+        args = build_training_args(spec, handler, paths, DistInfo(0, 1, 0), ResolvedTraining.of(spec, precision, cuda))
         args.save_strategy = "no"
         args.disable_tqdm = True
         args.predict_with_generate = False

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypedDict, get_args
 from urllib.parse import unquote, urlsplit
 
 from legistra.api.formats import credentials_in
@@ -102,6 +102,29 @@ MLFLOW_CREDENTIALS: dict[str, str] = {ENV_TRACKING_USERNAME: "username", ENV_TRA
                                       ENV_TRACKING_TOKEN: "token"}
 ENV_REGISTRY_URI = "LEGISTRA_REGISTRY_URI"
 ENV_CHECKPOINT_URI = "LEGISTRA_CHECKPOINT_URI"
+
+# Where a trainer keeps its run (a volume that survives pod restarts) and its caches, and how it reports progress
+# on its console ("bar" for a terminal, "log" for pod logs).
+ENV_OUTPUT_DIR = "LEGISTRA_OUTPUT_DIR"
+ENV_CACHE_DIR = "LEGISTRA_CACHE_DIR"
+ENV_PROGRESS = "LEGISTRA_PROGRESS"
+# What a finished run leaves in its output folder: the outcome (metrics, model, MLflow run). Its presence means done.
+RESULT_FILE = "result.json"
+
+
+def trainer_argv(config: str, output_dir: str, state_dir: str) -> list[str]:
+    """The trainer's command line after the interpreter: the pods' and `legistra train`'s, spelled once."""
+    return ["-m", "legistra.trainer", "--config", config, "--output-dir", output_dir, "--state-dir", state_dir]
+
+
+class Progress(TypedDict, total=False):
+    """Progress as the trainer reports it (MLflow tag, `status.progress`): what the operator and the CLI read."""
+
+    step: int
+    totalSteps: int
+    epoch: float
+    percent: int
+    eval: dict[str, float]
 
 
 def checkpoint_uri(spec: TrainingRunSpec, configured: str | None) -> str | None:

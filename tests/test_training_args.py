@@ -5,23 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kit.objects import run_spec
 from legistra.api.spec import TrainingRunSpec
 from legistra.trainer.runtime import DistInfo
 from legistra.trainer.tasks import handler_for
-from legistra.trainer.train import RunPaths, build_training_args, effective_precision
+from legistra.trainer.train import ResolvedTraining, RunPaths, build_training_args, effective_precision
 
 
 def spec(task: str = "risk-classification", **training: Any) -> TrainingRunSpec:
-    return TrainingRunSpec.model_validate({
-        "task": task, "model": {"name": "m"}, "data": {"train": "t.jsonl"}, "registry": {"modelName": "x"},
-        "training": training})
+    return run_spec(task, "m", training=training)
 
 
 def args_for(s: TrainingRunSpec, tmp_path: Path) -> Any:
     handler = handler_for(s)
     precision = effective_precision(s, cuda=False, bf16_ok=False)
-    return build_training_args(s, handler, RunPaths(tmp_path, tmp_path / "cache"), DistInfo(0, 1, 0), precision,
-                               None, cuda=False)
+    return build_training_args(s, handler, RunPaths(tmp_path, tmp_path / "cache"), DistInfo(0, 1, 0),
+                               ResolvedTraining.of(s, precision, cuda=False))
 
 
 def test_spec_values_reach_the_trainer(tmp_path: Path) -> None:

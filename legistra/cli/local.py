@@ -14,15 +14,18 @@ from typing import Any, TextIO
 from legistra.api.spec import TrainingRun
 from legistra.cli.specfile import load_or_report
 from legistra.contract import (
+    ENV_PROGRESS,
     ENV_REGISTRY_URI,
     ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
     EXIT_DETERMINISTIC,
     EXIT_PREEMPTED,
     PREEMPTED,
+    RESULT_FILE,
     move_credentials,
     parse_termination_message,
     run_document,
+    trainer_argv,
 )
 
 
@@ -125,6 +128,24 @@ def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
     return rc, signal.SIGINT in got
 
 
+def trainer_environment(args: argparse.Namespace, state: Path, nproc: int, termination: Path) -> dict[str, str]:
+    """The trainer processes' environment: this one, with the command line's tracking and registry, credentials
+    moved out of the tracking URI, and per-process thread counts."""
+    env = dict(os.environ)
+    if args.tracking_uri:
+        env[ENV_TRACKING_URI] = args.tracking_uri
+    if env.get(ENV_TRACKING_URI):
+        env[ENV_TRACKING_URI] = move_credentials(env[ENV_TRACKING_URI], env)
+    if args.registry:
+        env[ENV_REGISTRY_URI] = args.registry
+    env.setdefault(ENV_PROGRESS, "bar" if sys.stderr.isatty() else "log")
+    env.setdefault("LEGISTRA_MLFLOW_ARTIFACT_ROOT", str(state / "mlartifacts"))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[ENV_TERMINATION_LOG] = str(termination)
+    return env
+
+
 def train_locally(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.file)
     if loaded is None:
@@ -146,7 +167,7 @@ def train_locally(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        result_file = run_dir / "result.json"
+        result_file = run_dir / RESULT_FILE
         if result_file.exists():
             print(f"'{run.metadata.name}' already finished; pass --fresh to train again.")
             result = json.loads(result_file.read_text(encoding="utf-8"))
@@ -169,22 +190,10 @@ def train_locally(args: argparse.Namespace) -> int:
     termination.unlink(missing_ok=True)
 
     nproc = args.nproc or default_nproc(run)
-    env = dict(os.environ)
-    if args.tracking_uri:
-        env[ENV_TRACKING_URI] = args.tracking_uri
-    if env.get(ENV_TRACKING_URI):
-        env[ENV_TRACKING_URI] = move_credentials(env[ENV_TRACKING_URI], env)
-    if args.registry:
-        env[ENV_REGISTRY_URI] = args.registry
-    env.setdefault("LEGISTRA_PROGRESS", "bar" if sys.stderr.isatty() else "log")
-    env.setdefault("LEGISTRA_MLFLOW_ARTIFACT_ROOT", str(state / "mlartifacts"))
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env[ENV_TERMINATION_LOG] = str(termination)
+    env = trainer_environment(args, state, nproc, termination)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "legistra.trainer", "--config", str(config_path), "--output-dir", str(run_dir),
-        "--state-dir", str(state),
+        *trainer_argv(str(config_path), str(run_dir), str(state)),
     ]
     print(f"training '{run.metadata.name}' ({run.spec.task}) with {nproc} process(es); state in {state}",
           file=sys.stderr)
@@ -206,6 +215,6 @@ def train_locally(args: argparse.Namespace) -> int:
             return EXIT_DETERMINISTIC
         print(f"error: training failed (exit {rc}); run the same command again to resume", file=sys.stderr)
         return rc
-    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

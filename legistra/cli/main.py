@@ -318,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the package version and the git commit it was built from")
     sub = p.add_subparsers(dest="command", required=True)
 
+    add_local_commands(sub)
+    add_cluster_commands(sub)
+    add_data_commands(sub)
+    add_registry_commands(sub)
+    return p
+
+
+def add_local_commands(sub: Any) -> None:
+    """validate, train, plan, render: commands that need no cluster."""
     v = sub.add_parser("validate", help="check TrainingRun files; prints every problem with its field path")
     v.add_argument("files", nargs="+")
     v.add_argument("--data", action="store_true",
@@ -347,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="job kind to render (default: the run's spec.resources.backend, else PyTorchJob)")
     rn.set_defaults(fn=cmd_render)
 
+
+def cluster_options(sp: argparse.ArgumentParser, namespaced: bool = True) -> None:
+    if namespaced:
+        sp.add_argument("--namespace", "-n", default=None, help="namespace (default: the context's)")
+    sp.add_argument("--kubeconfig", default=None, help="kubeconfig file(s) (default: $KUBECONFIG, ~/.kube/config)")
+    sp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
+
+
+def add_cluster_commands(sub: Any) -> None:
+    """operator, and the commands that act on a cluster through the current kubeconfig."""
     op = sub.add_parser("operator", help="run the Kubernetes controller")
     op.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
     op.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
@@ -370,12 +389,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", "-w", action="store_true", help="follow until the run finishes")
     st.set_defaults(fn=cmd_status)
-
-    def cluster_options(sp: argparse.ArgumentParser, namespaced: bool = True) -> None:
-        if namespaced:
-            sp.add_argument("--namespace", "-n", default=None, help="namespace (default: the context's)")
-        sp.add_argument("--kubeconfig", default=None, help="kubeconfig file(s) (default: $KUBECONFIG, ~/.kube/config)")
-        sp.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
 
     g = sub.add_parser("get", help="list TrainingRuns like kubectl get (-A, -o wide|yaml|json)")
     g.add_argument("name", nargs="?", default=None)
@@ -403,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_options(w)
     w.set_defaults(fn=cmd_wait)
 
+
+def add_data_commands(sub: Any) -> None:
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     prep = dsub.add_parser("prepare", help="convert CUAD / LEDGAR / BillSum release files to our jsonl or to a "
@@ -416,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("dest")
     prep.set_defaults(fn=cmd_data_prepare)
 
+
+def add_registry_commands(sub: Any) -> None:
     r = sub.add_parser("registry", help="model registry: versions and aliases")
     r.add_argument("--registry", default=None, help="root (default: $LEGISTRA_REGISTRY_URI, then the local folder)")
     r.add_argument("--json", action="store_true", help="machine-readable output")
@@ -444,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         sp.add_argument("--registry", default=argparse.SUPPRESS)
         sp.set_defaults(fn=cmd_registry)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

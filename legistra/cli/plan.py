@@ -77,7 +77,7 @@ def length_check(spec: TrainingRunSpec, base: Path) -> str | None:
 
 def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
     """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits."""
-    from legistra.trainer.modeling import lora_targets
+    from legistra.lora import lora_targets
 
     shape, source = model_shape(spec, base)
     targets = lora_targets(shape.model_type, spec.lora)

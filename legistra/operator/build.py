@@ -15,7 +15,10 @@ from pydantic import ValidationError
 
 from legistra.api.spec import GROUP_VERSION, TrainingRun, TrainingRunSpec
 from legistra.contract import (
+    ENV_CACHE_DIR,
     ENV_CHECKPOINT_URI,
+    ENV_OUTPUT_DIR,
+    ENV_PROGRESS,
     ENV_REGISTRY_URI,
     ENV_TERMINATION_LOG,
     ENV_TRACKING_URI,
@@ -26,6 +29,7 @@ from legistra.contract import (
     registry_uri,
     run_document,
     tracking_uri,
+    trainer_argv,
 )
 from legistra.operator.attempts import ATTEMPT_ANNOTATION
 from legistra.operator.backends import BACKENDS, QUEUE_LABEL, SUSPEND_ANNOTATION, BackendName
@@ -124,11 +128,11 @@ def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dic
 def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     spec = run.spec
     env: list[dict[str, Any]] = [
-        {"name": "LEGISTRA_OUTPUT_DIR", "value": f"{OUTPUT_MOUNT}/output"},
-        {"name": "LEGISTRA_CACHE_DIR", "value": f"{OUTPUT_MOUNT}/cache"},
+        {"name": ENV_OUTPUT_DIR, "value": f"{OUTPUT_MOUNT}/output"},
+        {"name": ENV_CACHE_DIR, "value": f"{OUTPUT_MOUNT}/cache"},
         {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/cache/hf"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": "LEGISTRA_PROGRESS", "value": "log"},
+        {"name": ENV_PROGRESS, "value": "log"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},
@@ -184,8 +188,7 @@ def _resources(run: TrainingRun) -> dict[str, Any]:
 # training-operator and Trainer v2's torch runtime inject. Spec values never reach a shell: the trainer reads
 # them from the mounted run.json.
 TRAINER_COMMAND = ["torchrun"]
-TRAINER_ARGS = ["-m", "legistra.trainer", "--config", f"{CONFIG_MOUNT}/run.json",
-                "--output-dir", f"{OUTPUT_MOUNT}/output", "--state-dir", f"{OUTPUT_MOUNT}"]
+TRAINER_ARGS = trainer_argv(f"{CONFIG_MOUNT}/run.json", f"{OUTPUT_MOUNT}/output", OUTPUT_MOUNT)
 VOLUME_MOUNTS = [
     {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
     {"name": "checkpoints", "mountPath": OUTPUT_MOUNT},
@@ -224,8 +227,8 @@ def storage_warning(run: TrainingRun, defaults: JobDefaults) -> str | None:
 def memory_refusal(run: TrainingRun, defaults: JobDefaults) -> str | None:
     """Why a run cannot fit the GPU it will get, when the operator knows the GPU (the run's nvidia.com/gpu.product
     node selector, else its default) and the model's shape (a well-known model); None when it fits or is unknown."""
+    from legistra.lora import lora_targets
     from legistra.memory import fit, gpu_memory, gpu_of, known_shape
-    from legistra.trainer.modeling import lora_targets
 
     product = gpu_of(run.spec, defaults.gpu_product)
     gpu = gpu_memory(product) if product else None

@@ -20,7 +20,9 @@ die_with_parent(PARENT_PID)
 
 from legistra.api.validation import SpecError, load_training_run  # noqa: E402
 from legistra.contract import (  # noqa: E402
+    ENV_CACHE_DIR,
     ENV_CHECKPOINT_URI,
+    ENV_OUTPUT_DIR,
     ENV_TERMINATION_LOG,
     EXIT_DETERMINISTIC,
     EXIT_PREEMPTED,
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=Path(os.environ.get("LEGISTRA_OUTPUT_DIR", "/var/run/legistra")),
+        default=Path(os.environ.get(ENV_OUTPUT_DIR, "/var/run/legistra")),
         help="checkpoints, model and result (a volume that survives pod restarts)",
     )
     parser.add_argument("--state-dir", type=Path, default=None, help="local MLflow store / registry / caches")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, SpecError) as exc:
         return fail("TrainerError", exc)
     state = args.state_dir or args.output_dir
-    paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get("LEGISTRA_CACHE_DIR", state / "cache")))
+    paths = RunPaths(root=args.output_dir, cache=Path(os.environ.get(ENV_CACHE_DIR, state / "cache")))
     configured_tracking, configured_registry = configured_uris()
     settings = RunSettings(
         tracking_uri=move_credentials(str(tracking_uri(run.spec, configured_tracking, state)), os.environ),

@@ -9,13 +9,12 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from legistra.contract import TAG_PROGRESS
+from legistra.contract import TAG_PROGRESS, Progress
 from legistra.tracking.mlflow_tracker import MlflowTracker
 from legistra.tracking.wandb_tracker import WandbTracker
 
 log = logging.getLogger("legistra.trainer")
 
-Progress = dict[str, Any]
 
 
 def _numeric(logs: dict[str, Any]) -> dict[str, float]:

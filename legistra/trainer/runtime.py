@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from legistra.contract import ENV_PROGRESS
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -95,7 +97,7 @@ def setup_logging(dist: DistInfo) -> None:
 
 def show_progress_bar() -> bool:
     """tqdm on a terminal; one log line per logging interval in pods, where bars garble the log."""
-    forced = os.environ.get("LEGISTRA_PROGRESS")
+    forced = os.environ.get(ENV_PROGRESS)
     if forced is not None:
         return forced == "bar"
     return sys.stderr.isatty()

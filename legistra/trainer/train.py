@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from legistra.api.validation import SpecError
 from legistra.contract import (
     DEFAULT_METRIC,
     FINAL_PREFIX,
+    RESULT_FILE,
     TAG_BASE_MODEL,
     TAG_CODE_VERSION,
     TAG_FAILURE,
@@ -55,7 +56,6 @@ STARTED = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").re
 
 log = logging.getLogger("legistra.trainer")
 
-RESULT_FILE = "result.json"
 
 
 @dataclass
@@ -91,13 +91,12 @@ class RunSettings:
 
 @dataclass
 class InMemory:
-    """What the notebook API already holds in memory instead of locations in the spec: the model, its tokenizer
-    and the rows. After training, `model` is the trained (LoRA-wrapped) model and `history` its logged steps."""
+    """A run's inputs in memory: the model, its tokenizer and the rows (loaded from the spec's locations, or the
+    notebook API's own). `model` becomes the LoRA-wrapped model when the spec asks for LoRA."""
 
     model: Any
     tokenizer: Any
     data: LoadedData
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def remote_checkpoints(run: TrainingRun, settings: RunSettings) -> RemoteCheckpoints | None:
@@ -154,8 +153,8 @@ def encode_split(handler: TaskHandler, data: LoadedData, role: str, tokenizer: A
 def tokenizer_threads() -> Iterator[None]:
     """The Rust tokenizer's thread pool for the one tokenization pass of a node. Pods and `legistra train` set
     TOKENIZERS_PARALLELISM=false so that data-loader workers, forked later, never inherit a pool mid-use; the
-    variable is read at every call, so the pass can have every core (1.65x on 2 cores, more on a GPU node's
-    dozens) and the workers still start with it off."""
+    variable is read at every call, so the pass can have every core (docs/operator.md, "Measurements behind
+    the design") and the workers still start with it off."""
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
@@ -236,18 +235,16 @@ def build_training_args(
     handler: TaskHandler,
     paths: RunPaths,
     dist: DistInfo,
-    precision: str,
-    ds_config: dict[str, Any] | None,
-    cuda: bool,
+    resolved: ResolvedTraining,
 ) -> Any:
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-    t = spec.training
+    t, precision, cuda = spec.training, resolved.precision, resolved.cuda
     metric = t.metric_for_best_model or DEFAULT_METRIC[spec.task]
     kwargs: dict[str, Any] = {
         "output_dir": str(paths.checkpoints),
-        "per_device_train_batch_size": t.batch_size,
-        "per_device_eval_batch_size": t.batch_size,
+        "per_device_train_batch_size": resolved.batch_size,
+        "per_device_eval_batch_size": resolved.batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation,
         "learning_rate": t.learning_rate,
         "num_train_epochs": t.epochs,
@@ -265,7 +262,7 @@ def build_training_args(
         "data_seed": t.seed,
         "fp16": precision == "fp16",
         "bf16": precision == "bf16",
-        "deepspeed": ds_config,
+        "deepspeed": resolved.deepspeed,
         "train_sampling_strategy": "group_by_length" if t.group_by_length else "random",
         "dataloader_num_workers": t.dataloader_workers,
         "dataloader_persistent_workers": t.dataloader_workers > 0,
@@ -288,7 +285,7 @@ def build_training_args(
         "ddp_find_unused_parameters": False,
     }
     if handler.seq2seq:
-        # Generation settings live on the model's generation_config (set in run_training), in one place.
+        # Generation settings live on the model's generation_config (set in make_trainer), in one place.
         return Seq2SeqTrainingArguments(**kwargs, predict_with_generate=True)
     return TrainingArguments(**kwargs)
 
@@ -345,78 +342,157 @@ def leave_process_group(dist: DistInfo) -> None:
         tdist.destroy_process_group()
 
 
-def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
-                 given: InMemory | None = None) -> dict[str, Any] | None:
-    """Train, evaluate, save and register. Returns the result on rank 0 (None on the other ranks)."""
-    import torch
-    from transformers import AutoTokenizer, EarlyStoppingCallback, Seq2SeqTrainer, Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+@dataclass(frozen=True)
+class ResolvedTraining:
+    """What the spec leaves to the machine, decided once on it: the precision the device supports, the
+    per-device batch ('auto' measured), the DeepSpeed config, whether a GPU trains. Travels as this value; the
+    spec is never rewritten with it."""
 
-    from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
-    from legistra.tracking.wandb_tracker import WandbTracker
-    from legistra.trainer.batchsize import resolve_batch_size
-    from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
-    from legistra.trainer.modeling import (
-        apply_lora,
-        enable_gradient_checkpointing,
-        lora_targets,
-        model_loading,
-        resolve_model,
-    )
+    precision: str
+    batch_size: int
+    cuda: bool
+    deepspeed: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, spec: TrainingRunSpec, precision: str, cuda: bool) -> ResolvedTraining:
+        """A spec with a fixed batch size, no DeepSpeed (benchmarks and tests that build arguments alone)."""
+        assert spec.training.batch_size != "auto"
+        return cls(precision, int(spec.training.batch_size), cuda, deepspeed_config(spec.deepspeed))
+
+
+@dataclass
+class Prepared:
+    """Everything `fit` needs, ready: the run, where it keeps its state, the resolved settings, the task's
+    handler, the loaded inputs (`inputs.model` LoRA-wrapped), the tokenized sets and the training arguments."""
+
+    run: TrainingRun
+    paths: RunPaths
+    settings: RunSettings
+    dist: DistInfo
+    resolved: ResolvedTraining
+    handler: TaskHandler
+    inputs: InMemory
+    model_path: str
+    train_ds: Any
+    eval_ds: Any
+    cache_hit: bool
+    args: Any
+    remote: RemoteCheckpoints | None
+    signals: bool  # stop cleanly on SIGTERM (a pod); a notebook keeps its own Ctrl-C
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Fitted:
+    """What training left: the trainer (its model and state), its metrics, the checkpoint it resumed from, the
+    trackers it logged to (rank 0) and the checkpoint upload's timings."""
+
+    trainer: Any
+    metrics: dict[str, Any]
+    resumed_from: str | None
+    history: list[dict[str, float]]
+    mlflow: Any = None  # MlflowTracker on rank 0
+    wandb: Any = None  # WandbTracker on rank 0 when the spec asks for it
+    sync: CheckpointSync | None = None
+
+
+Loader = Callable[[TrainingRunSpec, TaskHandler, Path], tuple[InMemory, str]]
+
+
+def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings) -> dict[str, Any] | None:
+    """Train, evaluate, save and register (pods and `legistra train`). The result on rank 0, None elsewhere."""
+    return train(run, paths, settings, load_inputs, signals=True)[0]
+
+
+def train(run: TrainingRun, paths: RunPaths, settings: RunSettings, load: Loader, signals: bool
+          ) -> tuple[dict[str, Any] | None, Fitted | None]:
+    """prepare -> fit -> finish, with the inputs from `load` (`load_inputs` from the spec's locations; the
+    notebook's own model, tokenizer and rows). Also returns what training left (None for a finished run)."""
     dist = DistInfo.from_env()
     setup_logging(dist)
     remote = remote_checkpoints(run, settings)
+    done = finished_result(paths, remote)
+    if done is not None:
+        # A pod restarted after the run finished: never train or register twice.
+        log.info("run already finished (%s); nothing to do", paths.result)
+        return (done if dist.is_main else None), None
+    prepared = prepare(run, paths, settings, dist, load, signals, remote)
+    fitted = fit(prepared)
+    if not dist.is_main:
+        return None, fitted
+    return finish(prepared, fitted), fitted
+
+
+def finished_result(paths: RunPaths, remote: RemoteCheckpoints | None) -> dict[str, Any] | None:
+    """The result of a run that finished before, from the local volume or, for a new pod with empty local storage,
+    from object storage; None when it has not finished."""
     if remote is not None and not paths.result.exists():
-        finished = remote.get_result()  # a new pod, with empty local storage, of a run that finished
+        finished = remote.get_result()
         if finished is not None:
             paths.result.parent.mkdir(parents=True, exist_ok=True)
             paths.result.write_bytes(finished)
-    if paths.result.exists():
-        # A pod restarted after the run finished: never train or register twice.
-        log.info("run already finished (%s); nothing to do", paths.result)
-        done: dict[str, Any] = json.loads(paths.result.read_text(encoding="utf-8"))
-        return done if dist.is_main else None
+    if not paths.result.exists():
+        return None
+    done: dict[str, Any] = json.loads(paths.result.read_text(encoding="utf-8"))
+    return done
+
+
+def load_inputs(spec: TrainingRunSpec, handler: TaskHandler, cache: Path) -> tuple[InMemory, str]:
+    """The rows, tokenizer and model from the spec's locations (hub, S3, a local folder); also where the model's
+    files are."""
+    from transformers import AutoTokenizer
+
+    from legistra.trainer.modeling import model_loading, resolve_model
+
+    data = load_data(spec, cache)
+    handler.fit_labels(data.train, data.validation)
+    with model_loading(spec.model.name):
+        model_path = resolve_model(spec.model, cache)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, revision=spec.model.revision,
+                                                  trust_remote_code=spec.model.trust_remote_code)
+        model = handler.load_model(model_path, revision=spec.model.revision,
+                                   trust_remote_code=spec.model.trust_remote_code)
+    return InMemory(model, tokenizer, data), model_path
+
+
+def already_loaded(inputs: InMemory) -> Loader:
+    """A loader for inputs held in memory (the notebook API): only the labels are learnt from its rows."""
+
+    def load(spec: TrainingRunSpec, handler: TaskHandler, cache: Path) -> tuple[InMemory, str]:
+        handler.fit_labels(inputs.data.train, inputs.data.validation)
+        return inputs, spec.model.name
+
+    return load
+
+
+def prepare(run: TrainingRun, paths: RunPaths, settings: RunSettings, dist: DistInfo, load: Loader, signals: bool,
+            remote: RemoteCheckpoints | None) -> Prepared:
+    """Device, process group, inputs, tokenized sets, LoRA, batch size and arguments: every check that can fail
+    before the first step fails here."""
+    import torch
+    from transformers import set_seed
+
+    from legistra.trainer.batchsize import resolve_batch_size
+    from legistra.trainer.modeling import apply_lora, enable_gradient_checkpointing, lora_targets
+
     spec = run.spec
-    started = time.time()
     set_seed(spec.training.seed)
     cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    precision = effective_precision(spec, cuda, bf16_ok)
+    precision = effective_precision(spec, cuda, cuda and torch.cuda.is_bf16_supported())
     if precision != spec.training.precision:
         log.warning("precision %s is not available on this device; using %s", spec.training.precision, precision)
     if spec.training.compile and not cuda:
         log.warning("training.compile is ignored without a GPU")
     ds_config = deepspeed_config(spec.deepspeed)
-    init_process_group(dist, cuda, ds_config is not None)
-
+    init_process_group(dist, cuda, ds_config is not None)  # before the model: ZeRO-3 partitions while loading
     handler = handler_for(spec)
-    data = given.data if given else load_data(spec, paths.cache)
-    handler.fit_labels(data.train, data.validation)
-    model_path = spec.model.name
-    if given:
-        tokenizer = given.tokenizer
-    else:
-        with model_loading(spec.model.name):
-            model_path = resolve_model(spec.model, paths.cache)
-            tokenizer = AutoTokenizer.from_pretrained(
-                model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
-            )
-
-    train_ds, eval_ds, cache_hit = encode_cached(handler, data, tokenizer, paths.cache)
-    handler.bind_eval(eval_ds, data.validation, tokenizer)
-    log.info(
-        "%s: %d train / %d validation rows -> %d / %d examples (tokenization %s)",
-        spec.task, len(data.train), len(data.validation), len(train_ds), len(eval_ds),
-        "cached" if cache_hit else "computed",
-    )
-
-    if given:
-        model = given.model
-    else:
-        with model_loading(spec.model.name):
-            model = handler.load_model(model_path, revision=spec.model.revision,
-                                       trust_remote_code=spec.model.trust_remote_code)
+    inputs, model_path = load(spec, handler, paths.cache)
+    train_ds, eval_ds, cache_hit = encode_cached(handler, inputs.data, inputs.tokenizer, paths.cache)
+    handler.bind_eval(eval_ds, inputs.data.validation, inputs.tokenizer)
+    log.info("%s: %d train / %d validation rows -> %d / %d examples (tokenization %s)", spec.task,
+             len(inputs.data.train), len(inputs.data.validation), len(train_ds), len(eval_ds),
+             "cached" if cache_hit else "computed")
+    model = inputs.model
     too_long = length_problem(spec, model.config.to_dict(), f"{model_path}'s config")
     if too_long is not None:  # before any step: the first long batch would fail with an index error
         raise SpecError([too_long])
@@ -426,102 +502,105 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
     if spec.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if spec.lora.enabled:
-        model = apply_lora(model, spec.task, spec.lora)
+        inputs.model = model = apply_lora(model, spec.task, spec.lora)
     batch = resolve_batch_size(spec, model, lora_targets(model.config.model_type, spec.lora),
                                len(handler.labels), precision, cuda)
-    if batch != spec.training.batch_size:
-        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"batch_size": batch})})
-    args = build_training_args(spec, handler, paths, dist, precision, ds_config, cuda)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    resolved = ResolvedTraining(precision, batch, cuda, ds_config)
+    args = build_training_args(spec, handler, paths, dist, resolved)
+    return Prepared(run, paths, settings, dist, resolved, handler, inputs, model_path, train_ds, eval_ds, cache_hit,
+                    args, remote, signals)
 
-    mlflow: MlflowTracker | None = None
-    wandb: WandbTracker | None = None
-    experiment = experiment_name(spec)
+
+def start_tracking(p: Prepared) -> tuple[Any, Any]:
+    """Rank 0's MLflow run (and W&B's), tagged and with the run's public parameters; (None, None) elsewhere."""
+    from legistra.tracking.mlflow_tracker import MlflowTracker, public_params
+    from legistra.tracking.wandb_tracker import WandbTracker
+
+    if not p.dist.is_main:
+        return None, None
+    run, spec, r = p.run, p.run.spec, p.resolved
     key = run_key(run)
-    if dist.is_main:
-        mlflow = MlflowTracker(
-            settings.tracking_uri,
-            experiment,
-            key,
-            run.metadata.name,
-            artifact_root=settings.mlflow_artifact_root,
-        )
-        mlflow.start(
-            tags={
-                TAG_TASK: spec.task,
-                TAG_BASE_MODEL: spec.model.name,
-                TAG_TRAINING_RUN: f"{run.metadata.namespace or 'local'}/{run.metadata.name}",
-                TAG_CODE_VERSION: __version__,
-            }
-        )
-        # At every start, a resumed run's too (start() tags only a new run): a restart in place shows here.
-        mlflow.set_tags({TAG_TRAINER_STARTED: STARTED})
-        params = public_params({"spec": spec.wire()})
-        params.update(
-            {
-                "resolved.world_size": dist.world_size,
-                "resolved.batch_size": spec.training.batch_size,
-                "resolved.precision": precision,
-                "resolved.zero_stage": zero_stage_of(ds_config),
-                "resolved.trainable_params": trainable,
-                "resolved.total_params": total,
-                "resolved.train_examples": len(train_ds),
-                "resolved.eval_examples": len(eval_ds),
-                "resolved.labels": json.dumps(handler.labels) if handler.labels else None,
-            }
-        )
-        mlflow.log_params(params)
-        mlflow.log_dict({"apiVersion": run.api_version, "kind": run.kind, "metadata": {"name": run.metadata.name},
-                         "spec": spec.wire()}, "trainingrun.json")
-        if spec.tracking.wandb is not None:
-            wandb = WandbTracker(spec.tracking.wandb, key[:64].replace("/", "-"), run.metadata.name, paths.root)
-            wandb.start(params)
+    mlflow = MlflowTracker(p.settings.tracking_uri, experiment_name(spec), key, run.metadata.name,
+                           artifact_root=p.settings.mlflow_artifact_root)
+    mlflow.start(tags={TAG_TASK: spec.task, TAG_BASE_MODEL: spec.model.name,
+                       TAG_TRAINING_RUN: f"{run.metadata.namespace or 'local'}/{run.metadata.name}",
+                       TAG_CODE_VERSION: __version__})
+    # At every start, a resumed run's too (start() tags only a new run): a restart in place shows here.
+    mlflow.set_tags({TAG_TRAINER_STARTED: STARTED})
+    model = p.inputs.model
+    params = public_params({"spec": spec.wire()})
+    params.update({
+        "resolved.world_size": p.dist.world_size,
+        "resolved.batch_size": r.batch_size,
+        "resolved.precision": r.precision,
+        "resolved.zero_stage": zero_stage_of(r.deepspeed),
+        "resolved.trainable_params": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "resolved.total_params": sum(x.numel() for x in model.parameters()),
+        "resolved.train_examples": len(p.train_ds),
+        "resolved.eval_examples": len(p.eval_ds),
+        "resolved.labels": json.dumps(p.handler.labels) if p.handler.labels else None,
+    })
+    mlflow.log_params(params)
+    mlflow.log_dict({"apiVersion": run.api_version, "kind": run.kind, "metadata": {"name": run.metadata.name},
+                     "spec": spec.wire()}, "trainingrun.json")
+    wandb = None
+    if spec.tracking.wandb is not None:
+        wandb = WandbTracker(spec.tracking.wandb, key[:64].replace("/", "-"), run.metadata.name, p.paths.root)
+        wandb.start(params)
+    return mlflow, wandb
 
-    metrics_cb = MetricsCallback(mlflow, wandb)
-    callbacks: list[Any] = [metrics_cb, LogLineCallback()] if not show_progress_bar() else [metrics_cb]
-    # Before the upload callback: a stop request turns the step's end into a save, which the upload then sees.
-    stop = StopOnSignal() if given is None else None  # a notebook keeps its own Ctrl-C
-    if stop is not None:
-        stop.install()
-        callbacks.append(stop)
-    sync = None
-    if remote is not None:
-        nodes = max(1, dist.world_size // max(1, dist.local_world_size))
-        sync = CheckpointSync(remote, dist, nodes, spec.training.save_total_limit)
-        callbacks.append(sync)
-    if spec.training.early_stopping is not None:
-        es = spec.training.early_stopping
-        callbacks.append(EarlyStoppingCallback(es.patience, es.threshold))
 
+def make_trainer(p: Prepared, callbacks: list[Any]) -> Any:
+    """The transformers Trainer for the prepared run, its generation settings on the model (seq2seq)."""
+    from transformers import Seq2SeqTrainer, Trainer
+
+    model, handler, tokenizer = p.inputs.model, p.handler, p.inputs.tokenizer
     if handler.seq2seq:
-        gen = spec.generation
+        gen = p.run.spec.generation
         config = model.generation_config  # PEFT forwards to the base model's
         config.length_penalty = gen.length_penalty
         config.no_repeat_ngram_size = gen.no_repeat_ngram_size
         config.num_beams = gen.num_beams
         config.max_new_tokens = gen.max_new_tokens
         config.max_length = None
-    trainer_cls = Seq2SeqTrainer if handler.seq2seq else Trainer
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=handler.collator(tokenizer, model),
-        compute_metrics=handler.compute_metrics,
-        preprocess_logits_for_metrics=None if handler.seq2seq else handler.preprocess_logits,
-        callbacks=callbacks,
-    )
-
+    trainer = (Seq2SeqTrainer if handler.seq2seq else Trainer)(
+        model=model, args=p.args, train_dataset=p.train_ds, eval_dataset=p.eval_ds, processing_class=tokenizer,
+        data_collator=handler.collator(tokenizer, model), compute_metrics=handler.compute_metrics,
+        preprocess_logits_for_metrics=None if handler.seq2seq else handler.preprocess_logits, callbacks=callbacks)
     if not show_progress_bar():
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # LogLineCallback prints the readable version
-    if remote is not None:
-        restore(remote, paths.checkpoints, dist)  # the newest complete save, unless this node holds it
-    last = get_last_checkpoint(str(paths.checkpoints)) if paths.checkpoints.is_dir() else None
+    return trainer
+
+
+def fit(p: Prepared) -> Fitted:
+    """Train from the last checkpoint, evaluate the final weights, save the model (every rank: ZeRO-3 gathers
+    collectively). A stop signal saves and raises Preempted; any failure ends rank 0's trackers as FAILED."""
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from legistra.trainer.callbacks import LogLineCallback, MetricsCallback
+
+    mlflow, wandb = start_tracking(p)
+    metrics_cb = MetricsCallback(mlflow, wandb)
+    callbacks: list[Any] = [metrics_cb] if show_progress_bar() else [metrics_cb, LogLineCallback()]
+    # Before the upload callback: a stop request turns the step's end into a save, which the upload then sees.
+    stop = StopOnSignal() if p.signals else None
+    if stop is not None:
+        stop.install()
+        callbacks.append(stop)
+    sync = None
+    if p.remote is not None:
+        nodes = max(1, p.dist.world_size // max(1, p.dist.local_world_size))
+        sync = CheckpointSync(p.remote, p.dist, nodes, p.run.spec.training.save_total_limit)
+        callbacks.append(sync)
+    if (es := p.run.spec.training.early_stopping) is not None:
+        callbacks.append(EarlyStoppingCallback(es.patience, es.threshold))
+    trainer = make_trainer(p, callbacks)
+    if p.remote is not None:
+        restore(p.remote, p.paths.checkpoints, p.dist)  # the newest complete save, unless this node holds it
+    last = get_last_checkpoint(str(p.paths.checkpoints)) if p.paths.checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
     status = "FAILED"
@@ -529,81 +608,77 @@ def run_training(run: TrainingRun, paths: RunPaths, settings: RunSettings,
         train_out = trainer.train(resume_from_checkpoint=last)
         if stop is not None and stop.stopped_at is not None:
             status = "KILLED"  # saved (and uploaded: on_train_end waited) at the step the signal ended
-            leave_process_group(dist)
+            leave_process_group(p.dist)
             raise Preempted(int(trainer.state.global_step))
         final = final_eval(trainer)
-        if ds_config and mlflow is not None and getattr(args, "hf_deepspeed_config", None) is not None:
-            mlflow.log_dict(args.hf_deepspeed_config.config, "deepspeed_config.json")
-        trainer.save_model(str(paths.model))  # every rank: ZeRO-3 gathers the shards collectively
+        if p.resolved.deepspeed and mlflow is not None and getattr(p.args, "hf_deepspeed_config", None) is not None:
+            mlflow.log_dict(p.args.hf_deepspeed_config.config, "deepspeed_config.json")
+        trainer.save_model(str(p.paths.model))
         status = "FINISHED"
-        leave_process_group(dist)
+        leave_process_group(p.dist)
     finally:
         if stop is not None:
             stop.uninstall()
-        if dist.is_main and status in ("FAILED", "KILLED"):
+        if status in ("FAILED", "KILLED"):
             if mlflow is not None:
                 mlflow.end(status)  # KILLED: the next attempt finds the same run again and goes on
             if wandb is not None:
                 wandb.finish(exit_code=1)
+    return Fitted(trainer, {**train_out.metrics, **final}, last, metrics_cb.history, mlflow, wandb, sync)
 
-    if not dist.is_main:
-        return None
-    if given:
-        given.model, given.history = trainer.model, metrics_cb.history
 
-    tokenizer.save_pretrained(str(paths.model))
+def finish(p: Prepared, f: Fitted) -> dict[str, Any]:
+    """Rank 0: check the model (finite, trained), write its files, register it (the registry decides and records
+    first), mirror the outcome to tracking once, and write the result."""
+    spec, paths, mlflow = p.run.spec, p.paths, f.mlflow
+    assert mlflow is not None
+    p.inputs.tokenizer.save_pretrained(str(paths.model))
     (paths.model / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing to ship in a registry
-    diverged = divergence({**train_out.metrics, **final}, paths.model)
+    diverged = divergence(f.metrics, paths.model)
     if diverged is not None:
-        assert mlflow is not None
         mlflow.set_tags({TAG_FAILURE: f"Diverged: {diverged}"})
         mlflow.end("FAILED")
-        if wandb is not None:
-            wandb.finish(exit_code=1)
+        if f.wandb is not None:
+            f.wandb.finish(exit_code=1)
         raise Diverged(diverged)
     adapter_check = verify_adapter(paths.model) if spec.lora.enabled else {}
-    metrics = _clean_metrics({**train_out.metrics, **final})
-    baseline = handler.baseline(data.train, data.validation)
+    metrics = _clean_metrics(f.metrics)
+    baseline = p.handler.baseline(p.inputs.data.train, p.inputs.data.validation)
     (paths.model / "legistra.json").write_text(
-        json.dumps({"task": spec.task, "labels": handler.labels, "baseModel": spec.model.name,
-                    "lora": spec.lora.enabled}, indent=2),
-        encoding="utf-8",
-    )
+        json.dumps({"task": spec.task, "labels": p.handler.labels, "baseModel": spec.model.name,
+                    "lora": spec.lora.enabled}, indent=2), encoding="utf-8")
     if spec.registry.merge_adapter and spec.lora.enabled:
         from legistra.trainer.merge import merge_and_check
 
-        merge_and_check(handler, model_path, paths.model, paths.model / "merged", tokenizer, eval_ds)
+        merge_and_check(p.handler, p.model_path, paths.model, paths.model / "merged", p.inputs.tokenizer, p.eval_ds)
 
-    from legistra.trainer.publish import publish, unpublished
+    from legistra.trainer.publish import Outcome, mirror, register
 
-    assert mlflow is not None
-    step = int(trainer.state.global_step)
-    if settings.registry_uri is None:
-        result = unpublished(mlflow, metrics=metrics, baseline=baseline, global_step=step, resumed_from=last)
-    else:
-        result = publish(
-            run, paths, settings, mlflow, metrics=metrics, baseline=baseline, global_step=step, resumed_from=last,
-            data_sources=data.sources,
-            extra={"adapterCheck": adapter_check, "precision": precision, "worldSize": dist.world_size,
-                   "zeroStage": zero_stage_of(ds_config), "tokenizationCached": cache_hit},
-        )
-    if metrics_cb.history:
+    step = int(f.trainer.state.global_step)
+    outcome = Outcome(metrics, baseline, step, f.resumed_from)
+    if p.settings.registry_uri is not None:
+        extra = {"adapterCheck": adapter_check, "precision": p.resolved.precision, "worldSize": p.dist.world_size,
+                 "zeroStage": zero_stage_of(p.resolved.deepspeed), "tokenizationCached": p.cache_hit}
+        outcome = register(p.run, paths.model, p.settings.registry_uri, mlflow, outcome,
+                           data_sources=p.inputs.data.sources, extra=extra)
+    result = mirror(mlflow, spec, outcome)
+    if f.history:
         from legistra.tracking.plots import plot_curves
 
-        png = plot_curves(metrics_cb.history, paths.root / "training_curves.png", run.metadata.name)
+        png = plot_curves(f.history, paths.root / "training_curves.png", p.run.metadata.name)
         if png is not None:
             mlflow.log_artifact(png)
-    mlflow.log_metrics({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
+    mlflow.log_metrics({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, step)
     mlflow.end("FINISHED")
-    if wandb is not None:
-        wandb.log({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, int(trainer.state.global_step))
-        wandb.finish()
-    result["wallSeconds"] = round(time.time() - started, 1)
-    if sync is not None:
-        result["checkpoints"] = {"uri": remote.uri if remote else None, "uploadedBytes": sync.times.bytes_sent,
-                                 "stallSeconds": [round(x, 3) for x in sync.times.stalls],
-                                 "uploadSeconds": [round(x, 3) for x in sync.times.uploads]}
+    if f.wandb is not None:
+        f.wandb.log({f"{FINAL_PREFIX}{k}": v for k, v in metrics.items()}, step)
+        f.wandb.finish()
+    result["wallSeconds"] = round(time.time() - p.started, 1)
+    if f.sync is not None:
+        result["checkpoints"] = {"uri": p.remote.uri if p.remote else None, "uploadedBytes": f.sync.times.bytes_sent,
+                                 "stallSeconds": [round(x, 3) for x in f.sync.times.stalls],
+                                 "uploadSeconds": [round(x, 3) for x in f.sync.times.uploads]}
     paths.result.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    if remote is not None:
-        remote.put_result(paths.result)  # the marker that this run is done, for pods with empty storage
+    if p.remote is not None:
+        p.remote.put_result(paths.result)  # the marker that this run is done, for pods with empty storage
     return result

@@ -65,8 +65,9 @@ class TaskHandler(ABC):
 def token_ids(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
     """Input ids of `texts`, truncated to `max_length` with the special tokens the tokenizer adds.
 
-    A fast tokenizer's Rust batch call without offsets is ~1.5x the throughput of the Python `__call__`, which
-    builds offsets and a BatchEncoding; tests/test_data.py holds both to the same ids."""
+    A fast tokenizer's Rust batch call without offsets is faster than the Python `__call__`, which builds offsets
+    and a BatchEncoding (docs/operator.md, "Measurements behind the design"); tests/test_data.py holds both to the
+    same ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return list(tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
