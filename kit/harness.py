@@ -47,6 +47,7 @@ RESOURCES = {
     "legistra.io/v1alpha1/trainingschedules": ("TrainingSchedule", True, {"status"}),
     "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, {"status"}),
     "trainer.kubeflow.org/v1alpha1/trainjobs": ("TrainJob", True, {"status"}),
+    "trainer.kubeflow.org/v1alpha1/clustertrainingruntimes": ("ClusterTrainingRuntime", False, set()),
     "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, set()),
     "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False, set()),
 }
@@ -455,17 +456,21 @@ class Pod:
             text = "\n".join(self.log.read_text(errors="replace").splitlines()[-80:])[-2048:]
         return text[:4096]
 
-    def kill(self) -> None:
-        """Like a container runtime: every process of the pod goes, whatever session torchrun gave it."""
+    def signal_all(self, sig: int) -> None:
+        """`sig` to every process of the pod, whatever session torchrun gave it (found by the pod's folder)."""
         marker = str(self.log.parent).encode()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 if marker in (entry / "cmdline").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
+                    os.kill(int(entry.name), sig)
             except (OSError, ProcessLookupError):
                 continue
+
+    def kill(self) -> None:
+        """Like a container runtime: every process of the pod goes, whatever session torchrun gave it."""
+        self.signal_all(signal.SIGKILL)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -934,6 +939,13 @@ class FakeTrainingOperator(Poller):
             for p in self.jobs[job].pods:
                 if p.replica == replica and p.proc.poll() is None:
                     p.kill()
+
+    def hang(self, job: str) -> None:
+        """A hung collective on every node: each pod's processes stop (SIGSTOP) and stay up, Running, silent."""
+        with self.lock:
+            for p in self.jobs[job].pods:
+                if p.proc is not None and p.proc.poll() is None:
+                    p.signal_all(signal.SIGSTOP)
 
     def logs(self, job: str) -> str:
         out = []

@@ -108,6 +108,8 @@ ENV_CHECKPOINT_URI = "LEGISTRA_CHECKPOINT_URI"
 ENV_OUTPUT_DIR = "LEGISTRA_OUTPUT_DIR"
 ENV_CACHE_DIR = "LEGISTRA_CACHE_DIR"
 ENV_PROGRESS = "LEGISTRA_PROGRESS"
+# Seconds a collective may wait for a peer before it fails (the run's effective stall timeout; unset: torch's).
+ENV_COLLECTIVE_TIMEOUT = "LEGISTRA_COLLECTIVE_TIMEOUT"
 # What a finished run leaves in its output folder: the outcome (metrics, model, MLflow run). Its presence means done.
 RESULT_FILE = "result.json"
 

@@ -306,6 +306,22 @@ def fit(spec: TrainingRunSpec, shape: ModelShape, targets: list[str] | str, gpu:
     return Fit(gpu, capacity, e, e.largest_batch(capacity))
 
 
+def price_per_gpu_hour(prices: Mapping[str, float], product: str | None) -> float | None:
+    """The price of an hour of `product` (a node label's value or our name), from a table keyed by either; None
+    when the table has no price for it."""
+    if not product or not prices:
+        return None
+    if product in prices:
+        return prices[product]
+    known = gpu_memory(product)
+    if known is None:
+        return None
+    for key, price in prices.items():  # the same GPU under another of its names
+        if (named := gpu_memory(key)) is not None and named[0] == known[0]:
+            return price
+    return None
+
+
 def gpu_of(spec: TrainingRunSpec, default: str | None = None) -> str | None:
     """The GPU product a run will get: its `nvidia.com/gpu.product` node selector, else the operator's default."""
     return (spec.resources.node_selector or {}).get("nvidia.com/gpu.product") or default

@@ -47,16 +47,16 @@ def token_kubeconfig(api: ApiServer, path: Path, namespace: str, service_account
 
 def apply_chart_identity(api: ApiServer, docs: list[dict[str, Any]], namespace: str) -> str:
     """The chart's ServiceAccount, ClusterRole and ClusterRoleBinding (`docs`, rendered for `namespace`) applied,
-    the cluster-scoped ones named `<namespace>-operator` so that each test leaves the chart's own names to the
+    the cluster-scoped ones prefixed with `<namespace>-` so that each test leaves the chart's own names to the
     others; the ServiceAccount's name."""
     identity = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     for d in identity:
         if d["kind"] == "ServiceAccount":
             d["metadata"]["namespace"] = namespace
-        else:
-            d["metadata"]["name"] = f"{namespace}-operator"
+        else:  # the operator's role and the runtimes' read: both keep their own, prefixed names
+            d["metadata"]["name"] = f"{namespace}-{d['metadata']['name']}"
             if d["kind"] == "ClusterRoleBinding":
-                d["roleRef"]["name"] = f"{namespace}-operator"
+                d["roleRef"]["name"] = f"{namespace}-{d['roleRef']['name']}"
     api.apply(identity)
     return str(next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"])
 

@@ -4,6 +4,7 @@ namespace; and one-line errors, never a traceback."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -163,8 +164,14 @@ def test_get_wait_delete_and_the_kubectl_plugin(apiserver: ApiServer, tmp_path: 
         doc = yaml.safe_load((EXAMPLES / "risk-classification.yaml").read_text())
         doc["metadata"] = {"name": name, "namespace": ns}
         api.kubectl("apply", "--validate=false", "-f", "-", input=yaml.safe_dump(doc))
+    half_an_hour_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)).isoformat(timespec="seconds")
     set_status(api, ns, "risk-a", {"phase": "Running", "progress": {"step": 4, "totalSteps": 10, "percent": 40},
-                                   "keyMetric": "f1_macro=0.61", "backend": "trainjob", "jobName": "risk-a"})
+                                   "keyMetric": "f1_macro=0.61", "backend": "trainjob", "jobName": "risk-a",
+                                   # an earlier attempt ran 2 GPU-hours; this one has run 30 minutes on 2 GPUs
+                                   "usage": {"gpus": 2, "gpuSeconds": 7200.0, "wallSeconds": 3600.0,
+                                             "runningSince": half_an_hour_ago.replace("+00:00", "Z"),
+                                             "attempts": [{"attempt": 1, "gpus": 2, "wallSeconds": 3600.0,
+                                                           "gpuSeconds": 7200.0}]}})
     set_status(api, ns, "risk-c", {"phase": "Failed", "message": "InvalidData: row 7"})
     env = {"KUBECONFIG": str(api.kubeconfig)}
 
@@ -175,7 +182,9 @@ def test_get_wait_delete_and_the_kubectl_plugin(apiserver: ApiServer, tmp_path: 
     assert lines[1].split()[:5] == ["risk-a", "risk-classification", "Running", "40%", "f1_macro=0.61"]
     assert lines[2].split()[:4] == ["risk-b", "risk-classification", "Pending", "-"]
     wide = legistra("get", "-n", ns, "-o", "wide", env=env).stdout.splitlines()
-    assert wide[0].split()[-3:] == ["BACKEND", "JOB", "VERSION"] and wide[1].split()[-3:] == ["trainjob", "risk-a", "-"]
+    assert wide[0].split()[-4:] == ["BACKEND", "JOB", "VERSION", "GPU-HOURS"]
+    assert wide[1].split()[-4:-1] == ["trainjob", "risk-a", "-"] and 3.0 <= float(wide[1].split()[-1]) < 3.05
+    assert wide[2].split()[-1] == "-"  # never ran
     every = legistra("get", "-A", env=env).stdout
     assert every.splitlines()[0].startswith("NAMESPACE") and [ns, "risk-b"] in [r.split()[:2] for r in every.splitlines()]
     items = json.loads(legistra("get", "-n", ns, "-o", "json", env=env).stdout)["items"]

@@ -24,16 +24,26 @@ from legistra.operator.decide import (
     PatchJob,
     Plan,
     WriteStatus,
-    decide,
     merged,
 )
+from legistra.operator.decide import decide as decide_plan
 from legistra.operator.status import MUTABLE_FIELDS
+from tests.status_schema import valid_status
 
 AT = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.timezone.utc)
 EARLIER = "2026-12-06T11:59:00Z"
 DEFAULTS = JobDefaults(mlflow_tracking_uri="http://mlflow:5000")
 PYTORCH = BACKENDS["pytorchjob"]
 TRAINJOB = BACKENDS["trainjob"]
+
+
+def decide(observed: Observed, defaults: JobDefaults) -> Plan:
+    """`decide`, with every status it would write checked against the CRD's status schema (as the API server)."""
+    plan = decide_plan(observed, defaults)
+    for action in plan.actions:
+        if isinstance(action, WriteStatus):
+            valid_status(action.status)
+    return plan
 
 
 def body(status: dict[str, Any] | None = None, generation: int = 1, **spec: Any) -> dict[str, Any]:
@@ -233,3 +243,139 @@ def test_a_pending_volume_is_the_reason_the_run_waits() -> None:
     plan = decide(seen(body(RUNNING), job=pytorchjob("Created"), pvc=pvc), DEFAULTS)
     assert plan.status is not None and plan.status["phase"] == "Pending"
     assert events(plan) == ["VolumePending"]
+
+
+# -- stalled jobs (issue 32) ------------------------------------------------------------------------------------
+
+def reported(step: int, started: str = "t0") -> dict[str, Any]:
+    return {"progress": {"step": step, "totalSteps": 100}, "trainerStarted": started}
+
+
+def running(**extra: Any) -> dict[str, Any]:
+    return {**RUNNING, "trainerStartedAt": "t0", **extra}
+
+
+@pytest.mark.parametrize(("name", "status", "report", "spec", "phase", "actions", "reasons", "requeue"), [
+    ("progress moves: its time is recorded, due again at the deadline",
+     running(), reported(4), {}, "Running", ["WriteStatus"], [], 1800.0),
+    ("still within the timeout", running(progressedAt="2026-12-06T11:40:00Z"), reported(3), {}, "Running",
+     ["WriteStatus"], [], 600.0),
+    ("past the timeout: stalled, stopped, retried", running(progressedAt="2026-12-06T11:20:00Z"), reported(3), {},
+     "Retrying", ["WriteStatus", "delete:Background"], ["RunRetrying", "Stalled"], 60.0),
+    ("past the timeout, no attempt left", running(progressedAt="2026-12-06T11:20:00Z"), reported(3),
+     {"runPolicy": {"maxAttempts": 1}}, "Failed", ["WriteStatus", "delete:Background"], ["RunFailed", "Stalled"],
+     None),
+    ("a restart in place is life", running(progressedAt="2026-12-06T11:20:00Z"), reported(3, "t1"), {},
+     "Running", ["WriteStatus"], [], 1800.0),
+    ("no progress report yet: no clock", {**RUNNING, "progress": None}, None, {}, "Running", ["WriteStatus"], [],
+     None),
+    ("turned off in the spec", running(progressedAt="2026-12-06T11:20:00Z"), reported(3),
+     {"training": {"stallTimeout": "0"}}, "Running", ["WriteStatus"], [], None),
+    ("the spec's own timeout", running(progressedAt="2026-12-06T11:58:00Z"), reported(3),
+     {"training": {"stallTimeout": "90s"}}, "Retrying", ["WriteStatus", "delete:Background"],
+     ["RunRetrying", "Stalled"], 60.0),
+])
+def test_stall_table(name: str, status: dict[str, Any], report: dict[str, Any] | None, spec: dict[str, Any],
+                     phase: str, actions: list[str], reasons: list[str], requeue: float | None) -> None:
+    """The operator's default is 30m; the run was last seen at step 3. The retry delay is 60 s."""
+    if status.get("progress") is None:
+        status = {k: v for k, v in status.items() if k != "progress"}
+    job = pytorchjob("Created", "Running")
+    job["spec"]["runPolicy"]["cleanPodPolicy"] = "Running"
+    spec = {"runPolicy": {"maxAttempts": 3, **spec.get("runPolicy", {})}, **{k: v for k, v in spec.items()
+                                                                             if k != "runPolicy"}}
+    plan = decide(seen(body(status, **spec), job=job, report=report), DEFAULTS)
+    assert (plan.phase, kinds(plan), events(plan), plan.requeue_after) == (phase, actions, reasons, requeue), name
+    assert plan.status is not None
+    if "Stalled" in reasons:
+        cond = next(c for c in plan.status["conditions"] if c["type"] == "Stalled")
+        assert cond["status"] == "True" and cond["reason"] == "NoProgress" and "last at step 3" in cond["message"]
+    elif (report is not None and "progressedAt" not in status) or name.startswith("a restart"):
+        assert plan.status["progressedAt"] == "2026-12-06T12:00:00Z"
+
+
+def test_a_new_attempt_starts_its_own_stall_clock_and_clears_the_condition() -> None:
+    """With no retry delay the stalled attempt is replaced in the same pass, and still says why."""
+    policy = {"maxAttempts": 3, "retryDelaySeconds": 0}
+    stalled = decide(seen(body(running(progressedAt="2026-12-06T11:20:00Z"), runPolicy=policy),
+                          job=pytorchjob("Created", "Running"), report=reported(3)), DEFAULTS)
+    assert (stalled.phase, kinds(stalled), events(stalled)) == (
+        "Pending", ["WriteStatus", "delete:Foreground"], ["AttemptStarted", "Stalled"])
+    assert stalled.status is not None and "progressedAt" not in stalled.status
+    cond = next(c for c in stalled.status["conditions"] if c["type"] == "Stalled")
+    assert (cond["status"], cond["reason"]) == ("True", "NoProgress")
+    # The next attempt's job runs and reports: its own clock, and the condition says it is over.
+    job = pytorchjob("Created", "Running", attempt=2)
+    moving = decide(seen(body(stalled.status, runPolicy=policy), job=job, report=reported(11, "t2")), DEFAULTS)
+    assert moving.status is not None and moving.status["progressedAt"] == "2026-12-06T12:00:00Z"
+    cond = next(c for c in moving.status["conditions"] if c["type"] == "Stalled")
+    assert (cond["status"], cond["reason"]) == ("False", "Progressing")
+
+
+# -- GPU time (issue 32) -----------------------------------------------------------------------------------------
+
+def test_gpu_time_is_counted_from_the_runs_own_transitions_without_writes_of_its_own() -> None:
+    priced = JobDefaults(mlflow_tracking_uri="http://mlflow:5000", gpu_prices={"NVIDIA-H100-80GB-HBM3": 4.0})
+    spec = {"resources": {"nodes": 2, "gpusPerNode": 4,
+                          "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+            "runPolicy": {"maxAttempts": 3, "retryDelaySeconds": 0}}
+    pending = {**RUNNING, "phase": "Pending", "trainerStartedAt": "t0"}
+    start = decide(seen(body(pending, **spec), job=pytorchjob("Created", "Running")), priced)
+    assert start.status is not None and start.status["usage"] == {
+        "gpus": 8, "gpuSeconds": 0.0, "wallSeconds": 0.0, "attempts": [], "runningSince": "2026-12-06T12:00:00Z",
+        "estimatedCost": 0.0}
+    # An hour later, still Running and nothing new: the same status, no write.
+    later = replace(seen(body(start.status, **spec), job=pytorchjob("Created", "Running")),
+                    at=AT + dt.timedelta(hours=1))
+    assert decide(later, priced).status == start.status
+    # Then the job fails: the stretch is added to attempt 1 and the totals, at $4 a GPU-hour.
+    job = pytorchjob("Created", "Failed")
+    job["spec"]["runPolicy"]["cleanPodPolicy"] = "Running"
+    failed = decide(replace(seen(body(start.status, **spec), job=job), at=AT + dt.timedelta(hours=1)), priced)
+    assert failed.status is not None and failed.status["phase"] == "Pending"  # attempt 2 at once (no delay)
+    assert failed.status["usage"] == {"gpus": 8, "gpuSeconds": 28800.0, "wallSeconds": 3600.0, "estimatedCost": 32.0,
+                                      "attempts": [{"attempt": 1, "gpus": 8, "wallSeconds": 3600.0,
+                                                    "gpuSeconds": 28800.0}]}
+    # A run that never ran has no usage; one first seen Running (an upgrade) starts at its next transition.
+    assert "usage" not in (decide(seen(body(), job=pytorchjob("Created")), priced).status or {})
+    assert "usage" not in (decide(seen(body(RUNNING, **spec), job=pytorchjob("Created", "Running")), priced).status
+                           or {})
+
+
+# -- the backend, said at the job's creation (issue 32) -----------------------------------------------------------
+
+def test_the_job_kind_and_a_queued_pytorchjob_are_said_at_creation() -> None:
+    queued = seen(body(resources={"queueName": "team-a", "gpusPerNode": 1}),
+                  backend_reason=("TrainerV2Preferred", "TrainJob: ..."), backend=TRAINJOB)
+    plan = decide(queued, DEFAULTS)
+    assert plan.status is not None
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    assert (conditions["BackendSelected"]["status"], conditions["BackendSelected"]["reason"]) == (
+        "True", "TrainerV2Preferred")
+    assert "QueueIntegration" not in conditions and events(plan) == []  # a TrainJob: nothing to warn about
+    as_v1 = decide(replace(queued, backend=PYTORCH, backend_reason=("NoTrainingRuntime", "PyTorchJob: ...")),
+                   DEFAULTS)
+    assert as_v1.status is not None and events(as_v1) == ["QueueIntegration"]
+    warned = next(c for c in as_v1.status["conditions"] if c["type"] == "QueueIntegration")
+    assert warned["status"] == "Unknown" and "kubeflow.org/pytorchjob" in warned["message"]
+    # Later passes leave both as they are: no event again, no write of their own.
+    later = decide(seen(body(as_v1.status, resources={"queueName": "team-a", "gpusPerNode": 1}),
+                        job=pytorchjob("Created")), DEFAULTS)
+    assert later.status is not None and events(later) == []
+    assert [c for c in later.status["conditions"] if c["type"] in ("BackendSelected", "QueueIntegration")] == \
+        [c for c in as_v1.status["conditions"] if c["type"] in ("BackendSelected", "QueueIntegration")]
+
+
+def test_gpu_seconds_reach_prometheus_once_as_stretches_end() -> None:
+    from prometheus_client import REGISTRY
+
+    from legistra.operator import prometheus
+
+    labels = {"namespace": "legal-ml", "task": "summarization"}
+    before = REGISTRY.get_sample_value("legistra_gpu_seconds_total", labels) or 0.0
+    prometheus.count_gpu_seconds("legal-ml", "summarization", {"usage": {"gpuSeconds": 100.0}},
+                                 {"usage": {"gpuSeconds": 3700.0}})
+    prometheus.count_gpu_seconds("legal-ml", "summarization", {"usage": {"gpuSeconds": 3700.0}},
+                                 {"usage": {"gpuSeconds": 3700.0}})  # a pass that ended no stretch
+    prometheus.count_gpu_seconds("legal-ml", "summarization", None, None)
+    assert REGISTRY.get_sample_value("legistra_gpu_seconds_total", labels) == before + 3600.0

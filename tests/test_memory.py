@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kit.objects import run_spec
 from legistra.memory import (
@@ -224,6 +225,39 @@ def test_plan_command_prints_the_parts_and_exits_3_when_it_does_not_fit(tmp_path
     # The same verdict from `legistra validate` with the operator's GPU setting.
     refused = legistra("validate", str(tmp_path / "big.yaml"), env={"LEGISTRA_GPU_PRODUCT": "NVIDIA-L4"})
     assert refused.returncode == 1 and "error: spec.training.batchSize: batch 4000 does not fit on L4" in refused.stdout
+
+
+def test_gpu_prices_by_our_names_or_the_node_labels() -> None:
+    from legistra.memory import price_per_gpu_hour
+
+    assert price_per_gpu_hour({"H100-80GB": 4.0}, "NVIDIA-H100-80GB-HBM3") == 4.0
+    assert price_per_gpu_hour({"NVIDIA-H100-80GB-HBM3": 4.5}, "H100-80GB") == 4.5
+    assert price_per_gpu_hour({"Tesla-T4": 0.35}, "Tesla-T4") == 0.35
+    assert price_per_gpu_hour({"T4": 0.35}, "NVIDIA-A100-SXM4-80GB") is None
+    assert price_per_gpu_hour({"T4": 0.35}, None) is None and price_per_gpu_hour({}, "T4") is None
+
+
+def test_plan_prices_an_hour_of_the_run_and_validate_warns_about_queued_pytorchjobs(tmp_path: Path) -> None:
+    """Priced as the operator would price it (LEGISTRA_GPU_PRICES): nodes x gpusPerNode GPUs at the GPU's price."""
+    text = (EXAMPLES / "summarization.yaml").read_text()
+    doc = json.loads(legistra("plan", str(EXAMPLES / "summarization.yaml"), "--json",
+                              env={"LEGISTRA_GPU_PRICES": '{"NVIDIA-H100-80GB-HBM3": 4.0, "T4": 0.5}'}).stdout)
+    gpus = yaml.safe_load(text)["spec"]["resources"]
+    count = gpus.get("nodes", 1) * gpus.get("gpusPerNode", 1)
+    prices = {g["gpu"]: g.get("costPerHour") for g in doc["gpus"]}
+    assert prices["H100-80GB"] == 4.0 * count and prices["T4"] == 0.5 * count and prices["A10G"] is None
+    table = legistra("plan", str(EXAMPLES / "summarization.yaml"), env={"LEGISTRA_GPU_PRICES": '{"T4": 0.5}'})
+    assert f"cost/hour ({count} GPUs)" in table.stdout
+    bad = legistra("plan", str(EXAMPLES / "summarization.yaml"), env={"LEGISTRA_GPU_PRICES": "{"})
+    assert bad.returncode == 1 and "LEGISTRA_GPU_PRICES" in bad.stderr
+    queued = yaml.safe_load(text)
+    queued["spec"]["resources"] = {**gpus, "queueName": "team-a", "backend": "pytorchjob"}
+    (tmp_path / "queued.yaml").write_text(yaml.safe_dump(queued))
+    said = legistra("validate", str(tmp_path / "queued.yaml"))
+    assert said.returncode == 0 and "warning: queued in Kueue's team-a as a PyTorchJob" in said.stdout
+    queued["spec"]["resources"]["backend"] = "trainjob"
+    (tmp_path / "queued.yaml").write_text(yaml.safe_dump(queued))
+    assert "Kueue" not in legistra("validate", str(tmp_path / "queued.yaml")).stdout
 
 
 def test_plan_reads_a_local_models_config(tmp_path: Path, tiny_models: dict[str, Path]) -> None:

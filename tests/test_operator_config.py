@@ -33,10 +33,22 @@ def test_from_env_parses_types_and_treats_empty_as_unset() -> None:
 
 @pytest.mark.parametrize(("env", "value"), [("LEGISTRA_WORKER_LIMIT", "many"),
                                              ("LEGISTRA_TRAINER_EXTRA_ENV", "[1, 2]"),
-                                             ("LEGISTRA_METRICS_PORT", "9090.5")])
+                                             ("LEGISTRA_METRICS_PORT", "9090.5"),
+                                             ("LEGISTRA_STALL_TIMEOUT", "30 minutes"),
+                                             ("LEGISTRA_STALL_TIMEOUT", "-5m"),
+                                             ("LEGISTRA_GPU_PRICES", '{"H100-80GB": "cheap"}'),
+                                             ("LEGISTRA_GPU_PRICES", '{"H100-80GB": -1}'),
+                                             ("LEGISTRA_GPU_PRICES", '{"H100-80GB": NaN}'),
+                                             ("LEGISTRA_GPU_PRICES", '{"T4": 1, "T4": 2}')])
 def test_a_malformed_setting_names_its_variable(env: str, value: str) -> None:
     with pytest.raises(ValueError, match=env):
         OperatorConfig.from_env((), {env: value})
+
+
+def test_stall_timeout_and_gpu_prices_parse() -> None:
+    jobs = OperatorConfig.from_env((), {"LEGISTRA_STALL_TIMEOUT": "0", "LEGISTRA_GPU_PRICES": '{"T4": 0.35, "H100-80GB": 4}'}).jobs
+    assert jobs.stall_timeout == "0" and jobs.gpu_prices == {"T4": 0.35, "H100-80GB": 4.0}
+    assert OperatorConfig.from_env((), {}).jobs.stall_timeout == "30m"
 
 
 @pytest.mark.parametrize(("env", "value"), [("LEGISTRA_WORKER_IDLE_SECONDS", "0"), ("LEGISTRA_WORKER_LIMIT", "0"),
@@ -67,6 +79,8 @@ SHAPED: dict[str, Any] = {
     "LEGISTRA_CHECKPOINT_URI": lambda i: f"s3://checkpoints-{i}/runs",
     "LEGISTRA_CHECKPOINT_RWX": lambda i: False,
     "LEGISTRA_GPU_PRODUCT": lambda i: f"NVIDIA-H100-80GB-HBM{i}",
+    "LEGISTRA_STALL_TIMEOUT": lambda i: f"{i}m",
+    "LEGISTRA_GPU_PRICES": lambda i: {"H100-80GB": i + 0.25},
     **{n: (lambda i: 4000 + i) for n in ("LEGISTRA_METRICS_PORT", "LEGISTRA_WORKER_LIMIT",
                                          "LEGISTRA_WATCH_SERVER_TIMEOUT", "LEGISTRA_RESYNC_SECONDS",
                                          "LEGISTRA_RESYNC_RATE")},

@@ -415,6 +415,10 @@ def test_cli_render_output_validates(path: Path) -> None:
 
 
 def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
+    import datetime as dt
+
+    from legistra.operator.decide import Observed, decide
+    from legistra.operator.status import JobState
     from tests.status_schema import status_schema
 
     now = "2026-11-25T10:00:00Z"
@@ -425,7 +429,17 @@ def test_the_condition_types_written_are_exactly_the_documented_ones() -> None:
         desired_status({}, None, generation=1, now=now, suspended_in_spec=False,
                        storage=("NoReadWriteMany", "spec.checkpoints.uri: ...")),
         invalid_status({}, ["spec.x: bad"], now, 1),
+        desired_status({}, job, generation=1, now=now, suspended_in_spec=False,
+                       ended=JobState("Failed", "Stalled", "no progress for 30m")),
     ]
+    # A new job's status says which kind it is and, queued as a PyTorchJob, that Kueue may not admit it.
+    doc = run_doc(resources={"queueName": "team-a"})
+    created = decide(Observed(doc, dt.datetime(2026, 11, 25, 10, tzinfo=dt.timezone.utc),
+                              run=parse_training_run(doc), backend=BACKENDS["pytorchjob"],
+                              backend_reason=("OnlyServed", "PyTorchJob: the only job kind this cluster serves")),
+                     SETTINGS).status
+    assert created is not None
+    statuses.append(created)
     written = {c["type"] for s in statuses for c in s["conditions"]}
     documented = set(status_schema()["properties"]["conditions"]["items"]["properties"]["type"]["enum"])
     assert written == documented

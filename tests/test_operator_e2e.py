@@ -260,6 +260,34 @@ def test_a_failed_job_is_replaced_by_an_attempt_that_resumes(world: dict[str, An
     assert result["globalStep"] == 60 and "checkpoint-" in (result["resumedFrom"] or "")
 
 
+def test_a_stalled_job_is_replaced_and_the_next_attempt_resumes(world: dict[str, Any],
+                                                                 tiny_models: dict[str, Path]) -> None:
+    """A hung collective: after the first checkpoint every process of every pod stops (SIGSTOP), the pods stay
+    Running and the job says nothing. Progress stands still for stallTimeout: the run gets Stalled and a Warning,
+    the job is deleted, and the next attempt resumes from the checkpoint. Without the detection the run would wait
+    for ever (this test times out)."""
+    doc = training_run("risk-stall", tiny_models, training={"maxSteps": 60, "saveSteps": 10, "batchSize": 2,
+                                                           "loggingSteps": 1, "stallTimeout": "8s"},
+                       data={"maxSamples": 200}, runPolicy={"maxAttempts": 3, "retryDelaySeconds": 0})
+    doc["spec"]["resources"]["nodes"] = 1  # one node: a hang needs no second one to show
+    cluster: Cluster = world["cluster"]
+    kubeflow: FakeTrainingOperator = world["kubeflow"]
+    cluster.apply_run(doc)
+    ckpt = kubeflow.pvc_dir("risk-stall") / "output" / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    cluster.wait(ckpt.exists, 240, "the first checkpoint")
+    kubeflow.hang("risk-stall")  # the steps logged so far are in MLflow: the clock starts when the operator sees them
+    stalled = cluster.wait(lambda: (r := cluster.run(NS, "risk-stall")) and next(
+        (c for c in r["status"].get("conditions", []) if c["type"] == "Stalled" and c["status"] == "True"), None),
+        60, "the Stalled condition")
+    assert stalled["reason"] == "NoProgress" and "stallTimeout" in stalled["message"], stalled
+    assert any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in cluster.list("v1", "events", NS)
+               if e["involvedObject"]["name"] == "risk-stall")
+    done = wait_phase(world, "risk-stall", "Succeeded")["status"]
+    assert done["attempt"] >= 2 and done["usage"]["attempts"][0]["attempt"] == 1
+    result = json.loads((kubeflow.pvc_dir("risk-stall") / "output" / "result.json").read_text())
+    assert result["globalStep"] == 60 and "checkpoint-" in (result["resumedFrom"] or "")
+
+
 def test_a_queued_job_stays_suspended_until_kueue_admits_it(world: dict[str, Any],
                                                             tiny_models: dict[str, Path]) -> None:
     """Kueue suspends a queue-labelled job at creation and owns suspend from then on. The operator used to set it
@@ -273,6 +301,9 @@ def test_a_queued_job_stays_suspended_until_kueue_admits_it(world: dict[str, Any
     queued = cluster.wait(lambda: (r := cluster.run(NS, "risk-queued")) and r.get("status", {}).get(
         "message", "").startswith("queued in Kueue's team-a") and r, 60, "the run to read Queued")["status"]
     assert queued["phase"] == "Pending"
+    # Kueue enables its PyTorchJob integration only when configured: said, not refused.
+    warned = next(c for c in queued["conditions"] if c["type"] == "QueueIntegration")
+    assert warned["status"] == "Unknown" and "kubeflow.org/pytorchjob" in warned["message"]
     time.sleep(3)  # several passes of the operator, the stand-ins and Kueue
     job = cluster.get(*JOBS, NS, "risk-queued")
     assert job is not None and job["spec"]["runPolicy"]["suspend"] is True

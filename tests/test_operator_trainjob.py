@@ -132,18 +132,23 @@ def test_a_trainjob_whose_pods_wait_for_their_volume_is_pending_and_says_why(wor
     cluster.delete("legistra.io/v1alpha1", "trainingruns", NS, "v2-waiting")
 
 
-@pytest.mark.parametrize(("without", "setting", "expected"), [
-    ((), "auto", "pytorchjobs"),                            # both served: existing installs do not change
-    ((NO_PYTORCHJOBS,), "auto", "trainjobs"),
-    ((NO_TRAINJOBS,), "auto", "pytorchjobs"),
-    ((NO_PYTORCHJOBS, NO_TRAINJOBS), "auto", None),
-    ((), "trainjob", "trainjobs"),
-    ((NO_TRAINJOBS,), "trainjob", None),                    # asked for what the cluster does not serve
+@pytest.mark.parametrize(("without", "setting", "runtime", "expected", "why"), [
+    ((), "auto", False, "pytorchjobs", "NoTrainingRuntime"),  # both CRDs, but no runtime a TrainJob could use
+    ((), "auto", True, "trainjobs", "TrainerV2Preferred"),  # both, and Trainer v2 usable: v1 is deprecated
+    ((NO_PYTORCHJOBS,), "auto", False, "trainjobs", "OnlyServed"),
+    ((NO_TRAINJOBS,), "auto", False, "pytorchjobs", "OnlyServed"),
+    ((NO_PYTORCHJOBS, NO_TRAINJOBS), "auto", False, None, None),
+    ((), "trainjob", False, "trainjobs", "Configured"),
+    ((NO_TRAINJOBS,), "trainjob", False, None, None),  # asked for what the cluster does not serve
 ])
 def test_backend_auto_follows_what_the_cluster_serves(tmp_path: Path, tiny_models: dict[str, Path],
-                                                      without: tuple[str, ...], setting: str,
-                                                      expected: str | None) -> None:
+                                                      without: tuple[str, ...], setting: str, runtime: bool,
+                                                      expected: str | None, why: str | None) -> None:
     cluster = Cluster(without=without).start()
+    if runtime:  # Trainer v2's default runtime, as its manifests install it (cluster-scoped)
+        cluster.request("POST", "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes", {
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "ClusterTrainingRuntime",
+            "metadata": {"name": "torch-distributed"}, "spec": {}})
     operator = OperatorProcess(cluster.kubeconfig(tmp_path / "kc", NS), NS, {"LEGISTRA_BACKEND": setting},
                                tmp_path / "operator.log").start()
     try:
@@ -160,6 +165,8 @@ def test_backend_auto_follows_what_the_cluster_serves(tmp_path: Path, tiny_model
             st = cluster.wait(lambda: (r := cluster.run(NS, "pick")) and r.get("status", {}).get("backend")
                               and r["status"], 60, "the job")
             assert st["backend"] == expected.removesuffix("s")
+            chosen = next(c for c in st["conditions"] if c["type"] == "BackendSelected")
+            assert chosen["reason"] == why, chosen
             assert cluster.creates(expected) == 1
             other = "trainjobs" if expected == "pytorchjobs" else "pytorchjobs"
             assert cluster.creates(other) == 0

@@ -58,7 +58,9 @@ def test_helm_lint_is_clean() -> None:
 def test_default_render_is_valid_kubernetes() -> None:
     docs = render()
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    # The operator's role and binding, and the cluster-wide read of Trainer v2's ClusterTrainingRuntimes.
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment",
+                     "Service", "ServiceAccount"]
     for d in docs:
         k8s_valid(d)
     dep = next(d for d in docs if d["kind"] == "Deployment")
@@ -86,7 +88,10 @@ def test_non_default_render_is_valid_kubernetes() -> None:
     for d in docs:
         k8s_valid(d)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds.count("RoleBinding") == 2 and "ClusterRoleBinding" not in kinds and "ServiceMonitor" in kinds
+    assert kinds.count("RoleBinding") == 2 and "ServiceMonitor" in kinds
+    # Watching namespaces binds the operator's role per namespace; only the runtimes' read is cluster-wide.
+    (cluster_binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"].endswith("-runtimes")
     dep = next(d for d in docs if d["kind"] == "Deployment")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["args"][:5] == ["operator", "--namespace", "legal-ml", "--namespace", "contracts"]
@@ -125,9 +130,9 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 def rules(docs: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    """Every ClusterRole's rules (the operator's, and the cluster-scoped read of Trainer v2's runtimes)."""
     return sorted((tuple(r["apiGroups"]), tuple(sorted(r["resources"])), tuple(sorted(r["verbs"])))
-                  for r in role["rules"])
+                  for d in docs if d["kind"] == "ClusterRole" for r in d["rules"])
 
 
 def test_rbac_is_least_privilege_and_the_same_in_helm_and_kustomize() -> None:
@@ -340,3 +345,9 @@ def test_job_rbac_follows_the_backend_setting() -> None:
     assert job_rules({}) == {"pytorchjobs", "trainjobs"}  # auto: either may be created
     assert job_rules({"operator": {"backend": "pytorchjob"}}) == {"pytorchjobs"}
     assert job_rules({"operator": {"backend": "trainjob"}}) == {"trainjobs"}
+
+    def runtime_rules(values: dict[str, Any]) -> set[str]:
+        return {res for _, resources, _ in rules(render(values)) for res in resources if res.endswith("runtimes")}
+
+    assert runtime_rules({}) == runtime_rules({"operator": {"backend": "trainjob"}}) == {"clustertrainingruntimes"}
+    assert runtime_rules({"operator": {"backend": "pytorchjob"}}) == set()  # never asks

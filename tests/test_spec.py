@@ -78,6 +78,8 @@ def test_wire_round_trip_is_stable() -> None:
         ({"registry__modelName": "Bad/Name"}, "spec.registry.modelName: must match ^[a-z0-9][a-z0-9._-]{0,127}$ "
                                               "(got 'Bad/Name')"),
         ({"data__validationSplit": 1.5}, "spec.data.validationSplit: must be < 1 (got 1.5)"),
+        ({"training__stallTimeout": "30 min"},
+         "spec.training.stallTimeout: must be a duration such as 90s, 30m or 2h (0 turns it off) (got '30 min')"),
         ({"resources__tolerations": [{"effect": "Sometimes"}]},
          "spec.resources.tolerations[0].effect: must be one of 'NoSchedule', 'PreferNoSchedule' or 'NoExecute' "
          "(got 'Sometimes')"),

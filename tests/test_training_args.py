@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kit.objects import run_spec
 from legistra.api.spec import TrainingRunSpec
 from legistra.trainer.runtime import DistInfo
@@ -44,3 +46,19 @@ def test_cpu_defaults_fall_back_safely(tmp_path: Path) -> None:
 def test_summarization_gets_seq2seq_arguments_with_generation(tmp_path: Path) -> None:
     a = args_for(spec("summarization"), tmp_path)
     assert type(a).__name__ == "Seq2SeqTrainingArguments" and a.predict_with_generate
+
+
+def test_the_collective_timeout_follows_the_operator_then_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process group's timeout: the operator's LEGISTRA_COLLECTIVE_TIMEOUT (the run's effective stall timeout),
+    else the spec's stallTimeout, else torch's default."""
+    import datetime as dt
+
+    from legistra.contract import ENV_COLLECTIVE_TIMEOUT
+    from legistra.trainer.train import collective_timeout
+
+    monkeypatch.delenv(ENV_COLLECTIVE_TIMEOUT, raising=False)
+    assert collective_timeout(spec()) is None
+    assert collective_timeout(spec(stallTimeout="2h")) == dt.timedelta(hours=2)
+    assert collective_timeout(spec(stallTimeout="0")) is None
+    monkeypatch.setenv(ENV_COLLECTIVE_TIMEOUT, "1800")
+    assert collective_timeout(spec(stallTimeout="2h")) == dt.timedelta(minutes=30)

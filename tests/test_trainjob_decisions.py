@@ -149,27 +149,50 @@ def test_the_operators_ttl_for_trainjobs() -> None:
     assert not needs_resync({**{k: v for k, v in st.items() if k != "jobDeleteAt"}, "model": {"version": 1}}, 1, 0)
 
 
-@pytest.mark.parametrize(("in_spec", "configured", "served", "started_on", "expected"), [
-    ("auto", "auto", {"pytorchjob", "trainjob"}, None, "pytorchjob"),
-    ("auto", "auto", {"trainjob"}, None, "trainjob"),
-    ("auto", "auto", {"pytorchjob"}, None, "pytorchjob"),
-    ("auto", "trainjob", {"pytorchjob", "trainjob"}, None, "trainjob"),
-    ("pytorchjob", "trainjob", {"pytorchjob", "trainjob"}, None, "pytorchjob"),  # the run's choice wins
-    ("trainjob", "auto", {"pytorchjob", "trainjob"}, None, "trainjob"),
-    ("auto", "auto", {"trainjob"}, "pytorchjob", "pytorchjob"),  # never switches mid-run
-    ("auto", "auto", set(), None, None),
-    ("trainjob", "auto", {"pytorchjob"}, None, None),
-    ("auto", "pytorchjob", {"trainjob"}, None, None),
-])
-def test_backend_choice(in_spec: str, configured: str, served: set[str], started_on: str | None,
-                        expected: str | None) -> None:
-    backend, problem = choose_backend(in_spec, configured, served, started_on)  # type: ignore[arg-type]
-    assert (backend.name if backend else None) == expected
-    assert (problem is None) == (expected is not None)
-    if in_spec == "trainjob" and expected is None:
-        assert problem == ("spec.resources.backend asks for TrainJob, but this cluster serves no "
-                           "trainer.kubeflow.org/v1alpha1 trainjobs: install Kubeflow Trainer v2 (TrainJob), or "
-                           "choose another backend")
+CHOICES = ("auto", "pytorchjob", "trainjob")
+SERVED = (frozenset(), frozenset({"pytorchjob"}), frozenset({"trainjob"}), frozenset({"pytorchjob", "trainjob"}))
+
+
+def expected_backend(in_spec: str, configured: str, served: frozenset[str], started_on: str | None,
+                     runtime: bool) -> tuple[str | None, str]:
+    """The rule, written out as the issue and docs/operator.md state it."""
+    if started_on is not None:
+        return started_on, "Recorded"  # a started run keeps its kind, whatever is served now
+    wanted = in_spec if in_spec != "auto" else configured
+    if wanted != "auto":
+        return (wanted if wanted in served else None,
+                ("Requested" if in_spec != "auto" else "Configured") if wanted in served else "BackendUnavailable")
+    if served == {"pytorchjob", "trainjob"}:
+        return ("trainjob", "TrainerV2Preferred") if runtime else ("pytorchjob", "NoTrainingRuntime")
+    if served:
+        return next(iter(served)), "OnlyServed"
+    return None, "BackendUnavailable"
+
+
+@pytest.mark.parametrize("in_spec", CHOICES)
+@pytest.mark.parametrize("configured", CHOICES)
+@pytest.mark.parametrize("served", SERVED, ids=lambda s: "+".join(sorted(s)) or "none")
+@pytest.mark.parametrize("started_on", (None, "pytorchjob", "trainjob"))
+@pytest.mark.parametrize("runtime", (False, True), ids=("no-runtime", "runtime"))
+def test_backend_choice_table(in_spec: str, configured: str, served: frozenset[str], started_on: str | None,
+                              runtime: bool) -> None:
+    """Every combination (3 x 3 x 4 x 3 x 2 = 216): what the run asks, what the operator is set to, what the
+    cluster serves, what the run started on, whether Trainer v2's runtime exists."""
+    choice = choose_backend(in_spec, configured, served, started_on, runtime)  # type: ignore[arg-type]
+    name, reason = expected_backend(in_spec, configured, served, started_on, runtime)
+    assert ((choice.backend.name if choice.backend else None), choice.reason) == (name, reason)
+    assert choice.message  # always says why, or what to install
+
+
+def test_backend_choice_messages() -> None:
+    trainjob = choose_backend("trainjob", "auto", {"pytorchjob"}, None)
+    assert trainjob.message == ("spec.resources.backend asks for TrainJob, but this cluster serves no "
+                                "trainer.kubeflow.org/v1alpha1 trainjobs: install Kubeflow Trainer v2 (TrainJob), or "
+                                "choose another backend")
+    both = choose_backend("auto", "auto", {"pytorchjob", "trainjob"}, None, True, "torch-distributed")
+    assert "ClusterTrainingRuntime torch-distributed exists" in both.message and "deprecated" in both.message
+    missing = choose_backend("auto", "auto", {"pytorchjob", "trainjob"}, None, False, "torch-distributed")
+    assert "ClusterTrainingRuntime torch-distributed does not exist" in missing.message
 
 
 def test_backends_know_their_jobs() -> None:

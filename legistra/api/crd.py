@@ -183,6 +183,8 @@ def training_run_crd() -> dict[str, Any]:
             {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1,
              "description": "pytorchjob or trainjob"},
             {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+            {"name": "GPU-Seconds", "type": "number", "jsonPath": ".status.usage.gpuSeconds", "priority": 1,
+             "description": "GPU-seconds of finished Running stretches (legistra get -o wide adds the running one)"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

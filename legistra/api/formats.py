@@ -27,6 +27,7 @@ LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*
 _COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*(:[0-9]+)?"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+DURATION = r"^(0|[1-9][0-9]{0,5}[smh])$"
 IMAGE = rf"^({_DOMAIN}/)?{_COMPONENT}(/{_COMPONENT})*(:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(@sha256:[a-f0-9]{{64}})?$"
 
 DESCRIBED: dict[str, str] = {
@@ -40,6 +41,7 @@ DESCRIBED: dict[str, str] = {
     LABEL_KEY: "a label key: an optional DNS-1123 prefix and '/', then at most 63 letters, digits, '-', '_' or '.'",
     SECRET_KEY: "a Secret key: letters, digits, '-', '_' or '.'",
     IMAGE: "an image reference such as registry.example.com/team/trainer:1.2 (lower-case repository)",
+    DURATION: "a duration such as 90s, 30m or 2h (0 turns it off)",
 }
 
 
@@ -115,6 +117,14 @@ DnsName = Annotated[str, Field(pattern=DNS1123_SUBDOMAIN, min_length=1, max_leng
 LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
 LabelKey = Annotated[str, Field(min_length=1, max_length=317), AfterValidator(_label_key)]
 Image = Annotated[str, Field(pattern=IMAGE, max_length=512)]
+Duration = Annotated[str, Field(pattern=DURATION, max_length=8)]
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a `Duration` (30m -> 1800; 0 -> 0)."""
+    if text == "0":
+        return 0
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
 # A data, model or registry location: a path, a hub id, or s3://bucket/... with a real bucket.
 SecretKey = Annotated[str, Field(pattern=SECRET_KEY, max_length=253)]
 Location = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_s3_location),

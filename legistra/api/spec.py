@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from legistra.api.formats import (
     DnsLabel,
     DnsName,
+    Duration,
     Image,
     LabelKey,
     LabelValue,
@@ -164,6 +165,11 @@ class TrainingSpec(Spec):
         description="torch.compile the model on GPUs (ignored on CPUs). Lengths vary per batch, so the first "
         "steps recompile; measure with `make bench` before turning it on.",
     )
+    stall_timeout: Duration | None = Field(
+        None, description="A running attempt whose progress has not moved for this long (from its first progress "
+        "report) is stalled: the operator stops it and starts the next attempt from the last checkpoint (counted "
+        "against runPolicy.maxAttempts); the trainer's collective timeout is set to it too, so a dead peer ends in "
+        "an error rather than a hang. 90s, 30m, 2h; 0 turns it off; the operator's default (30m) when unset.")
 
 
 class ClassificationSpec(Spec):
@@ -256,7 +262,8 @@ class ResourcesSpec(Spec):
         "step, save a checkpoint and upload it before it is killed.")
     backend: Literal["auto", "pytorchjob", "trainjob"] = Field(
         "auto", description="Job kind: pytorchjob (Kubeflow training-operator), trainjob (Kubeflow Trainer v2), or "
-        "auto (the operator's setting; with auto there too, what the cluster serves, PyTorchJob first).")
+        "auto (the operator's setting; with auto there too, TrainJob where the cluster serves it and its "
+        "ClusterTrainingRuntime exists, else what it serves). A started run keeps its kind.")
     training_runtime: DnsName | None = Field(
         None, description="TrainJob only: the ClusterTrainingRuntime to run on; the operator's default "
         "(torch-distributed) when absent.")

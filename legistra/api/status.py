@@ -9,13 +9,17 @@ from pydantic import Field
 from legistra.api.spec import Spec
 
 # The condition types the operator writes (the phase says Running / Succeeded / Suspended).
-ConditionType = Literal["Ready", "JobCreated", "Failed", "SpecChangeRefused", "CheckpointStorage"]
+ConditionType = Literal["Ready", "JobCreated", "Failed", "SpecChangeRefused", "CheckpointStorage", "Stalled",
+                        "BackendSelected", "QueueIntegration"]
 Phase = Literal["Pending", "Running", "Retrying", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(Spec):
-    type: ConditionType = Field(description="Ready (for Argo CD / Flux), JobCreated, Failed, SpecChangeRefused or "
-                                "CheckpointStorage (False: the checkpoint volume cannot be provided, and why).")
+    type: ConditionType = Field(description="Ready (for Argo CD / Flux), JobCreated, Failed, SpecChangeRefused, "
+                                "CheckpointStorage (False: the checkpoint volume cannot be provided, and why), Stalled "
+                                "(True: progress stood still for spec.training.stallTimeout), BackendSelected (which "
+                                "job kind the run got, and why) or QueueIntegration (Unknown: Kueue admits a "
+                                "PyTorchJob only where its integration is enabled).")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase machine-readable reason.")
     message: str = Field("", description="Human-readable detail.")
@@ -28,6 +32,25 @@ class Progress(Spec):
     total_steps: int = Field(0, ge=0)
     epoch: float | None = None
     percent: int = Field(0, ge=0, le=100)
+
+
+class AttemptUsage(Spec):
+    attempt: int = Field(ge=1)
+    gpus: int = Field(0, ge=0, description="GPUs the attempt's job requested (nodes x gpusPerNode).")
+    wall_seconds: float = Field(0, ge=0, description="Seconds the attempt ran (phase Running).")
+    gpu_seconds: float = Field(0, ge=0, description="wallSeconds x gpus.")
+
+
+class Usage(Spec):
+    gpus: int = Field(0, ge=0, description="GPUs the current attempt requested (nodes x gpusPerNode).")
+    gpu_seconds: float = Field(0, ge=0, description="GPU-seconds of every finished stretch of Running, all attempts.")
+    wall_seconds: float = Field(0, ge=0, description="Seconds spent Running, all attempts.")
+    running_since: str | None = Field(
+        None, description="While Running: since when (RFC 3339); the stretch is added to the totals when it ends.")
+    attempts: list[AttemptUsage] = Field(default_factory=list, description="The same, per attempt.")
+    estimated_cost: float | None = Field(
+        None, ge=0, description="gpuSeconds at the operator's price per GPU-hour of the run's GPU product "
+        "(gpuPrices), when it has one.")
 
 
 class MlflowRef(Spec):
@@ -64,6 +87,12 @@ class TrainingRunStatus(Spec):
     start_time: str | None = None
     completion_time: str | None = None
     progress: Progress | None = Field(None, description="Training progress reported by the trainer.")
+    progressed_at: str | None = Field(
+        None, description="When this attempt's progress (or its trainer's start) last moved (RFC 3339): what "
+        "spec.training.stallTimeout is counted from.")
+    usage: Usage | None = Field(
+        None, description="GPU-seconds and wall time from the run's own Running stretches (TrainJobs carry no start "
+        "or completion time), and their estimated cost.")
     restarts: int | None = Field(
         None, ge=0, description="In-place restarts of the trainer's containers in this attempt (restartPolicy "
         "OnFailure), as last read from its pods.")

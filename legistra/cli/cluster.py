@@ -180,9 +180,24 @@ def age(created: str | None, now: dt.datetime | None = None) -> str:
     return f"{max(0, int(seconds))}s"
 
 
-def table(runs: list[dict[str, Any]], all_namespaces: bool, wide: bool) -> str:
-    """The printer columns of the CRD (`kubectl get trainingruns`), NAMESPACE first with -A."""
-    head = ["NAME", "TASK", "PHASE", "PROGRESS", "METRIC", "AGE"] + (["BACKEND", "JOB", "VERSION"] if wide else [])
+def gpu_hours(status: dict[str, Any], now: dt.datetime | None = None) -> str:
+    """GPU-hours so far: status.usage's finished stretches, plus the one running now (nodes x GPUs x its time)."""
+    usage = status.get("usage") or {}
+    if not usage:
+        return "-"
+    seconds = float(usage.get("gpuSeconds") or 0)
+    if usage.get("runningSince"):
+        since = dt.datetime.fromisoformat(str(usage["runningSince"]).replace("Z", "+00:00"))
+        running = ((now or dt.datetime.now(dt.timezone.utc)) - since).total_seconds()
+        seconds += max(0.0, running) * int(usage.get("gpus") or 0)
+    return f"{seconds / 3600:.2f}"
+
+
+def table(runs: list[dict[str, Any]], all_namespaces: bool, wide: bool, now: dt.datetime | None = None) -> str:
+    """The printer columns of the CRD (`kubectl get trainingruns`), NAMESPACE first with -A; -o wide adds the
+    backend, job, model version and GPU-hours (the running stretch counted up to `now`)."""
+    head = ["NAME", "TASK", "PHASE", "PROGRESS", "METRIC", "AGE"] + (
+        ["BACKEND", "JOB", "VERSION", "GPU-HOURS"] if wide else [])
     rows = [(["NAMESPACE"] if all_namespaces else []) + head]
     for r in runs:
         st = r.get("status") or {}
@@ -192,7 +207,8 @@ def table(runs: list[dict[str, Any]], all_namespaces: bool, wide: bool) -> str:
                age(r["metadata"].get("creationTimestamp"))]
         if wide:
             model = st.get("model") or {}
-            row += [st.get("backend") or "-", st.get("jobName") or "-", str(model.get("version", "-"))]
+            row += [st.get("backend") or "-", st.get("jobName") or "-", str(model.get("version", "-")),
+                    gpu_hours(st, now)]
         rows.append(([r["metadata"].get("namespace", "")] if all_namespaces else []) + row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

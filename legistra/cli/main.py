@@ -33,15 +33,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: ok ({run.spec.task}, model {run.spec.model.name})")
         from legistra.cli.plan import length_check
-        from legistra.operator.build import memory_refusal, storage_warning
+        from legistra.operator.build import memory_refusal, queue_warning, storage_warning
         from legistra.operator.config import JobDefaults
 
         # The cluster's facts as the operator is told them (LEGISTRA_CHECKPOINT_RWX, LEGISTRA_CHECKPOINT_URI,
         # LEGISTRA_GPU_PRODUCT): what the operator would warn about or refuse, said now.
         defaults = JobDefaults.from_env()
-        warning = storage_warning(run, defaults)
-        if warning:
-            print(f"  warning: {warning}")
+        for warning in (storage_warning(run, defaults), queue_warning(run, defaults)):
+            if warning:
+                print(f"  warning: {warning}")
         misfit = memory_refusal(run, defaults) or length_check(run.spec, Path(path).resolve().parent)
         if misfit:
             print(f"  error: {misfit}")
@@ -61,9 +61,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     run = load_or_report(args.file)
     if run is None:
         return 1
+    from legistra.operator.config import JobDefaults
+
     try:
-        doc = plan(run.spec, Path(args.file).resolve().parent, args.gpu)
-    except PlanError as exc:
+        # Priced as the operator prices it (LEGISTRA_GPU_PRICES), when that is set here.
+        doc = plan(run.spec, Path(args.file).resolve().parent, args.gpu, JobDefaults.from_env().gpu_prices)
+    except (PlanError, ValueError) as exc:
         return _err(str(exc))
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return EXIT_DOES_NOT_FIT if doc["checked"] and not doc["gpus"][0]["fits"] else 0

@@ -12,7 +12,18 @@ from typing import Any
 
 from legistra.api.loader import DocumentError, read_documents
 from legistra.api.spec import TrainingRunSpec
-from legistra.memory import GIB, GPUS, ModelShape, estimate, fit, gpu_memory, gpu_of, known_config, lora_params
+from legistra.memory import (
+    GIB,
+    GPUS,
+    ModelShape,
+    estimate,
+    fit,
+    gpu_memory,
+    gpu_of,
+    known_config,
+    lora_params,
+    price_per_gpu_hour,
+)
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -75,8 +86,11 @@ def length_check(spec: TrainingRunSpec, base: Path) -> str | None:
     return length_problem(spec, found[0], found[1]) if found is not None else None
 
 
-def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
-    """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits."""
+def plan(spec: TrainingRunSpec, base: Path, gpu: str | None, prices: Mapping[str, float] | None = None
+         ) -> dict[str, Any]:
+    """The plan as data: the shape's source, the estimate's parts, and per GPU whether it fits and, where `prices`
+    (the operator's gpuPrices, LEGISTRA_GPU_PRICES) has one, what an hour of the run costs (nodes x gpusPerNode
+    GPUs)."""
     from legistra.lora import lora_targets
 
     shape, source = model_shape(spec, base)
@@ -91,6 +105,9 @@ def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
     else:
         gpus = list(GPUS.items())
     fits = [fit(spec, shape, targets, name, size) for name, size in gpus]
+    count = spec.resources.nodes * spec.resources.gpus_per_node
+    hourly = {f.gpu: round(p * count, 2) for f in fits
+              if (p := price_per_gpu_hour(prices or {}, wanted or f.gpu)) is not None}
     return {
         "model": spec.model.name, "config": source, "params": shape.params,
         "trainable": lora_params(shape, targets, spec.lora.r) if spec.lora.enabled else shape.params,
@@ -98,7 +115,9 @@ def plan(spec: TrainingRunSpec, base: Path, gpu: str | None) -> dict[str, Any]:
         "perRankGiB": {k: round(v / GIB, 2) for k, v in e.parts().items()},
         "totalGiB": round(e.total / GIB, 2),
         "gpus": [{"gpu": f.gpu, "memoryGiB": round(f.capacity / GIB, 1), "fits": f.fits,
-                  "largestBatch": f.largest_batch, "message": f.message()} for f in fits],
+                  "largestBatch": f.largest_batch, "message": f.message(),
+                  **({"costPerHour": hourly[f.gpu]} if f.gpu in hourly else {})} for f in fits],
+        "gpuCount": count,
         "checked": wanted is not None,
     }
 
@@ -109,10 +128,13 @@ def render(doc: dict[str, Any]) -> str:
              f"per GPU at batch {doc['batchSize']}, {doc['maxLength']} tokens:"]
     lines += [f"  {part:<12}{gib:>8.2f} GiB" for part, gib in doc["perRankGiB"].items()]
     lines.append(f"  {'total':<12}{doc['totalGiB']:>8.2f} GiB (with the allocator's reserve)")
-    lines.append(f"{'GPU':<11}{'memory':>9}  {'fits':<5}{'largest batch':>14}")
+    priced = any("costPerHour" in g for g in doc["gpus"])
+    lines.append(f"{'GPU':<11}{'memory':>9}  {'fits':<5}{'largest batch':>14}"
+                 + (f"  {'cost/hour (' + str(doc['gpuCount']) + ' GPUs)':>20}" if priced else ""))
     for g in doc["gpus"]:
         fits = "yes" if g["fits"] else "NO"
-        lines.append(f"{g['gpu']:<11}{g['memoryGiB']:>7.1f}Gi  {fits:<5}{g['largestBatch']:>14}")
+        cost = f"  {g['costPerHour']:>20.2f}" if "costPerHour" in g else ("  " + " " * 19 + "-" if priced else "")
+        lines.append(f"{g['gpu']:<11}{g['memoryGiB']:>7.1f}Gi  {fits:<5}{g['largestBatch']:>14}{cost}")
     if doc["checked"] and not doc["gpus"][0]["fits"]:
         lines.append(doc["gpus"][0]["message"])
     return "\n".join(lines)

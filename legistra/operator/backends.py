@@ -72,24 +72,49 @@ def backend_of(job: Mapping[str, Any]) -> Backend:
     return BY_KIND.get(str(job.get("kind")), BACKENDS["pytorchjob"])
 
 
-def choose_backend(in_spec: Choice, configured: Choice, served: Set[str], started_on: str | None
-                   ) -> tuple[Backend | None, str | None]:
-    """(the backend, None), or (None, why not) when the cluster serves none that the run may use.
+@dataclass(frozen=True)
+class BackendChoice:
+    """The job kind a run gets, and why (`reason` and `message` go into its BackendSelected condition); `backend`
+    None: none it may use is served (`message` says what to install)."""
 
-    `served`: backend names whose CRDs the cluster serves; `started_on`: status.backend of a run that has
-    (or had) a job, which never changes backend mid-run."""
+    backend: Backend | None
+    reason: str
+    message: str
+
+
+def choose_backend(in_spec: Choice, configured: Choice, served: Set[str], started_on: str | None,
+                   runtime_ready: bool = False, runtime: str = "torch-distributed") -> BackendChoice:
+    """`served`: backend names whose CRDs the cluster serves; `started_on`: status.backend of a run that has (or
+    had) a job, which never changes backend mid-run (an operator upgrade moves no running user); `runtime_ready`:
+    the ClusterTrainingRuntime `runtime` exists (Trainer v2 is installed and usable, not only its CRDs).
+
+    `auto` prefers TrainJob where Trainer v2 is usable: Kubeflow Training Operator v1 is deprecated, and Kueue no
+    longer enables its kubeflow.org/pytorchjob integration by default."""
     if started_on in BACKENDS:
-        return BACKENDS[started_on], None
+        b = BACKENDS[started_on]
+        return BackendChoice(b, "Recorded", f"{b.kind}, as when this run started (status.backend)")
     wanted = in_spec if in_spec != "auto" else configured
-    if wanted == "auto":
-        for name in ("pytorchjob", "trainjob"):
-            if name in served:
-                return BACKENDS[name], None
-        return None, ("neither a PyTorchJob (Kubeflow training-operator) nor a TrainJob (Kubeflow Trainer v2) CRD is "
-                      "served by this cluster; install one of them")
-    if wanted not in served:
+    if wanted != "auto":
         b = BACKENDS[wanted]
         where = "spec.resources.backend" if in_spec != "auto" else "the operator's backend setting"
-        return None, (f"{where} asks for {b.kind}, but this cluster serves no {b.api_version} {b.plural}: install "
-                      f"{b.description}, or choose another backend")
-    return BACKENDS[wanted], None
+        if wanted in served:
+            return BackendChoice(b, "Requested" if in_spec != "auto" else "Configured", f"{b.kind}: {where} asks "
+                                 "for it")
+        return BackendChoice(None, "BackendUnavailable", f"{where} asks for {b.kind}, but this cluster serves no "
+                             f"{b.api_version} {b.plural}: install {b.description}, or choose another backend")
+    if {"pytorchjob", "trainjob"} <= set(served):
+        if runtime_ready:
+            return BackendChoice(BACKENDS["trainjob"], "TrainerV2Preferred", (
+                f"TrainJob: the cluster serves both kinds and ClusterTrainingRuntime {runtime} exists; Kubeflow "
+                "Training Operator v1 is deprecated and Kueue enables its PyTorchJob integration only when "
+                "configured"))
+        return BackendChoice(BACKENDS["pytorchjob"], "NoTrainingRuntime", (
+            f"PyTorchJob: the cluster serves both kinds, but ClusterTrainingRuntime {runtime} does not exist (or the "
+            "operator may not read it), so a TrainJob could not start"))
+    for name in ("trainjob", "pytorchjob"):
+        if name in served:
+            b = BACKENDS[name]
+            return BackendChoice(b, "OnlyServed", f"{b.kind}: the only job kind this cluster serves")
+    return BackendChoice(None, "BackendUnavailable", (
+        "neither a PyTorchJob (Kubeflow training-operator) nor a TrainJob (Kubeflow Trainer v2) CRD is served by "
+        "this cluster; install one of them"))

@@ -13,10 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from legistra.api.formats import duration_seconds
 from legistra.api.spec import GROUP_VERSION, TrainingRun, TrainingRunSpec
 from legistra.contract import (
     ENV_CACHE_DIR,
     ENV_CHECKPOINT_URI,
+    ENV_COLLECTIVE_TIMEOUT,
     ENV_OUTPUT_DIR,
     ENV_PROGRESS,
     ENV_REGISTRY_URI,
@@ -125,6 +127,11 @@ def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dic
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
+def stall_seconds(spec: TrainingRunSpec, defaults: JobDefaults) -> int:
+    """The run's stall timeout in seconds: its spec.training.stallTimeout, else the operator's (0: off)."""
+    return duration_seconds(spec.training.stall_timeout or defaults.stall_timeout)
+
+
 def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]:
     spec = run.spec
     env: list[dict[str, Any]] = [
@@ -133,10 +140,15 @@ def trainer_env(run: TrainingRun, defaults: JobDefaults) -> list[dict[str, Any]]
         {"name": "HF_HOME", "value": f"{OUTPUT_MOUNT}/cache/hf"},
         {"name": "HOME", "value": "/tmp"},
         {"name": ENV_PROGRESS, "value": "log"},
+        # A dead peer ends a collective in an error (and the attempt in a restart) instead of a hang.
+        {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},
     ]
+    stall = stall_seconds(spec, defaults)
+    if stall:
+        env.append({"name": ENV_COLLECTIVE_TIMEOUT, "value": str(stall)})
     tracking = tracking_uri(spec, defaults.mlflow_tracking_uri)
     if tracking:
         env.append({"name": ENV_TRACKING_URI, "value": tracking})
@@ -222,6 +234,24 @@ def storage_warning(run: TrainingRun, defaults: JobDefaults) -> str | None:
                 "it needs a ReadWriteMany volume, which this cluster does not provide (the PVC would stay "
                 "Pending); set spec.checkpoints.uri to an s3:// prefix")
     return None
+
+
+def kueue_warning(queue: str) -> str:
+    """What `validate` and the status say about a queued PyTorchJob."""
+    return (f"queued in Kueue's {queue} as a PyTorchJob: Kueue admits PyTorchJobs only where its "
+            "kubeflow.org/pytorchjob integration is enabled (off by default since kueue#12606, June 2026); if "
+            "the run stays Queued, set spec.resources.backend: trainjob or ask the cluster's admin to enable it")
+
+
+def queue_warning(run: TrainingRun, defaults: JobDefaults) -> str | None:
+    """`legistra validate`'s word on a queued run that may become a PyTorchJob (with `auto`, the operator decides
+    from what the cluster serves; its status says which it took)."""
+    r = run.spec.resources
+    wanted = r.backend if r.backend != "auto" else defaults.backend
+    if not r.queue_name or wanted == "trainjob":
+        return None
+    return kueue_warning(r.queue_name) + ("" if wanted == "pytorchjob" else
+                                          " (this applies if backend auto picks PyTorchJob on the cluster)")
 
 
 def memory_refusal(run: TrainingRun, defaults: JobDefaults) -> str | None:

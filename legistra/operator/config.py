@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from legistra.api.formats import credentials_in, redact
+from legistra.api.formats import DESCRIBED, DURATION, credentials_in, redact
 from legistra.api.loader import no_duplicate_keys
 from legistra.contract import MLFLOW_CREDENTIALS
 from legistra.operator.credentials import CREDENTIAL_ENV
@@ -45,7 +45,7 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
 def _parse(kind: Any, raw: str, env: str) -> Any:
     try:
         if get_origin(kind) is dict:
-            return _env_object(raw)
+            return _price_object(raw) if get_args(kind)[1] is float else _env_object(raw)
         if kind in (int, float):
             return kind(raw)
         if kind is bool:
@@ -62,15 +62,31 @@ def _parse(kind: Any, raw: str, env: str) -> Any:
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
-def _env_object(raw: str) -> dict[str, str]:
-    """A JSON object of env var names to string values: no duplicate, no null, no name the API server refuses
-    (each of those would be accepted here and then fail every pod, or silently keep the last duplicate)."""
+def _json_object(raw: str) -> dict[str, Any]:
+    """A JSON object from a setting (empty: {}), refusing duplicate keys."""
     try:
         value = json.loads(raw or "{}", object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
+    return value
+
+
+def _price_object(raw: str) -> dict[str, float]:
+    """A JSON object of GPU products to prices per GPU-hour: finite, not negative."""
+    out = {}
+    for key, price in _json_object(raw).items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < 1e6:
+            raise ValueError(f"{key!r}: a price per GPU-hour is a number from 0 up")
+        out[str(key)] = float(price)
+    return out
+
+
+def _env_object(raw: str) -> dict[str, str]:
+    """A JSON object of env var names to string values: no duplicate, no null, no name the API server refuses
+    (each of those would be accepted here and then fail every pod, or silently keep the last duplicate)."""
+    value = _json_object(raw)
     for key, item in value.items():
         if not ENV_NAME.match(key):
             raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '-', '.', '_', not "
@@ -135,8 +151,16 @@ class JobDefaults:
                                       "an nvidia.com/gpu.product node selector; runs that cannot fit it are refused",
                                       "trainer.gpuProduct")
     backend: Literal["auto", "pytorchjob", "trainjob"] = setting("LEGISTRA_BACKEND", "auto",
-                           "job kind for runs that choose none: auto (what the cluster serves, PyTorchJob first), "
-                           "pytorchjob or trainjob", "operator.backend")
+                           "job kind for runs that choose none: auto (TrainJob when the cluster serves it and its "
+                           "ClusterTrainingRuntime exists, else what it serves), pytorchjob or trainjob",
+                           "operator.backend")
+    stall_timeout: str = setting("LEGISTRA_STALL_TIMEOUT", "30m",
+                                 "spec.training.stallTimeout of runs that set none: a running attempt whose progress "
+                                 "has not moved this long is replaced (90s, 30m, 2h; 0: never)",
+                                 "operator.stallTimeout")
+    gpu_prices: dict[str, float] = field(default_factory=dict, metadata={
+        "env": "LEGISTRA_GPU_PRICES", "doc": "price per GPU-hour by GPU product (e.g. {\"H100-80GB\": 4.1}), as a JSON "
+        "object: runs on a priced GPU get status.usage.estimatedCost", "helm": "operator.gpuPrices"})
     training_runtime: str = setting("LEGISTRA_TRAINING_RUNTIME", "torch-distributed",
                                     "ClusterTrainingRuntime of TrainJobs when a run names none", "trainer.runtime")
     service_account: str | None = setting("LEGISTRA_TRAINER_SERVICE_ACCOUNT", None,
@@ -149,6 +173,8 @@ class JobDefaults:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "pytorchjob", "trainjob"):
             raise ValueError(f"LEGISTRA_BACKEND={self.backend!r}: must be auto, pytorchjob or trainjob")
+        if not re.match(DURATION, self.stall_timeout):
+            raise ValueError(f"LEGISTRA_STALL_TIMEOUT={self.stall_timeout!r}: must be {DESCRIBED[DURATION]}")
         # These URIs are copied into every job's env and the runs' status: a password in one would travel too.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

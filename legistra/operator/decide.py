@@ -13,11 +13,21 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.contract import FAILURE_REASONS, primary_metric
+from legistra.memory import gpu_of, price_per_gpu_hour
 from legistra.operator.attempts import AttemptPlan, attempt_limit, job_attempt, plan_attempt
 from legistra.operator.backends import Backend
-from legistra.operator.build import build_children, length_refusal, memory_refusal, object_storage, storage_warning
+from legistra.operator.build import (
+    build_children,
+    kueue_warning,
+    length_refusal,
+    memory_refusal,
+    object_storage,
+    stall_seconds,
+    storage_warning,
+)
 from legistra.operator.config import JobDefaults
 from legistra.operator.status import (
+    Accounting,
     JobState,
     container_restarts,
     desired_status,
@@ -27,7 +37,10 @@ from legistra.operator.status import (
     job_state,
     keeps_pods_after_failure,
     preempted,
+    progress_moved,
     restart_limit_reached,
+    set_condition,
+    stall,
     trainer_status_report,
     volume_problem,
     waiting_status,
@@ -59,6 +72,7 @@ class Observed:
     invalid: Sequence[str] = ()
     backend: Backend | None = None
     unavailable: str | None = None
+    backend_reason: tuple[str, str] | None = None  # why this backend: (reason, message), for BackendSelected
     job: Mapping[str, Any] | None = None
     owned: bool = True
     report: Mapping[str, Any] | None = None
@@ -186,20 +200,25 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
     """Which attempt runs, and what happens to the job on hand: stop it, replace it, make it, or mirror it."""
     current, job, pods, rp = seen.current, seen.job, seen.pods, run.spec.run_policy
     name = seen.body["metadata"]["name"]
+    moved = progress_moved(current, seen.report)
     common: dict[str, Any] = {"generation": seen.generation, "now": iso(seen.at), "suspended_in_spec": rp.suspend,
-              "metric": primary_metric(run.spec)}
+                              "metric": primary_metric(run.spec), "accounting": accounting(run, defaults)}
     restarts = container_restarts(pods, name, backend) if pods is not None else None
     failure = deterministic_failure(pods, name, backend) if pods is not None else None
     if job is not None and failure is not None:
         # Did the trainer say a retry would fail the same way (bad data, no such model, a NaN)? Its pods would only
         # crash-loop until backoffLimit (and a Failed job's under cleanPodPolicy None for ever): stop them now.
         new = desired_status(current, job, **common, report=seen.report, attempt=job_attempt(job),
-                             max_attempts=rp.max_attempts, failure=failure, restarts=restarts)
+                             max_attempts=rp.max_attempts, failure=failure, restarts=restarts, progressed=moved)
         return Plan("Failed", (WriteStatus(new, transitions(current, new)), DeleteJob()), job)
     ended: JobState | None = None
-    if job is not None and restarts is not None and backend.name == "trainjob" and \
-            job_state(job, rp.suspend).phase == "Running":
+    running = job is not None and job_state(job, rp.suspend).phase == "Running"
+    if running and restarts is not None and backend.name == "trainjob":
         ended = restart_limit_reached(restarts, rp.backoff_limit)
+    # A hung collective or data loader: the job runs and its progress stands still (from the MLflow report or a
+    # TrainJob's trainerStatus). Stopped like a spent backoffLimit: the next attempt resumes from its checkpoint.
+    stalled, deadline = stall(current, running and ended is None, moved, stall_seconds(run.spec, defaults), seen.at)
+    ended = ended or stalled
     was_preempted = pods is not None and preempted(pods, name, backend)
     plan = plan_attempt(current, job, rp.max_attempts, rp.retry_delay_seconds, seen.at, was_preempted,
                         stopped=ended is not None)
@@ -214,10 +233,13 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
         # Status first: should the operator die right after, the job's older attempt number tells the next
         # reconcile to replace it, and one failure is never retried twice.
         counted = {**current, "preemptions": int(current.get("preemptions") or 0) + 1} if plan.preempted else current
+        # `ended`: an attempt the operator ends now (stalled, past backoffLimit) is retried at once when
+        # retryDelaySeconds is 0; its Stalled condition still says why.
         new = desired_status(counted, job, **common, attempt=plan.attempt,
-                             max_attempts=attempt_limit(counted, rp.max_attempts), replacing=True)
+                             max_attempts=attempt_limit(counted, rp.max_attempts), replacing=True, ended=ended)
         started = ("Normal", "AttemptStarted", new["message"]) if plan.action == "retry" else None
-        first = (WriteStatus(new, _changed(current, new, started) if started else ()),)
+        said = tuple(e for e in transitions(current, new) if e[1] == "Stalled")
+        first = (WriteStatus(new, (*(_changed(current, new, started) if started else ()), *said)),)
         if job is not None:
             # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods, which reuse
             # their names, cannot start beside them. Its deletion event brings us back.
@@ -225,7 +247,14 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
         seen = replace(seen, body={**seen.body, "status": new})
     if job is None:
         return _create(seen, run, backend, defaults, plan, first)
-    return _mirror(seen, run, backend, defaults, plan, job, restarts, ended)
+    return _mirror(seen, run, backend, defaults, plan, job, restarts, ended, moved, deadline)
+
+
+def accounting(run: TrainingRun, defaults: JobDefaults) -> Accounting:
+    """What the run's GPU time is counted in: nodes x gpusPerNode, at the operator's price for its GPU product."""
+    r = run.spec.resources
+    return Accounting(r.nodes * r.gpus_per_node,
+                      price_per_gpu_hour(defaults.gpu_prices, gpu_of(run.spec, defaults.gpu_product)))
 
 
 def _create(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDefaults, plan: AttemptPlan,
@@ -239,8 +268,27 @@ def _create(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
         return _with_first(first, _refuse(seen, [misfit], "InsufficientGPUMemory"))
     children = tuple(build_children(run, defaults, plan.attempt, backend.name))
     job = next(c for c in children if c["kind"] == backend.kind)
-    mirrored = _mirror(seen, run, backend, defaults, plan, job, None, None)
-    return Plan(mirrored.phase, (*first, CreateChildren(children), *mirrored.actions), job, mirrored.requeue_after)
+    mirrored = _mirror(seen, run, backend, defaults, plan, job, None, None, False, None)
+    actions = tuple(_with_platform_conditions(a, seen, run, backend) for a in mirrored.actions)
+    return Plan(mirrored.phase, (*first, CreateChildren(children), *actions), job, mirrored.requeue_after)
+
+
+def _with_platform_conditions(action: Action, seen: Observed, run: TrainingRun, backend: Backend) -> Action:
+    """At a job's creation, the status says which job kind the run got and why (BackendSelected), and warns when
+    Kueue may never admit it (QueueIntegration): Kueue enables its kubeflow.org/pytorchjob integration only when
+    configured (off by default since kueue#12606), so a queued PyTorchJob can wait for ever. A warning, not a
+    refusal: many clusters do configure it."""
+    if not isinstance(action, WriteStatus):
+        return action
+    now, generation, conditions = iso(seen.at), seen.generation, list(action.status.get("conditions") or [])
+    if seen.backend_reason is not None:
+        conditions = set_condition(conditions, "BackendSelected", "True", *seen.backend_reason, now, generation)
+    queue = run.spec.resources.queue_name
+    if queue and backend.name == "pytorchjob":
+        conditions = set_condition(conditions, "QueueIntegration", "Unknown", "PyTorchJobIntegrationOptIn",
+                                   kueue_warning(queue), now, generation)
+    status = {**action.status, "conditions": conditions}
+    return WriteStatus(status, transitions(seen.current, status))
 
 
 def _with_first(first: tuple[Action, ...], plan: Plan) -> Plan:
@@ -248,7 +296,8 @@ def _with_first(first: tuple[Action, ...], plan: Plan) -> Plan:
 
 
 def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDefaults, plan: AttemptPlan,
-            job: Mapping[str, Any], restarts: int | None, ended: JobState | None) -> Plan:
+            job: Mapping[str, Any], restarts: int | None, ended: JobState | None, moved: bool,
+            stall_deadline: dt.datetime | None) -> Plan:
     """Mirror the job (and the trainer's report) into the status; set the job's suspend; stop a job whose attempt
     is over; delete a finished TrainJob at its TTL."""
     current, rp, at = seen.current, run.spec.run_policy, seen.at
@@ -278,15 +327,16 @@ def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
                          max_attempts=attempt_limit(current, rp.max_attempts),
                          retry_at=iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job_attempt(job) < plan.attempt, job_delete_at=iso(expires) if expires else None,
-                         storage=storage, restarts=restarts, ended=ended)
+                         storage=storage, restarts=restarts, ended=ended, progressed=moved,
+                         accounting=accounting(run, defaults))
     actions.append(WriteStatus(new, transitions(current, new)))
     if ended is not None or keeps_pods_after_failure(job):
-        # The attempt is over and in the status (Retrying or Failed); its pods were read. Delete the job now: a
-        # TrainJob past the run's backoffLimit would restart its nodes up to its Job's own limit (6), and a Failed
-        # PyTorchJob's crashed containers restart for ever under cleanPodPolicy None, keeping their GPUs. The
-        # retry, due at retryAt, does not need it.
+        # The attempt is over and in the status (Retrying or Failed). Delete the job now: a TrainJob past the run's
+        # backoffLimit would restart its nodes up to its Job's own limit (6), a stalled job would hold its GPUs
+        # doing nothing, and a Failed PyTorchJob's crashed containers restart for ever under cleanPodPolicy None.
+        # The retry, due at retryAt, does not need it.
         actions.append(DeleteJob())
-    return Plan(new["phase"], tuple(actions), job, _seconds_until(at, plan.retry_at, expires))
+    return Plan(new["phase"], tuple(actions), job, _seconds_until(at, plan.retry_at, expires, stall_deadline))
 
 
 def merged(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,6 +361,12 @@ def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Event, 
     old_refused, new_refused = _condition(old, "SpecChangeRefused"), _condition(new, "SpecChangeRefused")
     if new_refused and new_refused["status"] == "True" and (not old_refused or old_refused["status"] != "True"):
         events.append(("Warning", "SpecChangeRefused", new_refused["message"]))
+    queued = _condition(new, "QueueIntegration")
+    if queued is not None and _condition(old, "QueueIntegration") is None:
+        events.append(("Warning", "QueueIntegration", queued["message"]))
+    old_stalled, new_stalled = _condition(old, "Stalled"), _condition(new, "Stalled")
+    if new_stalled and new_stalled["status"] == "True" and (not old_stalled or old_stalled["status"] != "True"):
+        events.append(("Warning", "Stalled", new_stalled["message"]))
     old_storage, new_storage = _condition(old, "CheckpointStorage"), _condition(new, "CheckpointStorage")
     if new_storage and new_storage["status"] == "False" and (
             not old_storage or (old_storage["status"], old_storage["reason"]) != ("False", new_storage["reason"])):

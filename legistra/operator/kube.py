@@ -25,6 +25,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "TrainingSchedule": ("/apis/legistra.io/v1alpha1", "trainingschedules"),
     "PyTorchJob": ("/apis/kubeflow.org/v1", "pytorchjobs"),
     "TrainJob": ("/apis/trainer.kubeflow.org/v1alpha1", "trainjobs"),
+    "ClusterTrainingRuntime": ("/apis/trainer.kubeflow.org/v1alpha1", "clustertrainingruntimes"),
     "ConfigMap": ("/api/v1", "configmaps"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Secret": ("/api/v1", "secrets"),

@@ -3,6 +3,9 @@ are `legistra.trainer.metrics`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from legistra.contract import PHASES
@@ -14,6 +17,9 @@ RECONCILE_SECONDS = Histogram(
 )
 RECONCILE_ERRORS = Counter("legistra_reconcile_errors_total", "Failed reconciles, by kind", ["kind"])
 SCHEDULE_RUNS = Counter("legistra_schedule_runs_created_total", "TrainingRuns created by schedules")
+# Exposed as legistra_gpu_seconds_total: GPU-seconds of Running stretches as they end (status.usage).
+GPU_SECONDS = Counter("legistra_gpu_seconds", "GPU-seconds of TrainingRuns' finished Running stretches",
+                      ["namespace", "task"])
 
 _phases: dict[tuple[str, str], str] = {}
 
@@ -28,6 +34,17 @@ def observe_phase(key: tuple[str, str], phase: str) -> None:
     if old is not None:
         RUNS_BY_PHASE.labels(phase=old).dec()
     RUNS_BY_PHASE.labels(phase=phase).inc()
+
+
+def count_gpu_seconds(namespace: str, task: str, before: Mapping[str, Any] | None,
+                      after: Mapping[str, Any] | None) -> None:
+    """Add what a pass added to a run's status.usage.gpuSeconds (counted by the pass that wrote it, once)."""
+    def used(status: Mapping[str, Any] | None) -> float:
+        return float(((status or {}).get("usage") or {}).get("gpuSeconds") or 0)
+
+    delta = used(after) - used(before)
+    if delta > 0:
+        GPU_SECONDS.labels(namespace=namespace, task=task).inc(delta)
 
 
 def forget(key: tuple[str, str]) -> None:

@@ -75,14 +75,17 @@ async def reconcile(
     *,
     job: dict[str, Any] | None = None,
     served: Set[str] = frozenset({"pytorchjob"}),
+    runtime_ready: bool = False,
 ) -> Outcome:
     """Observe, decide, act. `reporters`: the MLflow reader for a tracking URI (None when it cannot be read over
     REST). `job`: the run's PyTorchJob or TrainJob when the caller already has it (its watch event), saving a GET.
-    `served`: the job kinds (backend names) the cluster serves, from API discovery.
+    `served`: the job kinds (backend names) the cluster serves, from API discovery; `runtime_ready`: the default
+    ClusterTrainingRuntime exists (so `auto` prefers TrainJob).
 
     Status writes carry `body`'s resourceVersion as a precondition: when anyone wrote the run since `body` was
     read, the write fails with ApiError 409 and nothing older overwrites anything newer; the caller re-reads."""
-    seen, pods_deferred = await observe(kube, body, defaults, reporters, clock(), job=job, served=served)
+    seen, pods_deferred = await observe(kube, body, defaults, reporters, clock(), job=job, served=served,
+                                        runtime_ready=runtime_ready)
     done = await act(kube, seen, decide(seen, defaults), emit)
     if isinstance(done, Outcome):
         done.pods_deferred = pods_deferred
@@ -95,13 +98,15 @@ async def reconcile(
         assert isinstance(again, Outcome)  # a refusal creates nothing
     else:
         # Decide with the job found as if it had been read first (ownership too).
-        again = await reconcile(kube, now_body, defaults, reporters, emit, clock, job=done.job, served=served)
+        again = await reconcile(kube, now_body, defaults, reporters, emit, clock, job=done.job, served=served,
+                                runtime_ready=runtime_ready)
     again.created[:0] = done.created
     return again
 
 
 async def observe(kube: Kube, body: dict[str, Any], defaults: JobDefaults, reporters: Reporters | None,
-                  at: dt.datetime, *, job: dict[str, Any] | None, served: Set[str]) -> tuple[Observed, bool]:
+                  at: dt.datetime, *, job: dict[str, Any] | None, served: Set[str],
+                  runtime_ready: bool = False) -> tuple[Observed, bool]:
     """Read what the decision needs, lazily: each read only when what is known so far leaves it open. Also says
     whether the job's pods were worth a look but were left to the resync pass (a job's own event)."""
     seen = Observed(body, at)
@@ -115,8 +120,11 @@ async def observe(kube: Kube, body: dict[str, Any], defaults: JobDefaults, repor
     seen = replace(seen, run=run)
     if final_failure(current, meta.get("generation")):
         return seen, False
-    backend, unavailable = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"))
-    seen = replace(seen, backend=backend, unavailable=unavailable)
+    choice = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"),
+                            runtime_ready, defaults.training_runtime)
+    backend = choice.backend
+    seen = replace(seen, backend=backend, unavailable=None if backend else choice.message,
+                   backend_reason=(choice.reason, choice.message))
     if backend is None:
         return seen, False
     on_event = job is not None  # handed over from the job's watch event (else read here)

@@ -73,7 +73,8 @@ class RunState:
     written: Written | None = None  # this operator's last status write: watch bodies can lag behind it
     reconciled_at: float = float("-inf")  # monotonic; the resync loop skips runs an event reconciled recently
     lookups: int = 0  # late report lookups after Succeeded without a model (bounded by status.MAX_REPORT_LOOKUPS)
-    wakeup: asyncio.Task[None] | None = None  # a reconcile at the next due time its status names
+    wakeup: asyncio.Task[None] | None = None  # a reconcile at the run's next due time (Outcome.requeue_after)
+    wakeup_at: float = float("inf")  # monotonic: when that wake-up fires
 
 
 # Bookkeeping the API server keeps on every object that reconcile never reads: on a real server it is most of a

@@ -45,6 +45,7 @@ class Runtime:
     reporters: dict[str, MlflowReporter] = field(default_factory=dict)  # by tracking URI
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     served: frozenset[str] = frozenset()  # backend names whose CRDs the cluster serves (API discovery)
+    runtime_ready: bool = False  # the default ClusterTrainingRuntime exists: `auto` prefers TrainJob
     emit: Callable[[dict[str, Any], str, str, str], None] = field(init=False)
     runs: dict[tuple[str, str], RunState] = field(default_factory=dict)  # by (namespace, name)
 
@@ -60,14 +61,26 @@ class Runtime:
 
 
 async def discover(rt: Runtime) -> None:
-    """Which job kinds the cluster serves; re-checked each resync tick until both are, so a CRD installed
-    later is picked up without a restart."""
-    if rt.served >= set(BACKENDS):
+    """Which job kinds the cluster serves, and whether Trainer v2's default ClusterTrainingRuntime exists;
+    re-checked each resync tick until both kinds and the runtime are there, so what is installed later is picked
+    up without a restart."""
+    if rt.served >= set(BACKENDS) and rt.runtime_ready:
         return
     found = frozenset([name for name, b in BACKENDS.items() if await rt.kube.serves(b.api_version, b.plural)])
     if found != rt.served:
         log.info("job kinds served by this cluster: %s", ", ".join(sorted(found)) or "none")
     rt.served = found
+    if "trainjob" in found:
+        name = rt.config.jobs.training_runtime
+        try:
+            ready = await rt.kube.get("ClusterTrainingRuntime", "", name) is not None
+        except ApiError as exc:  # 403: the chart's ClusterRole was left out; runs then prefer PyTorchJob
+            if exc.transient:
+                raise
+            ready = False
+        if ready != rt.runtime_ready:
+            log.info("ClusterTrainingRuntime %s: %s", name, "found" if ready else "not found (or not readable)")
+        rt.runtime_ready = ready
 
 
 def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:
@@ -184,6 +197,8 @@ async def reconcile_run(rt: Runtime, body: dict[str, Any], trigger: Trigger, job
         # A pass that left the pods to the resync pass must not make that pass skip the run.
         state.reconciled_at = float("-inf") if outcome.pods_deferred else time.monotonic()
         prometheus.observe_phase(key, outcome.phase)
+        prometheus.count_gpu_seconds(key[0], str((body.get("spec") or {}).get("task", "")), run.get("status"),
+                                     outcome.status)
         _wake_when_due(rt, key, outcome.requeue_after)
         if outcome.created:
             log.info("%s/%s: created %s", key[0], key[1], ", ".join(outcome.created))
@@ -212,7 +227,7 @@ async def _reconcile_once(rt: Runtime, state: RunState, body: dict[str, Any], jo
                           ) -> Outcome:
     meta = body.get("metadata", {})
     outcome = await reconcile(rt.kube, body, rt.config.jobs, lambda uri: reporter_for(rt, uri), rt.emit,
-                              job=job, served=rt.served)
+                              job=job, served=rt.served, runtime_ready=rt.runtime_ready)
     if outcome.status is not None:
         state.written = Written(meta.get("uid", ""), outcome.status, outcome.version, meta.get("generation"),
                                 outcome.job_version)
@@ -220,18 +235,25 @@ async def _reconcile_once(rt: Runtime, state: RunState, body: dict[str, Any], jo
 
 
 def _wake_when_due(rt: Runtime, key: tuple[str, str], requeue_after: float | None) -> None:
-    """Reconcile the run again when its last pass said it is due (a retry's start, a TrainJob's TTL deletion)."""
+    """Reconcile the run again when its last pass said it is due (a retry's start, a TrainJob's TTL deletion, a
+    stall deadline). One wake-up per run: an earlier due time replaces a later one."""
     state = rt.state(key)
-    if requeue_after is None or (state.wakeup is not None and not state.wakeup.done()):
+    if requeue_after is None:
         return
     # Status times are written to the second: wake just after the moment, never just before.
-    state.wakeup = asyncio.create_task(_reconcile_when_due(rt, key, requeue_after + 0.5))
+    at = time.monotonic() + requeue_after + 0.5
+    if state.wakeup is not None and not state.wakeup.done():
+        if state.wakeup_at <= at:
+            return
+        state.wakeup.cancel()
+    state.wakeup_at = at
+    state.wakeup = asyncio.create_task(_reconcile_when_due(rt, key, at - time.monotonic()))
 
 
 async def _reconcile_when_due(rt: Runtime, key: tuple[str, str], delay: float) -> None:
     await asyncio.sleep(delay)
     if (state := rt.runs.get(key)) is not None:
-        state.wakeup = None
+        state.wakeup, state.wakeup_at = None, float("inf")
     try:
         if not await acting(rt):
             return

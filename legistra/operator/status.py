@@ -168,6 +168,86 @@ def restart_limit_reached(restarts: int, backoff_limit: int) -> JobState | None:
                     f"runPolicy.backoffLimit ({backoff_limit}); the operator stopped the TrainJob")
 
 
+def progress_moved(current: Mapping[str, Any], report: Mapping[str, Any] | None) -> bool:
+    """Whether the trainer's report shows progress the status has not seen (a new step, or a new percentage from a
+    TrainJob's trainerStatus, which has no steps), or a new start of the trainer (a restart in place counts as
+    life: it reloads and resumes before its next step)."""
+    if not report:
+        return False
+    if trainer_restarted(current, report):
+        return True
+    new, old = report.get("progress") or {}, current.get("progress") or {}
+    if not new:
+        return False
+    key = "step" if "step" in new else "percent"
+    return new.get(key) != old.get(key)
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds // 3600}h" if seconds % 3600 == 0 else f"{seconds // 60}m" if seconds % 60 == 0 \
+        else f"{seconds}s"
+
+
+def stall(current: Mapping[str, Any], running: bool, moved: bool, timeout: int, now: dt.datetime
+          ) -> tuple[JobState | None, dt.datetime | None]:
+    """(the verdict, None) when a running attempt's progress has not moved for `timeout` seconds, counted from its
+    last movement (status.progressedAt, or now when it moved in this pass); else (None, when it would be). No
+    verdict and no deadline before the first progress report, while not running, or with a timeout of 0."""
+    if not timeout or not running:
+        return None, None
+    since = now if moved else parse_time(current.get("progressedAt"))
+    if since is None:
+        return None, None
+    deadline = since + dt.timedelta(seconds=timeout)
+    if now < deadline:
+        return None, deadline
+    step = (current.get("progress") or {}).get("step")
+    at = f"step {step}" if step is not None else f"{(current.get('progress') or {}).get('percent', 0)}%"
+    return JobState("Failed", "Stalled",
+                    f"no progress for {_span(timeout)} (last at {at}, {since.isoformat(timespec='seconds')}; "
+                    "spec.training.stallTimeout): a hung collective or data loader; the operator stopped the job"), None
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a run's GPU time is counted in: the GPUs its job requests (nodes x gpusPerNode) and, when the
+    operator has one for its GPU product, the price per GPU-hour."""
+
+    gpus: int
+    price: float | None = None
+
+
+def account(usage: Mapping[str, Any] | None, was: str | None, attempt: int, phase: str, acc: Accounting,
+            now: dt.datetime) -> dict[str, Any] | None:
+    """status.usage after a pass from phase `was` to `phase`: a stretch of Running starts when the phase becomes
+    Running and is added to `attempt`'s and the run's totals when it stops being. It changes only at those
+    transitions, so it never costs a status write of its own (a run already Running when the operator first
+    counts starts counting at its next transition). None while the run has never been seen starting to run."""
+    if not usage and (phase != "Running" or was == "Running"):
+        return None
+    u: dict[str, Any] = {"gpus": acc.gpus, "gpuSeconds": 0.0, "wallSeconds": 0.0, "attempts": [], **(usage or {})}
+    since = parse_time(u.get("runningSince")) if u.get("runningSince") else None
+    if since is not None and phase != "Running":
+        wall = max(0.0, (now - since).total_seconds())
+        attempts = [dict(a) for a in u.get("attempts") or []]
+        entry = next((a for a in attempts if a.get("attempt") == attempt), None)
+        if entry is None:
+            entry = {"attempt": attempt, "gpus": int(u["gpus"]), "wallSeconds": 0.0, "gpuSeconds": 0.0}
+            attempts.append(entry)
+        entry["wallSeconds"] = round(entry["wallSeconds"] + wall, 1)
+        entry["gpuSeconds"] = round(entry["gpuSeconds"] + wall * int(u["gpus"]), 1)
+        u["attempts"] = attempts
+        u["wallSeconds"] = round(float(u["wallSeconds"]) + wall, 1)
+        u["gpuSeconds"] = round(float(u["gpuSeconds"]) + wall * int(u["gpus"]), 1)
+        u.pop("runningSince", None)
+    elif since is None and phase == "Running" and was != "Running":
+        u["runningSince"] = now.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        u["gpus"] = acc.gpus
+    if acc.price is not None:
+        u["estimatedCost"] = round(float(u["gpuSeconds"]) / 3600 * acc.price, 2)
+    return u
+
+
 def keeps_pods_after_failure(job: Mapping[str, Any]) -> bool:
     """A Failed PyTorchJob under cleanPodPolicy None keeps its pods (training-operator v1.9.4's
     DeletePodsAndServices returns early for a finished job), and under OnFailure the kubelet restarts their
@@ -316,6 +396,8 @@ def desired_status(
     storage: tuple[str, str] | None = None,
     ended: JobState | None = None,
     restarts: int | None = None,
+    progressed: bool = False,
+    accounting: Accounting | None = None,
 ) -> dict[str, Any]:
     """The whole new status. `report` is what the trainer published (progress, metrics, MLflow, model).
 
@@ -326,6 +408,8 @@ def desired_status(
     `storage`: (reason, message) of a checkpoint-storage problem (`volume_problem`, `build.storage_warning`).
     `ended`: the attempt is over although its job does not say so: the operator stops it (`restart_limit_reached`).
     `restarts`: the trainer's in-place restarts in this attempt, when its pods were read (`container_restarts`).
+    `progressed`: the report shows progress the status has not seen (`progress_moved`): progressedAt is now.
+    `accounting`: what GPU time is counted in (`account`); None leaves status.usage as it is.
     """
     state = run_state(job, suspended_in_spec, attempt, max_attempts, retry_at, replacing, failure, storage, ended)
     st: dict[str, Any] = {k: v for k, v in current.items() if k not in ("conditions", "retryAt", "jobDeleteAt")}
@@ -340,8 +424,24 @@ def desired_status(
     _mirror_job(st, job, replacing, restarts)
     if report:
         _mirror_report(st, report, state.phase == "Succeeded", metric)
-    st["conditions"] = _conditions(list(current.get("conditions") or []), state, job, st.get("jobName"), refused,
-                                   storage, now, generation)
+    if replacing:
+        st.pop("progressedAt", None)  # a new attempt's stall clock starts at its own first progress
+    elif progressed:
+        st["progressedAt"] = now
+    if accounting is not None and (at := parse_time(now)) is not None:
+        usage = account(current.get("usage"), current.get("phase"), int(current.get("attempt") or attempt),
+                        state.phase, accounting, at)
+        if usage is not None:
+            st["usage"] = usage
+    conditions = _conditions(list(current.get("conditions") or []), state, job, st.get("jobName"), refused,
+                             storage, now, generation)
+    if ended is not None and ended.reason == "Stalled":
+        conditions = set_condition(conditions, "Stalled", "True", "NoProgress", ended.message, now, generation)
+    elif progressed and state.phase == "Running" and any(
+            c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions):
+        conditions = set_condition(conditions, "Stalled", "False", "Progressing", "training progresses again", now,
+                                   generation)
+    st["conditions"] = conditions
     return st
 
 

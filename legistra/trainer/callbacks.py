@@ -16,7 +16,6 @@ from legistra.tracking.wandb_tracker import WandbTracker
 log = logging.getLogger("legistra.trainer")
 
 
-
 def _numeric(logs: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

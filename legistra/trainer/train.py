@@ -22,10 +22,12 @@ from typing import Any
 import pyarrow as pa
 
 from legistra import __version__
+from legistra.api.formats import duration_seconds
 from legistra.api.spec import T5_MODEL_TYPES, TrainingRun, TrainingRunSpec
 from legistra.api.validation import SpecError
 from legistra.contract import (
     DEFAULT_METRIC,
+    ENV_COLLECTIVE_TIMEOUT,
     FINAL_PREFIX,
     RESULT_FILE,
     TAG_BASE_MODEL,
@@ -309,8 +311,18 @@ def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def init_process_group(dist: DistInfo, cuda: bool, deepspeed: bool) -> None:
-    """Join the job's process group before any model is built: ZeRO-3 partitions weights while loading."""
+def collective_timeout(spec: TrainingRunSpec) -> dt.timedelta | None:
+    """How long a collective waits for a peer before it fails: the operator's word for the run (the effective
+    stall timeout, contract.ENV_COLLECTIVE_TIMEOUT), else the spec's stallTimeout, else torch's default (None)."""
+    raw = os.environ.get(ENV_COLLECTIVE_TIMEOUT, "")
+    seconds = int(raw) if raw.isdigit() else duration_seconds(spec.training.stall_timeout or "0")
+    return dt.timedelta(seconds=seconds) if seconds else None
+
+
+def init_process_group(dist: DistInfo, cuda: bool, deepspeed: bool, timeout: dt.timedelta | None = None) -> None:
+    """Join the job's process group before any model is built: ZeRO-3 partitions weights while loading. With
+    `timeout` and NCCL's asynchronous error handling, a dead or hung peer ends the collective in an error (and the
+    attempt in a restart from the last checkpoint) rather than in a hang that holds every GPU."""
     import torch
     import torch.distributed as tdist
 
@@ -318,13 +330,14 @@ def init_process_group(dist: DistInfo, cuda: bool, deepspeed: bool) -> None:
         return
     if cuda:
         torch.cuda.set_device(dist.local_rank)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     backend = "nccl" if cuda else "gloo"
     if deepspeed:
         import deepspeed as ds
 
-        ds.init_distributed(dist_backend=backend)
+        ds.init_distributed(dist_backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     else:
-        tdist.init_process_group(backend=backend)
+        tdist.init_process_group(backend=backend, timeout=timeout)
 
 
 def leave_process_group(dist: DistInfo) -> None:
@@ -484,7 +497,8 @@ def prepare(run: TrainingRun, paths: RunPaths, settings: RunSettings, dist: Dist
     if spec.training.compile and not cuda:
         log.warning("training.compile is ignored without a GPU")
     ds_config = deepspeed_config(spec.deepspeed)
-    init_process_group(dist, cuda, ds_config is not None)  # before the model: ZeRO-3 partitions while loading
+    # Before the model: ZeRO-3 partitions while loading.
+    init_process_group(dist, cuda, ds_config is not None, collective_timeout(spec))
     handler = handler_for(spec)
     inputs, model_path = load(spec, handler, paths.cache)
     train_ds, eval_ds, cache_hit = encode_cached(handler, inputs.data, inputs.tokenizer, paths.cache)
