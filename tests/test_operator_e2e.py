@@ -280,8 +280,8 @@ def test_a_stalled_job_is_replaced_and_the_next_attempt_resumes(world: dict[str,
         (c for c in r["status"].get("conditions", []) if c["type"] == "Stalled" and c["status"] == "True"), None),
         60, "the Stalled condition")
     assert stalled["reason"] == "NoProgress" and "stallTimeout" in stalled["message"], stalled
-    assert any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in cluster.list("v1", "events", NS)
-               if e["involvedObject"]["name"] == "risk-stall")
+    cluster.wait(lambda: any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in cluster.list(
+        "v1", "events", NS) if e["involvedObject"]["name"] == "risk-stall"), 30, "the Stalled event")  # posted after
     done = wait_phase(world, "risk-stall", "Succeeded")["status"]
     assert done["attempt"] >= 2 and done["usage"]["attempts"][0]["attempt"] == 1
     result = json.loads((kubeflow.pvc_dir("risk-stall") / "output" / "result.json").read_text())

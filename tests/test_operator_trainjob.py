@@ -83,7 +83,9 @@ def test_backoff_limit_holds_on_a_trainjob_and_the_next_attempt_resumes(world: d
     it), so runPolicy.backoffLimit used to be ignored on this backend. The operator holds it: once the trainer's
     restarts reach it, the attempt ends (Retrying, reason in the message), the TrainJob goes, the next attempt
     resumes from the checkpoint."""
-    doc = training_run("v2-retry", tiny_models, training={"maxSteps": 30, "saveSteps": 10, "batchSize": 2},
+    # 90 steps: the restarted trainer must not finish before a resync pass sees its restart (on a loaded 2-core
+    # machine, 30 steps after checkpoint-10 took under 4 s, and the run succeeded first).
+    doc = training_run("v2-retry", tiny_models, training={"maxSteps": 90, "saveSteps": 10, "batchSize": 2},
                        data={"maxSamples": 120},
                        runPolicy={"backoffLimit": 1, "maxAttempts": 2, "retryDelaySeconds": 2})
     cluster: Cluster = world["cluster"]
@@ -97,7 +99,7 @@ def test_backoff_limit_holds_on_a_trainjob_and_the_next_attempt_resumes(world: d
     done = wait_phase(world, "v2-retry", "Succeeded")["status"]
     assert done["attempt"] == 2 and cluster.creates("trainjobs") - posts == 2
     result = json.loads((trainer.pvc_dir("v2-retry") / "output" / "result.json").read_text())
-    assert result["globalStep"] == 30 and "checkpoint-" in (result["resumedFrom"] or "")
+    assert result["globalStep"] == 90 and "checkpoint-" in (result["resumedFrom"] or "")
 
 
 def test_a_trainjob_whose_pods_wait_for_their_volume_is_pending_and_says_why(world: dict[str, Any],
