@@ -121,7 +121,7 @@ STATE_CACHED = "spec.model.name: x"
         ("failed for good at this generation", seen(body(FAILED_FOR_GOOD)), "Failed", [], []),
         ("failed for good, then edited", seen(body(FAILED_FOR_GOOD, generation=2)), "Pending",
          ["create:ConfigMap,PersistentVolumeClaim,PyTorchJob", "WriteStatus"], []),
-        ("no backend served", seen(body(), backend=None, unavailable="no CRD"), "Pending", ["WriteStatus"],
+        ("no backend served", seen(body(), backend=None, backend_reason=("BackendUnavailable", "no CRD")), "Pending", ["WriteStatus"],
          ["BackendUnavailable"]),
         ("a job of its name owned by another", seen(body(RUNNING), job=pytorchjob("Running"), owned=False), "Pending",
          ["WriteStatus"], ["JobNameTaken"]),

@@ -14,6 +14,7 @@ from typing import Any
 
 from legistra.api.spec import TrainingRun
 from legistra.operator.kube import ApiError, Credentials, Kube
+from legistra.operator.status import gpu_seconds
 
 
 def unreachable(creds: Credentials, exc: ApiError) -> int:
@@ -182,15 +183,9 @@ def age(created: str | None, now: dt.datetime | None = None) -> str:
 
 def gpu_hours(status: dict[str, Any], now: dt.datetime | None = None) -> str:
     """GPU-hours so far: status.usage's finished stretches, plus the one running now (nodes x GPUs x its time)."""
-    usage = status.get("usage") or {}
-    if not usage:
+    if not status.get("usage"):
         return "-"
-    seconds = float(usage.get("gpuSeconds") or 0)
-    if usage.get("runningSince"):
-        since = dt.datetime.fromisoformat(str(usage["runningSince"]).replace("Z", "+00:00"))
-        running = ((now or dt.datetime.now(dt.timezone.utc)) - since).total_seconds()
-        seconds += max(0.0, running) * int(usage.get("gpus") or 0)
-    return f"{seconds / 3600:.2f}"
+    return f"{gpu_seconds(status, now or dt.datetime.now(dt.timezone.utc)) / 3600:.2f}"
 
 
 def table(runs: list[dict[str, Any]], all_namespaces: bool, wide: bool, now: dt.datetime | None = None) -> str:

@@ -133,7 +133,7 @@ def render(doc: dict[str, Any]) -> str:
                  + (f"  {'cost/hour (' + str(doc['gpuCount']) + ' GPUs)':>20}" if priced else ""))
     for g in doc["gpus"]:
         fits = "yes" if g["fits"] else "NO"
-        cost = f"  {g['costPerHour']:>20.2f}" if "costPerHour" in g else ("  " + " " * 19 + "-" if priced else "")
+        cost = "" if not priced else f"  {g['costPerHour']:>20.2f}" if "costPerHour" in g else f"  {'-':>20}"
         lines.append(f"{g['gpu']:<11}{g['memoryGiB']:>7.1f}Gi  {fits:<5}{g['largestBatch']:>14}{cost}")
     if doc["checked"] and not doc["gpus"][0]["fits"]:
         lines.append(doc["gpus"][0]["message"])

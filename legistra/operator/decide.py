@@ -71,8 +71,7 @@ class Observed:
     run: TrainingRun | None = None
     invalid: Sequence[str] = ()
     backend: Backend | None = None
-    unavailable: str | None = None
-    backend_reason: tuple[str, str] | None = None  # why this backend: (reason, message), for BackendSelected
+    backend_reason: tuple[str, str] | None = None  # why this backend (or why none): (reason, message)
     job: Mapping[str, Any] | None = None
     owned: bool = True
     report: Mapping[str, Any] | None = None
@@ -185,7 +184,8 @@ def decide(seen: Observed, defaults: JobDefaults) -> Plan:
     if final_failure(current, seen.generation):
         return Plan("Failed")
     if seen.backend is None:
-        return _wait(seen, "BackendUnavailable", seen.unavailable or "no job kind is available")
+        return _wait(seen, "BackendUnavailable", seen.backend_reason[1] if seen.backend_reason else
+                     "no job kind is available")
     if not seen.owned:
         # A job of its name that belongs to something else: never adopt, mirror, stop or delete it. Often an earlier
         # run of this name, deleted and applied again before its job was collected: wait until it is gone.
@@ -201,8 +201,7 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
     current, job, pods, rp = seen.current, seen.job, seen.pods, run.spec.run_policy
     name = seen.body["metadata"]["name"]
     moved = progress_moved(current, seen.report)
-    common: dict[str, Any] = {"generation": seen.generation, "now": iso(seen.at), "suspended_in_spec": rp.suspend,
-                              "metric": primary_metric(run.spec), "accounting": accounting(run, defaults)}
+    common = _common(seen, run, defaults)
     restarts = container_restarts(pods, name, backend) if pods is not None else None
     failure = deterministic_failure(pods, name, backend) if pods is not None else None
     if job is not None and failure is not None:
@@ -238,8 +237,8 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
         new = desired_status(counted, job, **common, attempt=plan.attempt,
                              max_attempts=attempt_limit(counted, rp.max_attempts), replacing=True, ended=ended)
         started = ("Normal", "AttemptStarted", new["message"]) if plan.action == "retry" else None
-        said = tuple(e for e in transitions(current, new) if e[1] == "Stalled")
-        first = (WriteStatus(new, (*(_changed(current, new, started) if started else ()), *said)),)
+        first = (WriteStatus(new, (*(_changed(current, new, started) if started else ()),
+                                   *transitions(current, new))),)
         if job is not None:
             # Foreground: the job stays (terminating) until its pods are gone, so the next job's pods, which reuse
             # their names, cannot start beside them. Its deletion event brings us back.
@@ -248,6 +247,12 @@ def _decide_attempt(seen: Observed, run: TrainingRun, backend: Backend, defaults
     if job is None:
         return _create(seen, run, backend, defaults, plan, first)
     return _mirror(seen, run, backend, defaults, plan, job, restarts, ended, moved, deadline)
+
+
+def _common(seen: Observed, run: TrainingRun, defaults: JobDefaults) -> dict[str, Any]:
+    """The `desired_status` arguments every status of a pass shares."""
+    return {"generation": seen.generation, "now": iso(seen.at), "suspended_in_spec": run.spec.run_policy.suspend,
+            "metric": primary_metric(run.spec), "accounting": accounting(run, defaults)}
 
 
 def accounting(run: TrainingRun, defaults: JobDefaults) -> Accounting:
@@ -268,27 +273,24 @@ def _create(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
         return _with_first(first, _refuse(seen, [misfit], "InsufficientGPUMemory"))
     children = tuple(build_children(run, defaults, plan.attempt, backend.name))
     job = next(c for c in children if c["kind"] == backend.kind)
-    mirrored = _mirror(seen, run, backend, defaults, plan, job, None, None, False, None)
-    actions = tuple(_with_platform_conditions(a, seen, run, backend) for a in mirrored.actions)
-    return Plan(mirrored.phase, (*first, CreateChildren(children), *actions), job, mirrored.requeue_after)
+    mirrored = _mirror(seen, run, backend, defaults, plan, job, None, None, False, None, created=True)
+    return Plan(mirrored.phase, (*first, CreateChildren(children), *mirrored.actions), job, mirrored.requeue_after)
 
 
-def _with_platform_conditions(action: Action, seen: Observed, run: TrainingRun, backend: Backend) -> Action:
+def _platform_conditions(status: dict[str, Any], seen: Observed, run: TrainingRun, backend: Backend
+                         ) -> dict[str, Any]:
     """At a job's creation, the status says which job kind the run got and why (BackendSelected), and warns when
     Kueue may never admit it (QueueIntegration): Kueue enables its kubeflow.org/pytorchjob integration only when
     configured (off by default since kueue#12606), so a queued PyTorchJob can wait for ever. A warning, not a
     refusal: many clusters do configure it."""
-    if not isinstance(action, WriteStatus):
-        return action
-    now, generation, conditions = iso(seen.at), seen.generation, list(action.status.get("conditions") or [])
+    now, generation, conditions = iso(seen.at), seen.generation, list(status.get("conditions") or [])
     if seen.backend_reason is not None:
         conditions = set_condition(conditions, "BackendSelected", "True", *seen.backend_reason, now, generation)
     queue = run.spec.resources.queue_name
     if queue and backend.name == "pytorchjob":
         conditions = set_condition(conditions, "QueueIntegration", "Unknown", "PyTorchJobIntegrationOptIn",
                                    kueue_warning(queue), now, generation)
-    status = {**action.status, "conditions": conditions}
-    return WriteStatus(status, transitions(seen.current, status))
+    return {**status, "conditions": conditions}
 
 
 def _with_first(first: tuple[Action, ...], plan: Plan) -> Plan:
@@ -297,9 +299,9 @@ def _with_first(first: tuple[Action, ...], plan: Plan) -> Plan:
 
 def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDefaults, plan: AttemptPlan,
             job: Mapping[str, Any], restarts: int | None, ended: JobState | None, moved: bool,
-            stall_deadline: dt.datetime | None) -> Plan:
+            stall_deadline: dt.datetime | None, created: bool = False) -> Plan:
     """Mirror the job (and the trainer's report) into the status; set the job's suspend; stop a job whose attempt
-    is over; delete a finished TrainJob at its TTL."""
+    is over; delete a finished TrainJob at its TTL. `created`: the job is being made in this pass."""
     current, rp, at = seen.current, run.spec.run_policy, seen.at
     actions: list[Action] = []
     suspend = backend.suspend_to_write(job, rp.suspend)
@@ -322,13 +324,13 @@ def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
         storage = ("NoReadWriteMany", warning)
     elif not object_storage(run, defaults) and (pending := volume_problem(seen.pvc, at)):
         storage = ("VolumePending", pending)
-    new = desired_status(current, job, generation=seen.generation, now=iso(at), suspended_in_spec=rp.suspend,
-                         refused=seen.refused, report=report, metric=primary_metric(run.spec), attempt=plan.attempt,
-                         max_attempts=attempt_limit(current, rp.max_attempts),
+    new = desired_status(current, job, **_common(seen, run, defaults), refused=seen.refused, report=report,
+                         attempt=plan.attempt, max_attempts=attempt_limit(current, rp.max_attempts),
                          retry_at=iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job_attempt(job) < plan.attempt, job_delete_at=iso(expires) if expires else None,
-                         storage=storage, restarts=restarts, ended=ended, progressed=moved,
-                         accounting=accounting(run, defaults))
+                         storage=storage, restarts=restarts, ended=ended, progressed=moved)
+    if created:
+        new = _platform_conditions(new, seen, run, backend)
     actions.append(WriteStatus(new, transitions(current, new)))
     if ended is not None or keeps_pods_after_failure(job):
         # The attempt is over and in the status (Retrying or Failed). Delete the job now: a TrainJob past the run's
@@ -352,21 +354,21 @@ def merged(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Conditions worth a Warning event when they turn to this status (CheckpointStorage: also on a new reason).
+WARN_WHEN = (("SpecChangeRefused", "True"), ("QueueIntegration", "Unknown"), ("Stalled", "True"))
+
+
 def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Event, ...]:
-    """The events a status change is worth: a new phase, a refused spec change, a checkpoint-storage problem."""
+    """The events a status change is worth: a new phase, a refused spec change, a queued PyTorchJob, a stall, a
+    checkpoint-storage problem."""
     events: list[Event] = []
     before, after = old.get("phase"), new.get("phase")
     if before != after and after != "Pending":
         events.append(("Warning" if after == "Failed" else "Normal", f"Run{after}", str(new.get("message") or after)))
-    old_refused, new_refused = _condition(old, "SpecChangeRefused"), _condition(new, "SpecChangeRefused")
-    if new_refused and new_refused["status"] == "True" and (not old_refused or old_refused["status"] != "True"):
-        events.append(("Warning", "SpecChangeRefused", new_refused["message"]))
-    queued = _condition(new, "QueueIntegration")
-    if queued is not None and _condition(old, "QueueIntegration") is None:
-        events.append(("Warning", "QueueIntegration", queued["message"]))
-    old_stalled, new_stalled = _condition(old, "Stalled"), _condition(new, "Stalled")
-    if new_stalled and new_stalled["status"] == "True" and (not old_stalled or old_stalled["status"] != "True"):
-        events.append(("Warning", "Stalled", new_stalled["message"]))
+    for kind, status in WARN_WHEN:
+        was, now = _condition(old, kind), _condition(new, kind)
+        if now and now["status"] == status and (not was or was["status"] != status):
+            events.append(("Warning", kind, now["message"]))
     old_storage, new_storage = _condition(old, "CheckpointStorage"), _condition(new, "CheckpointStorage")
     if new_storage and new_storage["status"] == "False" and (
             not old_storage or (old_storage["status"], old_storage["reason"]) != ("False", new_storage["reason"])):

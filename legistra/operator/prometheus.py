@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from legistra.contract import PHASES
+from legistra.operator.status import gpu_seconds
 
 RUNS_BY_PHASE = Gauge("legistra_trainingruns", "TrainingRuns seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(
@@ -39,10 +40,7 @@ def observe_phase(key: tuple[str, str], phase: str) -> None:
 def count_gpu_seconds(namespace: str, task: str, before: Mapping[str, Any] | None,
                       after: Mapping[str, Any] | None) -> None:
     """Add what a pass added to a run's status.usage.gpuSeconds (counted by the pass that wrote it, once)."""
-    def used(status: Mapping[str, Any] | None) -> float:
-        return float(((status or {}).get("usage") or {}).get("gpuSeconds") or 0)
-
-    delta = used(after) - used(before)
+    delta = gpu_seconds(after) - gpu_seconds(before)
     if delta > 0:
         GPU_SECONDS.labels(namespace=namespace, task=task).inc(delta)
 

@@ -93,8 +93,8 @@ async def reconcile(
     # A create was interrupted: the job was there already, or the API refused a child.
     now_body = {**body, "status": done.status, "metadata": {**body["metadata"], "resourceVersion": done.version}}
     if done.problem is not None:
-        again = await act(kube, replace(seen, body=now_body, create_failed=done.problem),
-                          decide(replace(seen, body=now_body, create_failed=done.problem), defaults), emit)
+        refused = replace(seen, body=now_body, create_failed=done.problem)
+        again = await act(kube, refused, decide(refused, defaults), emit)
         assert isinstance(again, Outcome)  # a refusal creates nothing
     else:
         # Decide with the job found as if it had been read first (ownership too).
@@ -123,8 +123,7 @@ async def observe(kube: Kube, body: dict[str, Any], defaults: JobDefaults, repor
     choice = choose_backend(run.spec.resources.backend, defaults.backend, served, current.get("backend"),
                             runtime_ready, defaults.training_runtime)
     backend = choice.backend
-    seen = replace(seen, backend=backend, unavailable=None if backend else choice.message,
-                   backend_reason=(choice.reason, choice.message))
+    seen = replace(seen, backend=backend, backend_reason=(choice.reason, choice.message))
     if backend is None:
         return seen, False
     on_event = job is not None  # handed over from the job's watch event (else read here)

@@ -61,26 +61,27 @@ class Runtime:
 
 
 async def discover(rt: Runtime) -> None:
-    """Which job kinds the cluster serves, and whether Trainer v2's default ClusterTrainingRuntime exists;
-    re-checked each resync tick until both kinds and the runtime are there, so what is installed later is picked
-    up without a restart."""
-    if rt.served >= set(BACKENDS) and rt.runtime_ready:
+    """Which job kinds the cluster serves, re-checked each resync tick until both are, so a CRD installed later is
+    picked up without a restart; and, while `auto` could use it, whether Trainer v2's default
+    ClusterTrainingRuntime exists (a setting that names the kind never asks, and once found it is not asked again).
+    """
+    if not rt.served >= set(BACKENDS):
+        found = frozenset([name for name, b in BACKENDS.items() if await rt.kube.serves(b.api_version, b.plural)])
+        if found != rt.served:
+            log.info("job kinds served by this cluster: %s", ", ".join(sorted(found)) or "none")
+        rt.served = found
+    if rt.runtime_ready or rt.config.jobs.backend != "auto" or "trainjob" not in rt.served:
         return
-    found = frozenset([name for name, b in BACKENDS.items() if await rt.kube.serves(b.api_version, b.plural)])
-    if found != rt.served:
-        log.info("job kinds served by this cluster: %s", ", ".join(sorted(found)) or "none")
-    rt.served = found
-    if "trainjob" in found:
-        name = rt.config.jobs.training_runtime
-        try:
-            ready = await rt.kube.get("ClusterTrainingRuntime", "", name) is not None
-        except ApiError as exc:  # 403: the chart's ClusterRole was left out; runs then prefer PyTorchJob
-            if exc.transient:
-                raise
-            ready = False
-        if ready != rt.runtime_ready:
-            log.info("ClusterTrainingRuntime %s: %s", name, "found" if ready else "not found (or not readable)")
-        rt.runtime_ready = ready
+    name = rt.config.jobs.training_runtime
+    try:
+        ready = await rt.kube.get("ClusterTrainingRuntime", "", name) is not None
+    except ApiError as exc:  # 403: the chart's ClusterRole was left out; runs then prefer PyTorchJob
+        if exc.transient:
+            raise
+        ready = False
+    if ready:
+        log.info("ClusterTrainingRuntime %s found: backend auto prefers TrainJob", name)
+    rt.runtime_ready = ready
 
 
 def reporter_for(rt: Runtime, uri: str) -> MlflowReporter | None:

@@ -218,34 +218,46 @@ class Accounting:
 
 
 def account(usage: Mapping[str, Any] | None, was: str | None, attempt: int, phase: str, acc: Accounting,
-            now: dt.datetime) -> dict[str, Any] | None:
-    """status.usage after a pass from phase `was` to `phase`: a stretch of Running starts when the phase becomes
-    Running and is added to `attempt`'s and the run's totals when it stops being. It changes only at those
-    transitions, so it never costs a status write of its own (a run already Running when the operator first
-    counts starts counting at its next transition). None while the run has never been seen starting to run."""
+            now: str) -> dict[str, Any] | None:
+    """status.usage after a pass from phase `was` to `phase` at `now` (RFC 3339): a stretch of Running starts when
+    the phase becomes Running and is added to `attempt`'s and the run's totals when it stops being. It changes only
+    at those transitions, so it never costs a status write of its own (a run already Running when the operator
+    first counts starts counting at its next transition). None while the run has never been seen starting to run."""
     if not usage and (phase != "Running" or was == "Running"):
         return None
     u: dict[str, Any] = {"gpus": acc.gpus, "gpuSeconds": 0.0, "wallSeconds": 0.0, "attempts": [], **(usage or {})}
-    since = parse_time(u.get("runningSince")) if u.get("runningSince") else None
-    if since is not None and phase != "Running":
-        wall = max(0.0, (now - since).total_seconds())
+    if u.get("runningSince") and phase != "Running":
+        wall = running_seconds(u, now)
         attempts = [dict(a) for a in u.get("attempts") or []]
         entry = next((a for a in attempts if a.get("attempt") == attempt), None)
         if entry is None:
             entry = {"attempt": attempt, "gpus": int(u["gpus"]), "wallSeconds": 0.0, "gpuSeconds": 0.0}
             attempts.append(entry)
-        entry["wallSeconds"] = round(entry["wallSeconds"] + wall, 1)
-        entry["gpuSeconds"] = round(entry["gpuSeconds"] + wall * int(u["gpus"]), 1)
+        for total in (entry, u):  # the attempt's and the run's
+            total["wallSeconds"] = round(float(total["wallSeconds"]) + wall, 1)
+            total["gpuSeconds"] = round(float(total["gpuSeconds"]) + wall * int(u["gpus"]), 1)
         u["attempts"] = attempts
-        u["wallSeconds"] = round(float(u["wallSeconds"]) + wall, 1)
-        u["gpuSeconds"] = round(float(u["gpuSeconds"]) + wall * int(u["gpus"]), 1)
         u.pop("runningSince", None)
-    elif since is None and phase == "Running" and was != "Running":
-        u["runningSince"] = now.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    elif not u.get("runningSince") and phase == "Running" and was != "Running":
+        u["runningSince"] = now
         u["gpus"] = acc.gpus
     if acc.price is not None:
         u["estimatedCost"] = round(float(u["gpuSeconds"]) / 3600 * acc.price, 2)
     return u
+
+
+def running_seconds(usage: Mapping[str, Any], now: str | dt.datetime) -> float:
+    """Seconds of the stretch of Running still open in `usage` (status.usage.runningSince) up to `now`; 0 if none."""
+    since = parse_time(usage.get("runningSince")) if usage.get("runningSince") else None
+    at = now if isinstance(now, dt.datetime) else parse_time(now)
+    return max(0.0, (at - since).total_seconds()) if since is not None and at is not None else 0.0
+
+
+def gpu_seconds(status: Mapping[str, Any] | None, now: dt.datetime | None = None) -> float:
+    """A run's GPU-seconds: its finished stretches (status.usage.gpuSeconds), plus, given `now`, the open one."""
+    usage = (status or {}).get("usage") or {}
+    done = float(usage.get("gpuSeconds") or 0)
+    return done + running_seconds(usage, now) * int(usage.get("gpus") or 0) if now is not None else done
 
 
 def keeps_pods_after_failure(job: Mapping[str, Any]) -> bool:
@@ -428,9 +440,9 @@ def desired_status(
         st.pop("progressedAt", None)  # a new attempt's stall clock starts at its own first progress
     elif progressed:
         st["progressedAt"] = now
-    if accounting is not None and (at := parse_time(now)) is not None:
+    if accounting is not None:
         usage = account(current.get("usage"), current.get("phase"), int(current.get("attempt") or attempt),
-                        state.phase, accounting, at)
+                        state.phase, accounting, now)
         if usage is not None:
             st["usage"] = usage
     conditions = _conditions(list(current.get("conditions") or []), state, job, st.get("jobName"), refused,

@@ -32,12 +32,11 @@ log = logging.getLogger("legistra.trainer")
 class Registered:
     """The version the registry holds, and the gate's decision when the spec has a gate."""
 
-    registry_uri: str
+    registry: Registry
     name: str
     version: int
     uri: str
-    gate_alias: str | None = None
-    decision: GateDecision | None = None
+    decision: GateDecision | None = None  # the gate's, with the alias it decided on
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def register(run: TrainingRun, model_dir: Path, registry_uri: str, mlflow: Mlflo
     if gate is not None:
         decision = registry.promote_if_better(name, gate.alias, version.version, gate.metric, gate.direction)
         log.info("promotion gate: %s", decision.reason)
-    registered = Registered(registry_uri, name, version.version, version.uri, gate.alias if gate else None, decision)
+    registered = Registered(registry, name, version.version, version.uri, decision)
     return replace(outcome, registered=registered)
 
 
@@ -106,12 +105,13 @@ def mirror(mlflow: MlflowTracker, spec: TrainingRunSpec, outcome: Outcome) -> di
         result["model"]["mlflowVersion"] = register_mlflow_version(
             mlflow.tracking_uri, reg.name, reg.uri, mlflow.run_id,
             tags={TAG_REGISTRY_VERSION: str(reg.version), TAG_BASE_MODEL: spec.model.name, TAG_TASK: spec.task})
-    if reg.decision is not None and reg.gate_alias is not None:
+    if reg.decision is not None:
+        alias = reg.decision.alias
         if reg.decision.promote:
-            result["model"]["alias"] = reg.gate_alias
-            tags[TAG_MODEL_ALIAS] = reg.gate_alias
+            result["model"]["alias"] = alias
+            tags[TAG_MODEL_ALIAS] = alias
         if mlflow.enabled:
-            mirror_alias(Registry.open(reg.registry_uri), mlflow.tracking_uri, reg.name, reg.gate_alias)
+            mirror_alias(reg.registry, mlflow.tracking_uri, reg.name, alias)
         result["promotion"] = reg.decision.as_dict()
         mlflow.log_dict(reg.decision.as_dict(), "promotion.json")
         tags[TAG_PROMOTION] = "promoted" if reg.decision.promote else "rejected"

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ from legistra.trainer.tasks import TaskHandler, handler_for
 STARTED = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 log = logging.getLogger("legistra.trainer")
-
 
 
 @dataclass
@@ -392,7 +391,7 @@ class Prepared:
     args: Any
     remote: RemoteCheckpoints | None
     signals: bool  # stop cleanly on SIGTERM (a pod); a notebook keeps its own Ctrl-C
-    started: float = field(default_factory=time.time)
+    started: float  # time.time() before the inputs were loaded: result.json's wallSeconds counts from there
 
 
 @dataclass
@@ -429,7 +428,7 @@ def train(run: TrainingRun, paths: RunPaths, settings: RunSettings, load: Loader
         # A pod restarted after the run finished: never train or register twice.
         log.info("run already finished (%s); nothing to do", paths.result)
         return (done if dist.is_main else None), None
-    prepared = prepare(run, paths, settings, dist, load, signals, remote)
+    prepared = prepare(run, paths, settings, dist, load, signals, remote, time.time())
     fitted = fit(prepared)
     if not dist.is_main:
         return None, fitted
@@ -479,7 +478,7 @@ def already_loaded(inputs: InMemory) -> Loader:
 
 
 def prepare(run: TrainingRun, paths: RunPaths, settings: RunSettings, dist: DistInfo, load: Loader, signals: bool,
-            remote: RemoteCheckpoints | None) -> Prepared:
+            remote: RemoteCheckpoints | None, started: float) -> Prepared:
     """Device, process group, inputs, tokenized sets, LoRA, batch size and arguments: every check that can fail
     before the first step fails here."""
     import torch
@@ -522,7 +521,7 @@ def prepare(run: TrainingRun, paths: RunPaths, settings: RunSettings, dist: Dist
     resolved = ResolvedTraining(precision, batch, cuda, ds_config)
     args = build_training_args(spec, handler, paths, dist, resolved)
     return Prepared(run, paths, settings, dist, resolved, handler, inputs, model_path, train_ds, eval_ds, cache_hit,
-                    args, remote, signals)
+                    args, remote, signals, started)
 
 
 def start_tracking(p: Prepared) -> tuple[Any, Any]:
