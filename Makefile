@@ -33,8 +33,9 @@ lint: install
 	$(BIN)/mypy images/build.py
 
 # Two workers (CI has 2 cores), whole files per worker: module fixtures (API emulator, operator) start once.
+# Files go out heaviest first (tests/durations.json, kit/durations.py). PYTEST_ARGS: more pytest options.
 test: lint $(GITOPS_STAMP) gpu-kit
-	$(BIN)/pytest -n 2 --dist loadfile --durations=25 -m "not images"
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 -m "not images" $(PYTEST_ARGS)
 
 # Both images from images/*.Dockerfile with whichever engine answers (docker, podman, else buildah, installed from
 # Debian when run as root); a base that cannot be pulled is built from Debian's archive under its name.

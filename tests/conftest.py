@@ -216,6 +216,14 @@ def apiserver() -> Iterator[Any]:
     yield from envtest.start()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest test file first (kit/durations.py says why); the order inside each file is kept."""
+    from kit.durations import heaviest_first, load
+
+    seconds = load()
+    items.sort(key=lambda item: heaviest_first(item.nodeid.split("::", 1)[0], seconds))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     from tests.test_docs_commands import SUMMARY_FILE
 
