@@ -280,7 +280,8 @@ def rehearse(out: Path) -> list[str]:
 
 
 def _outputs_problems(out: Path) -> list[str]:
-    """What gpu.sh must bring back: the versions, a test report with tests run (not skipped), benchmark rows."""
+    """What gpu.sh must bring back: the versions, the ceilings, a test report with tests run (not skipped), a
+    profile, benchmark rows."""
     import xml.etree.ElementTree as ET
 
     problems = []
@@ -292,6 +293,13 @@ def _outputs_problems(out: Path) -> list[str]:
             or int(suite.get("failures", 0)) + int(suite.get("errors", 0)) > 0:
         counts = dict(suite.attrib) if suite is not None else "no report"
         problems.append(f"tests/test_gpu.py did not run and pass in the image environment: {counts}")
+    ceilings = json.loads((out / "ceilings.json").read_text()) if (out / "ceilings.json").exists() else {}
+    if not ceilings.get("matmul", {}).get("tflops", 0) > 0 or not ceilings.get("copy", {}).get("tb_per_s", 0) > 0:
+        problems.append(f"gpu.sh measured no ceilings: {ceilings}")
+    profile = out / "profile-summarization-ours.profile.json"
+    shares = json.loads(profile.read_text()).get("shares", {}) if profile.exists() else {}
+    if not shares or not (out / "profile-summarization-ours.profile.txt").exists():
+        problems.append("gpu.sh brought back no profile of our trainer")
     results = sorted(out.glob("trainer-*.json"))
     rows = json.loads(results[-1].read_text())["results"] if results else []
     if not rows or any("error" in r for r in rows):

@@ -123,14 +123,17 @@ packages (`benchmarks/gpu/image-packages.txt`, transformers at the image's versi
 command, with `.gpu-kit` carried along:
 
 ```bash
-bash benchmarks/gpu.sh "$OUT"     # install the kit privately, versions + GPU, tests/test_gpu.py, trainer benchmark
+bash benchmarks/gpu.sh "$OUT"     # kit, versions + GPU, ceilings, tests/test_gpu.py, a profile, trainer benchmark
 ```
 
 Each step has a time budget and the whole stops within 6 minutes (`LEGISTRA_GPU_BUDGET_S`, default 360), so a
 run and a rerun fit in 15 minutes of device time; `steps.json`, `gpu.log`, `versions.json`, `pip-list.txt`,
-`test_gpu.xml` and `trainer-gpu-<date>.json` (rewritten after every configuration) come back in `$OUT`. Copy the
-trainer JSON to `benchmarks/results/` and regenerate this report (`python -m benchmarks.report`); update
-`image-packages.txt` from `pip-list.txt` where it differs.
+`ceilings.json` (the card's measured matmul rate and copy bandwidth), `test_gpu.xml`,
+`profile-summarization-ours.profile.{txt,json}` (torch.profiler: the op table and the shares of device time) and
+`trainer-gpu-<date>.json` (rewritten after every configuration) come back in `$OUT`. Copy the trainer JSON to
+`benchmarks/results/` and regenerate this report (`python -m benchmarks.report`); update `image-packages.txt`
+from `pip-list.txt` where it differs. `benchmarks/gpu/NOTES.md` has the counts and predictions made before the
+first call and the plan for the second (`LEGISTRA_GPU_STEPS`, `LEGISTRA_BENCH_CONFIGS`, the opt-in `ours-auto`).
 """
 
 

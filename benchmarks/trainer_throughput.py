@@ -126,7 +126,9 @@ class Tokenizer:
         self.tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>")
 
 
-def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str, Any]:
+def run_one(workload_name: str, config: str, device: str, out: Path, profile: int = 0) -> dict[str, Any]:
+    """One configuration in this process; `profile` > 0: also record that many steps after the warm-up with
+    torch.profiler (`step_profile.py`: the op table and where the device time went, next to `out`)."""
     import torch
     from transformers import (
         Seq2SeqTrainer,
@@ -150,6 +152,8 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     w = workload(workload_name, device)
     steps = int(os.environ.get("LEGISTRA_BENCH_STEPS", STEPS[device]))
     warm = min(WARMUP[device], steps // 3)
+    if profile:
+        steps = min(steps, warm + profile + 1)  # a profile needs no long run; the timings are not its point
     n_train = 8 * steps + 64
     train_rows, eval_rows = make_rows(w, n_train, seed=1), make_rows(w, 64, seed=2)
     model = build_model(w, big)
@@ -158,7 +162,8 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     spec = TrainingRunSpec.model_validate({
         "task": w["task"], "model": {"name": "synthetic"},
         "data": {"train": "synthetic", "maxLength": w["max_len"], "maxTargetLength": w.get("target_len", 128)},
-        "training": {"batchSize": 8, "maxSteps": steps, "learningRate": 2e-4, "precision": "bf16" if big else "fp16",
+        "training": {"batchSize": "auto" if config == "ours-auto" else 8, "maxSteps": steps, "learningRate": 2e-4,
+                     "precision": "bf16" if big else "fp16",
                      "evaluation": "no", "dataloaderWorkers": 2 if big else 0, "loggingSteps": 1000,
                      "saveSteps": 100000, "compile": config == "ours-compile"},
         "lora": {"r": 16, "alpha": 32}, "registry": {"modelName": "bench"},
@@ -167,6 +172,10 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     handler.labels = ["a", "b", "c"]
     model = apply_lora(model, spec.task, spec.lora)
     tmp = out.parent / f"tmp-{workload_name}-{config}"
+    batch = 8
+    if config == "ours-auto":
+        batch, steps, warm, spec = _auto_batch(spec, model, steps, warm, cuda)
+        train_rows = make_rows(w, max(n_train, batch * steps + 64), seed=1)
 
     if config == "baseline":
         precision = "fp16" if cuda else "fp32"
@@ -180,7 +189,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     else:
         precision = effective_precision(spec, cuda, cuda and torch.cuda.is_bf16_supported())
         paths = RunPaths(root=tmp, cache=tmp / "cache")
-        args = build_training_args(spec, handler, paths, DistInfo(0, 1, 0), ResolvedTraining.of(spec, precision, cuda))
+        args = build_training_args(spec, handler, paths, DistInfo(0, 1, 0), ResolvedTraining(precision, batch, cuda))
         args.save_strategy = "no"
         args.disable_tqdm = True
         args.predict_with_generate = False
@@ -202,9 +211,14 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
                 self.tokens_at_warm = state.num_input_tokens_seen
 
     clock = Clock()
+    callbacks: list[Any] = [clock]
+    if profile:
+        from benchmarks.step_profile import profiler_callback
+
+        callbacks.append(profiler_callback(out.with_suffix(""), warm, profile, cuda))
     trainer_cls = Seq2SeqTrainer if w["kind"] == "bart" else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          data_collator=collator, callbacks=[clock])
+                          data_collator=collator, callbacks=callbacks)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -214,7 +228,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
     measured = end - times[warm]
     state = trainer.state
     tokens = state.num_input_tokens_seen - clock.tokens_at_warm
-    samples = (steps - warm) * 8
+    samples = (steps - warm) * batch
     eval_loss = float(trainer.evaluate()["eval_loss"])
     result: dict[str, Any] = {
         "workload": workload_name, "config": config, "device": device, "steps_measured": steps - warm,
@@ -223,6 +237,8 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "peak_rss_gb": _rss_gb(),
         "precision": precision,
+        "batch_size": batch,
+        "profiled_steps": profile,  # > 0: the profiler's overhead is in these timings; not a benchmark figure
     }
     result.update(_mfu(trainer.model, w, train_rows, tokens / measured, cuda))
     result.update(_memory_estimate(spec, model, result["peak_gpu_memory_gb"]))
@@ -231,6 +247,20 @@ def run_one(workload_name: str, config: str, device: str, out: Path) -> dict[str
 
     shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _auto_batch(spec: Any, model: Any, steps: int, warm: int, cuda: bool) -> tuple[int, int, int, Any]:
+    """ours-auto: the batch `training.batchSize: auto` finds on this GPU (8 on a CPU), and the steps that train
+    on as many samples as the batch-8 configurations do, so that eval loss compares after the same tokens."""
+    from legistra.trainer.batchsize import resolve_batch_size
+    from legistra.trainer.modeling import lora_targets
+
+    precision = "bf16" if cuda else "fp32"
+    batch = resolve_batch_size(spec, model, lora_targets(model.config.model_type, spec.lora), 3, precision, cuda)
+    warm_b = max(1, round(8 * warm / batch))
+    steps_b = max(warm_b + 3, round(8 * steps / batch))
+    training = spec.training.model_copy(update={"max_steps": steps_b})
+    return batch, steps_b, warm_b, spec.model_copy(update={"training": training})
 
 
 def _memory_estimate(spec: Any, model: Any, measured_gb: float | None) -> dict[str, Any]:
@@ -295,8 +325,16 @@ def _mfu(model: Any, w: dict[str, Any], rows: list[dict[str, Any]], tok_per_s: f
 
 
 def configs(device: str) -> tuple[str, ...]:
-    """torch.compile only where it can pay off: on a CPU its compile time would swamp a short run."""
-    return ("baseline", "ours", "ours-compile") if device == "gpu" else ("baseline", "ours")
+    """torch.compile only where it can pay off: on a CPU its compile time would swamp a short run.
+    LEGISTRA_BENCH_CONFIGS (comma-separated) picks some of them, in that order (a second GPU call reruns only
+    what failed; benchmarks/gpu/NOTES.md)."""
+    default = ("baseline", "ours", "ours-compile") if device == "gpu" else ("baseline", "ours")
+    known = (*default, "ours-auto")  # ours with batchSize auto: only when named (benchmarks/gpu/NOTES.md)
+    picked = [c for c in os.environ.get("LEGISTRA_BENCH_CONFIGS", "").split(",") if c]
+    unknown = [c for c in picked if c not in known]
+    if unknown:
+        raise SystemExit(f"LEGISTRA_BENCH_CONFIGS: {', '.join(unknown)} not among {', '.join(known)} on a {device}")
+    return tuple(picked) or default
 
 
 def run(device: str, out_dir: Path, workloads: list[str],
@@ -344,8 +382,10 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("WORKLOAD", "CONFIG"))
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="record STEPS steps after the warm-up with torch.profiler (benchmarks/step_profile.py)")
     a = ap.parse_args()
-    run_one(a.one[0], a.one[1], a.device, a.out)
+    run_one(a.one[0], a.one[1], a.device, a.out, a.profile)
 
 
 if __name__ == "__main__":

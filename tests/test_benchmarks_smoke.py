@@ -106,6 +106,46 @@ def test_gpu_runs_also_try_torch_compile_and_the_ratio_takes_our_best() -> None:
     assert q["config"] == "ours" and q["tokens_per_second_ratio"] == pytest.approx(2.5)
 
 
+def test_a_second_gpu_call_reruns_only_the_configurations_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.trainer_throughput import configs
+
+    monkeypatch.setenv("LEGISTRA_BENCH_CONFIGS", "ours-compile,baseline")
+    assert configs("gpu") == ("ours-compile", "baseline")
+    with pytest.raises(SystemExit, match="ours-compile not among baseline, ours, ours-auto on a cpu"):
+        configs("cpu")
+    monkeypatch.setenv("LEGISTRA_BENCH_CONFIGS", "")
+    assert configs("gpu") == ("baseline", "ours", "ours-compile")  # ours-auto only when named
+
+
+def test_a_profile_says_where_the_device_time_went() -> None:
+    from benchmarks.step_profile import category, shares
+
+    kernels = {  # kernel names as an H100's profiles show them, and CPU op names as the rehearsal's do
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmul",
+        "nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTT": "matmul",
+        "aten::addmm": "matmul",
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": "attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+        "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)": "communication",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "Memcpy DtoD (Device -> Device)": "copy",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "other",
+    }
+    assert {name: category(name) for name in kernels} == kernels
+    got = shares([("nvjet_a", 6.0), ("flash_fwd", 3.0), ("elementwise", 1.0), ("cutlass_gemm", 2.0)])
+    assert got == pytest.approx({"matmul": 8 / 12, "attention": 3 / 12, "other": 1 / 12})
+    assert list(got) == ["matmul", "attention", "other"]  # largest first
+    assert shares([]) == {} and shares([("idle", 0.0)]) == {}
+
+
+def test_the_ceilings_are_measured_on_random_data() -> None:
+    from benchmarks.ceilings import CPU, measure
+
+    found = measure()  # this machine has no GPU: the small sizes, float32
+    assert found["device"] == "cpu" and found["matmul"]["side"] == CPU[0] and found["copy"]["bytes"] == CPU[1]
+    assert found["matmul"]["tflops"] > 0 and found["copy"]["tb_per_s"] > 0
+
+
 def test_data_scale_smoke(tmp_path: Path) -> None:
     import datetime as dt
 

@@ -90,7 +90,11 @@ def test_the_gpu_run_rehearses_on_cpu_with_only_the_image_and_the_kit(tmp_path: 
     assert all(r["tokens_per_second"] > 0 and r["estimated_gpu_memory_gb"] > 0 for r in bench["results"])
     assert "summarization" in bench["ratios"]
     steps = json.loads((out / "steps.json").read_text())
-    assert [s["step"] for s in steps] == ["versions", "tests", "bench"] and all(s["rc"] == 0 for s in steps)
+    assert [s["step"] for s in steps] == ["versions", "ceilings", "tests", "profile", "bench"]
+    assert all(s["rc"] == 0 for s in steps), steps
+    profile = json.loads((out / "profile-summarization-ours.profile.json").read_text())
+    assert profile["steps"] == 2 and abs(sum(profile["shares"].values()) - 1) < 1e-6 and "matmul" in profile["shares"]
+    assert json.loads((out / "ceilings.json").read_text())["matmul"]["tflops"] > 0
     # The image env really lacks what the kit does not carry: mlflow is not importable there.
     python = gpu_kit.KIT / "image-env" / "bin" / "python"
     probe = subprocess.run([str(python), "-c", "import mlflow"], capture_output=True, text=True,
