@@ -366,6 +366,22 @@ def test_the_job_kind_and_a_queued_pytorchjob_are_said_at_creation() -> None:
         [c for c in as_v1.status["conditions"] if c["type"] in ("BackendSelected", "QueueIntegration")]
 
 
+def test_a_run_an_older_operator_started_is_told_its_job_kind_and_warned_once() -> None:
+    """Runs whose job was created before BackendSelected and QueueIntegration existed get them at their next pass
+    (one write, one warning), then never again."""
+    resources = {"queueName": "team-a", "gpusPerNode": 1, "backend": "pytorchjob"}
+    written_before = {**RUNNING, "phase": "Pending", "progress": {}}  # no BackendSelected, no QueueIntegration
+    upgraded = seen(body(written_before, resources=resources), job=pytorchjob("Created"),
+                    backend_reason=("Recorded", "PyTorchJob, as when this run started (status.backend)"))
+    plan = decide(upgraded, DEFAULTS)
+    assert plan.status is not None and events(plan) == ["QueueIntegration"]
+    told = {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+    assert told["BackendSelected"] == ("True", "Recorded")
+    assert told["QueueIntegration"] == ("Unknown", "PyTorchJobIntegrationOptIn")
+    again = decide(replace(upgraded, body=body(plan.status, resources=resources)), DEFAULTS)
+    assert again.status == plan.status and events(again) == []
+
+
 def test_gpu_seconds_reach_prometheus_once_as_stretches_end() -> None:
     from prometheus_client import REGISTRY
 

@@ -282,7 +282,8 @@ def _platform_conditions(status: dict[str, Any], seen: Observed, run: TrainingRu
     """At a job's creation, the status says which job kind the run got and why (BackendSelected), and warns when
     Kueue may never admit it (QueueIntegration): Kueue enables its kubeflow.org/pytorchjob integration only when
     configured (off by default since kueue#12606), so a queued PyTorchJob can wait for ever. A warning, not a
-    refusal: many clusters do configure it."""
+    refusal: many clusters do configure it. A run whose job an operator without these conditions created gets
+    them once, at its next pass (reason Recorded)."""
     now, generation, conditions = iso(seen.at), seen.generation, list(status.get("conditions") or [])
     if seen.backend_reason is not None:
         conditions = set_condition(conditions, "BackendSelected", "True", *seen.backend_reason, now, generation)
@@ -329,7 +330,7 @@ def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
                          retry_at=iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job_attempt(job) < plan.attempt, job_delete_at=iso(expires) if expires else None,
                          storage=storage, restarts=restarts, ended=ended, progressed=moved)
-    if created:
+    if created or not any(c.get("type") == "BackendSelected" for c in new.get("conditions") or []):
         new = _platform_conditions(new, seen, run, backend)
     actions.append(WriteStatus(new, transitions(current, new)))
     if ended is not None or keeps_pods_after_failure(job):
