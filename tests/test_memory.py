@@ -260,6 +260,27 @@ def test_plan_prices_an_hour_of_the_run_and_validate_warns_about_queued_pytorchj
     assert "Kueue" not in legistra("validate", str(tmp_path / "queued.yaml")).stdout
 
 
+def test_plan_takes_prices_on_its_command_line_over_the_operators() -> None:
+    """`--price GPU=PRICE`: for a laptop without the operator's LEGISTRA_GPU_PRICES, and over it where both say."""
+    from legistra.cli.main import price_flags
+
+    assert price_flags(["H100-80GB=2.49", "T4=0", "NVIDIA-A10G=1e0"]) == {"H100-80GB": 2.49, "T4": 0.0,
+                                                                         "NVIDIA-A10G": 1.0}
+    for bad, said in (("H100", "expected GPU=PRICE"), ("=3", "expected GPU=PRICE"), ("T4=cheap", "expected GPU=PRICE"),
+                      ("T4=nan", "expected GPU=PRICE"), ("T4=-1", "'T4': a price per GPU-hour is a number from 0 up"),
+                      ("T4=inf", "a number from 0 up")):
+        with pytest.raises(ValueError, match=said):
+            price_flags([bad])
+    file = str(EXAMPLES / "summarization.yaml")
+    doc = json.loads(legistra("plan", file, "--json", "--price", "T4=0.25", "--price", "NVIDIA-H100-80GB-HBM3=3",
+                              env={"LEGISTRA_GPU_PRICES": '{"T4": 0.5, "L4": 0.8}'}).stdout)
+    count = doc["gpuCount"]
+    prices = {g["gpu"]: g.get("costPerHour") for g in doc["gpus"]}
+    assert prices["T4"] == 0.25 * count and prices["L4"] == 0.8 * count and prices["H100-80GB"] == 3 * count
+    bad = legistra("plan", file, "--price", "T4=-2")
+    assert bad.returncode == 1 and "error: 'T4': a price per GPU-hour is a number from 0 up" in bad.stderr
+
+
 def test_plan_reads_a_local_models_config(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     text = (EXAMPLES / "risk-classification.yaml").read_text()
     doc = text.replace("sentence-transformers/all-MiniLM-L6-v2", str(tiny_models["bert"]))

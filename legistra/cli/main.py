@@ -64,12 +64,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from legistra.operator.config import JobDefaults
 
     try:
-        # Priced as the operator prices it (LEGISTRA_GPU_PRICES), when that is set here.
-        doc = plan(run.spec, Path(args.file).resolve().parent, args.gpu, JobDefaults.from_env().gpu_prices)
+        # Priced as the operator prices it (LEGISTRA_GPU_PRICES, when set here), then by --price.
+        prices = {**JobDefaults.from_env().gpu_prices, **price_flags(args.price)}
+        doc = plan(run.spec, Path(args.file).resolve().parent, args.gpu, prices)
     except (PlanError, ValueError) as exc:
         return _err(str(exc))
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return EXIT_DOES_NOT_FIT if doc["checked"] and not doc["gpus"][0]["fits"] else 0
+
+
+def price_flags(given: list[str]) -> dict[str, float]:
+    """`--price GPU=PRICE` flags as a price table (the same rules as LEGISTRA_GPU_PRICES)."""
+    from legistra.operator.config import price_table
+
+    table: dict[str, float] = {}
+    for flag in given:
+        gpu, sep, raw = flag.rpartition("=")
+        try:
+            price = float(raw)
+        except ValueError:
+            price = float("nan")
+        if not sep or not gpu or price != price:
+            raise ValueError(f"--price {flag}: expected GPU=PRICE, e.g. --price H100-80GB=2.49")
+        table.update(price_table({gpu: price}))
+    return table
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -349,6 +367,8 @@ def add_local_commands(sub: Any) -> None:
     pl.add_argument("file")
     pl.add_argument("--gpu", help="GPU type, e.g. H100-80GB, A100-40GB, L4 (default: the run's "
                                   "nvidia.com/gpu.product node selector, else a table of common GPUs)")
+    pl.add_argument("--price", action="append", default=[], metavar="GPU=PRICE",
+                    help="a price per GPU-hour (repeatable; over LEGISTRA_GPU_PRICES): the cost of an hour of the run")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
 

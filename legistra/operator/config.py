@@ -75,8 +75,13 @@ def _json_object(raw: str) -> dict[str, Any]:
 
 def _price_object(raw: str) -> dict[str, float]:
     """A JSON object of GPU products to prices per GPU-hour: finite, not negative."""
+    return price_table(_json_object(raw))
+
+
+def price_table(prices: dict[str, Any]) -> dict[str, float]:
+    """GPU products to prices per GPU-hour (LEGISTRA_GPU_PRICES, `legistra plan --price`): finite, from 0 up."""
     out = {}
-    for key, price in _json_object(raw).items():
+    for key, price in prices.items():
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < 1e6:
             raise ValueError(f"{key!r}: a price per GPU-hour is a number from 0 up")
         out[str(key)] = float(price)
