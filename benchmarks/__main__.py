@@ -119,20 +119,24 @@ def main() -> None:
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per workload: our best configuration (by tokens/s) against the baseline, and which one it was."""
+    """Per workload: our best configuration (by tokens/s) against the baseline, and which one it was. Only rows
+    that trained on as many samples as the baseline compete (eval loss compares after the same tokens); the best
+    MFU is over all of ours (`ours-auto` at its large batch included)."""
     out: dict[str, Any] = {}
     for w in sorted({r["workload"] for r in rows}):
         ok = [r for r in rows if r["workload"] == w and "error" not in r]
         base = next((r for r in ok if r["config"] == "baseline"), None)
         mine = [r for r in ok if r["config"] != "baseline"]
-        if base is None or not mine:  # a partial run: no pair to compare yet
+        same = [r for r in mine if base is not None and r.get("samples_trained") == base.get("samples_trained")]
+        if base is None or not same:  # a partial run: no pair to compare yet
             continue
-        ours = max(mine, key=lambda r: r["tokens_per_second"])
+        ours = max(same, key=lambda r: r["tokens_per_second"])
+        mfus = [r["mfu"] for r in mine if r.get("mfu") is not None]
         out[w] = {"config": ours["config"],
                   "tokens_per_second_ratio": ours["tokens_per_second"] / base["tokens_per_second"],
                   "samples_per_second_ratio": ours["samples_per_second"] / base["samples_per_second"],
                   "eval_loss_baseline": base["eval_loss"], "eval_loss_ours": ours["eval_loss"],
-                  "mfu_ours": ours.get("mfu")}
+                  "mfu_ours": ours.get("mfu"), "mfu_best": max(mfus) if mfus else None}
     return out
 
 

@@ -238,6 +238,7 @@ def run_one(workload_name: str, config: str, device: str, out: Path, profile: in
         "peak_rss_gb": _rss_gb(),
         "precision": precision,
         "batch_size": batch,
+        "samples_trained": steps * batch,  # eval loss compares only between rows that trained on as many
         "profiled_steps": profile,  # > 0: the profiler's overhead is in these timings; not a benchmark figure
     }
     result.update(_mfu(trainer.model, w, train_rows, tokens / measured, cuda))
@@ -250,15 +251,16 @@ def run_one(workload_name: str, config: str, device: str, out: Path, profile: in
 
 
 def _auto_batch(spec: Any, model: Any, steps: int, warm: int, cuda: bool) -> tuple[int, int, int, Any]:
-    """ours-auto: the batch `training.batchSize: auto` finds on this GPU (8 on a CPU), and the steps that train
-    on as many samples as the batch-8 configurations do, so that eval loss compares after the same tokens."""
+    """ours-auto: the batch `training.batchSize: auto` finds on this GPU (8 on a CPU), and about as many samples
+    as the batch-8 rows train on, but at least 5 measured steps: at a large batch it trains on more, so its eval
+    loss does not compare and the ratio table leaves it out (`samples_trained`); its tokens/s and MFU count."""
     from legistra.trainer.batchsize import resolve_batch_size
     from legistra.trainer.modeling import lora_targets
 
     precision = "bf16" if cuda else "fp32"
     batch = resolve_batch_size(spec, model, lora_targets(model.config.model_type, spec.lora), 3, precision, cuda)
     warm_b = max(1, round(8 * warm / batch))
-    steps_b = max(warm_b + 3, round(8 * steps / batch))
+    steps_b = max(warm_b + 5, round(8 * steps / batch))
     training = spec.training.model_copy(update={"max_steps": steps_b})
     return batch, steps_b, warm_b, spec.model_copy(update={"training": training})
 

@@ -104,6 +104,12 @@ def test_gpu_runs_also_try_torch_compile_and_the_ratio_takes_our_best() -> None:
     assert q["eval_loss_ours"] == 1.95 and q["mfu_ours"] == pytest.approx(320 / 1e6)
     q = ratios([row("baseline", 100, 2.0), row("ours", 250, 1.9), row("ours-compile", 200, 1.9)])["summarization"]
     assert q["config"] == "ours" and q["tokens_per_second_ratio"] == pytest.approx(2.5)
+    # ours-auto trained on more samples at its large batch: its MFU counts, its tokens/s does not compete.
+    same = {"samples_trained": 480}
+    q = ratios([{**row("baseline", 100, 2.0), **same}, {**row("ours", 250, 1.9), **same},
+                {**row("ours-auto", 900, 1.5), "samples_trained": 3000}])["summarization"]
+    assert q["config"] == "ours" and q["mfu_ours"] == pytest.approx(250 / 1e6)
+    assert q["mfu_best"] == pytest.approx(900 / 1e6)
 
 
 def test_a_second_gpu_call_reruns_only_the_configurations_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
