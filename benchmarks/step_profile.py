@@ -38,7 +38,8 @@ def shares(rows: Iterable[tuple[str, float]]) -> dict[str, float]:
     """Fraction of the total time per category, from (name, self time) rows; largest first."""
     totals: dict[str, float] = {}
     for name, t in rows:
-        totals[category(name)] = totals.get(category(name), 0.0) + t
+        cat = category(name)
+        totals[cat] = totals.get(cat, 0.0) + t
     whole = sum(totals.values())
     if whole <= 0:
         return {}

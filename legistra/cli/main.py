@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -79,12 +80,12 @@ def price_flags(given: list[str]) -> dict[str, float]:
 
     table: dict[str, float] = {}
     for flag in given:
-        gpu, sep, raw = flag.rpartition("=")
+        gpu, _, raw = flag.rpartition("=")
         try:
             price = float(raw)
         except ValueError:
-            price = float("nan")
-        if not sep or not gpu or price != price:
+            price = math.nan
+        if not gpu or math.isnan(price):
             raise ValueError(f"--price {flag}: expected GPU=PRICE, e.g. --price H100-80GB=2.49")
         table.update(price_table({gpu: price}))
     return table

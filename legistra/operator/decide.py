@@ -330,7 +330,7 @@ def _mirror(seen: Observed, run: TrainingRun, backend: Backend, defaults: JobDef
                          retry_at=iso(plan.retry_at) if plan.retry_at is not None else None,
                          replacing=job_attempt(job) < plan.attempt, job_delete_at=iso(expires) if expires else None,
                          storage=storage, restarts=restarts, ended=ended, progressed=moved)
-    if created or not any(c.get("type") == "BackendSelected" for c in new.get("conditions") or []):
+    if created or _condition(new, "BackendSelected") is None:
         new = _platform_conditions(new, seen, run, backend)
     actions.append(WriteStatus(new, transitions(current, new)))
     if ended is not None or keeps_pods_after_failure(job):
